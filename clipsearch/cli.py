@@ -1,0 +1,221 @@
+"""Command line: parses options, calls the core, and maps domain errors to click errors in
+one place (`handle_errors`). Results go to stdout, progress and warnings to stderr.
+Heavy modules are imported inside the commands so `query` starts fast."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .config import default_db_path, default_model_dir
+from .errors import ClipsearchError
+
+EXIT_CODES = """Exit codes: 0 success (per-file warnings included), 1 unexpected error, 2 bad usage or
+path, 3 model folder problem, 4 database problem, 5 cache built with another model,
+75 another index run holds the lock, 130 interrupted."""
+
+
+class CommandError(click.ClickException):
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@contextlib.contextmanager
+def handle_errors():
+    try:
+        yield
+    except ClipsearchError as exc:
+        raise CommandError(str(exc), exc.exit_code) from None
+    except KeyboardInterrupt:
+        click.echo("clipsearch: interrupted; everything committed so far is kept", err=True)
+        sys.exit(130)
+
+
+def db_option(f):
+    return click.option("--db", "db_path", type=click.Path(path_type=Path), envvar="CLIPSEARCH_DB",
+                        default=None, help="Cache database [env CLIPSEARCH_DB; default <CLIPSEARCH_HOME>/index.db].")(f)
+
+
+def model_option(f):
+    return click.option("--model", "model_dir", type=click.Path(path_type=Path), envvar="CLIPSEARCH_MODEL",
+                        default=None, help="Model folder from `python -m export` [env CLIPSEARCH_MODEL].")(f)
+
+
+def threads_option(f):
+    return click.option("--threads", type=click.IntRange(1, 256), envvar="CLIPSEARCH_THREADS", default=None,
+                        help="onnxruntime threads [env CLIPSEARCH_THREADS].")(f)
+
+
+@click.group(epilog=EXIT_CODES)
+@click.version_option(package_name="clipsearch")
+def main():
+    """Semantic photo search on small CPUs. Index once, then query in well under a second."""
+
+
+def load_model(model_dir: Path | None):
+    from .manifest import load_manifest
+
+    return load_manifest(model_dir or default_model_dir())
+
+
+def warn(path: bytes, message: str) -> None:
+    click.echo(f"warning: {os.fsdecode(path)}: {message}", err=True)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=str))
+@db_option
+@model_option
+@click.option("--workers", type=click.IntRange(1, 64), envvar="CLIPSEARCH_WORKERS", default=None,
+              help="Decode+embed processes [env CLIPSEARCH_WORKERS; default: one per core, at most 8].")
+@click.option("--batch-size", type=click.IntRange(1, 256), envvar="CLIPSEARCH_BATCH_SIZE", default=16, show_default=True,
+              help="Images per vision-graph batch [env CLIPSEARCH_BATCH_SIZE].")
+@threads_option
+@click.option("--exclude", "excludes", multiple=True, metavar="PATTERN",
+              help="Skip folders/files whose name matches this glob; repeatable.")
+@click.option("--no-default-excludes", is_flag=True, help="Do not skip @eaDir, #recycle, .thumbnails, ... (see --list-excludes).")
+@click.option("--list-excludes", is_flag=True, help="Print the default excluded names and exit.")
+@click.option("--follow-links", is_flag=True, help="Follow symbolic links (each real folder is still walked once).")
+@click.option("--wait", "wait_seconds", type=click.FloatRange(0), default=0, envvar="CLIPSEARCH_WAIT",
+              help="If another index run holds the lock, wait this many seconds before giving up (exit 75).")
+@click.option("-q", "--quiet", is_flag=True, envvar="CLIPSEARCH_QUIET", help="Print only warnings and errors (for cron).")
+def index(paths, db_path, model_dir, workers, batch_size, threads, excludes, no_default_excludes, list_excludes,
+          follow_links, wait_seconds, quiet):
+    """Embed new and changed images under PATHS (default: the current folder) into the cache."""
+    from .walk import DEFAULT_EXCLUDES
+
+    if list_excludes:
+        click.echo("\n".join(DEFAULT_EXCLUDES + ("(and every name starting with '.')",)))
+        return
+    with handle_errors():
+        from .indexer import IndexOptions, default_workers
+        from .library import index_paths
+
+        options = IndexOptions(
+            workers=workers or default_workers(), batch_size=batch_size, threads=threads,
+            excludes=(() if no_default_excludes else DEFAULT_EXCLUDES) + tuple(excludes),
+            follow_links=follow_links, count_first=not quiet and sys.stderr.isatty())
+        signal.signal(signal.SIGTERM, _interrupt)
+        progress = None if quiet or not sys.stderr.isatty() else ProgressLine()
+        summary = index_paths(list(paths) or ["."], db_path or default_db_path(), load_model(model_dir), options,
+                              warn, progress, wait_seconds)
+        if progress:
+            progress.clear()
+        if not quiet:
+            s = summary.as_dict()
+            click.echo(f"indexed: {s['new']} new, {s['updated']} updated, {s['moved']} moved, {s['removed']} removed, "
+                       f"{s['failed']} failed, {s['unchanged']} unchanged in {s['elapsed_s']:.1f}s "
+                       f"({s['images_per_s']:.1f} images/s)", err=True)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+class ProgressLine:
+    """A one-line progress display with rate and ETA, only drawn on a terminal."""
+
+    def __init__(self):
+        self.last = 0.0
+
+    def __call__(self, summary) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.5:
+            return
+        self.last = now
+        done, total = summary.done, summary.pending_total
+        rate = summary.embedded / summary.elapsed if summary.elapsed else 0.0
+        text = f"indexing: {done}" + (f"/{total}" if total else "") + f" images, {rate:.1f}/s"
+        if total and rate > 0:
+            eta = max(0, total - done) / rate
+            text += f", ETA {int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}"
+        click.echo(f"\r{text}\x1b[K", err=True, nl=False)
+
+    def clear(self) -> None:
+        click.echo("\r\x1b[K", err=True, nl=False)
+
+
+@main.command()
+@click.argument("terms", nargs=-1)
+@click.option("--top", "-n", type=click.IntRange(1), default=10, show_default=True, envvar="CLIPSEARCH_TOP",
+              help="How many results [env CLIPSEARCH_TOP].")
+@click.option("--in", "within", type=click.Path(path_type=str), default=None,
+              help="Only results under this folder (default: the whole library).")
+@click.option("--like", multiple=True, metavar="IMAGE", help="Add an image to the query (repeatable).")
+@click.option("--unlike", multiple=True, metavar="IMAGE", help="Subtract an image from the query (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line: path, score.")
+@click.option("--paths", "bare_paths", is_flag=True, help="Bare paths, one per line.")
+@click.option("-0", "--null", "null_sep", is_flag=True, help="Bare paths separated by NUL (for xargs -0).")
+@db_option
+@model_option
+@threads_option
+def query(terms, top, within, like, unlike, as_json, bare_paths, null_sep, db_path, model_dir, threads):
+    """Find the images that best match TERMS. A term is TEXT or W:TEXT with a weight W
+    (negative to push away): clipsearch query "a beach" "-0.5:people"."""
+    with handle_errors():
+        from .search import parse_terms, query_vector, search
+        from .store import Store
+        from .walk import normalise_root
+
+        parsed = parse_terms(list(terms), list(like), list(unlike))
+        manifest = load_model(model_dir)
+        store = Store(db_path or default_db_path(), readonly=True)
+        store.check_model(manifest.model_id, manifest.name, manifest.image["pipeline"], claim=False)
+        folder = None
+        if within is not None:
+            if not os.path.isdir(within):
+                raise CommandError(f"{within}: --in needs an existing folder", 2)
+            folder = normalise_root(within)
+        vector = query_vector(parsed, manifest, threads)
+        results = search(store, manifest, vector, top, folder)
+        out = sys.stdout.buffer
+        for path, score in results:
+            if null_sep:
+                out.write(path + b"\0")
+            elif bare_paths:
+                out.write(path + b"\n")
+            elif as_json:
+                out.write(json.dumps({"path": os.fsdecode(path), "score": round(score, 6)}).encode() + b"\n")
+            else:
+                out.write(f"{score:.4f}\t".encode() + path + b"\n")
+        out.flush()
+
+
+@main.command()
+@db_option
+@model_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(db_path, model_dir, as_json):
+    """Library folders, counts, model and database of the cache."""
+    with handle_errors():
+        from .library import status_report
+
+        report = status_report(db_path or default_db_path(), model_dir or default_model_dir())
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+            return
+        for key, value in report.items():
+            click.echo(f"{key}: {value if not isinstance(value, (list, dict)) else json.dumps(value)}")
+
+
+@main.command("check-model")
+@model_option
+@threads_option
+def check_model(model_dir, threads):
+    """Verify the model folder: file sizes and hashes, and that both graphs reproduce the
+    reference embeddings recorded at export time."""
+    with handle_errors():
+        from .encoders import check_reference
+
+        manifest = load_model(model_dir)
+        for tower in ("text", "vision"):
+            diff = check_reference(manifest, tower, threads)
+            click.echo(f"{tower}: ok (max diff {diff:.1e} from the export)")
+        click.echo(f"model {manifest.name} ({manifest.model_id}) at {manifest.folder}: ok")

@@ -1,0 +1,43 @@
+"""Where things live: the data dir, the database, the model folder, and the environment
+variables (`CLIPSEARCH_*`) that override them."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_MODEL_NAME = "openai-vit-b-32"
+
+
+def home() -> Path:
+    """`CLIPSEARCH_HOME`, else the platform's user data dir (~/.local/share/clipsearch)."""
+    env = os.environ.get("CLIPSEARCH_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs  # only when needed: a few ms off every query's start-up
+
+    return Path(platformdirs.user_data_dir("clipsearch", appauthor=False))
+
+
+def models_dir() -> Path:
+    return home() / "models"
+
+
+def default_db_path() -> Path:
+    env = os.environ.get("CLIPSEARCH_DB")
+    return Path(env).expanduser() if env else home() / "index.db"
+
+
+def default_model_dir() -> Path:
+    """`CLIPSEARCH_MODEL`, else models/<default name>, else the only model folder there is."""
+    env = os.environ.get("CLIPSEARCH_MODEL")
+    if env:
+        return Path(env).expanduser()
+    base = models_dir()
+    preferred = base / DEFAULT_MODEL_NAME
+    if preferred.is_dir():
+        return preferred
+    if base.is_dir():
+        found = sorted(p for p in base.iterdir() if (p / "manifest.json").is_file())
+        if len(found) == 1:
+            return found[0]
+    return preferred

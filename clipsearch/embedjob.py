@@ -1,0 +1,112 @@
+"""What one indexing worker does with a chunk of files: read each file once, fingerprint
+it, decode and preprocess it, then embed the whole chunk in one vision-graph batch.
+
+Runs in worker processes (decoding holds the GIL for much of its time), or in-process with
+one worker. Results are plain bytes and tuples, cheap to pickle back to the main process."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+FINGERPRINT_BLOCK = 64 * 1024
+
+_encoder = None  # the worker process's ImageEncoder, made once by init_worker
+
+
+@dataclass
+class Result:
+    path: bytes
+    size: int
+    mtime_ns: int
+    fingerprint: bytes | None = None
+    vector: bytes | None = None
+    scale: float | None = None
+    error: str | None = None
+    vanished: bool = False
+
+
+def fingerprint(data: bytes) -> bytes:
+    """Content identity for move detection: sha256 of size, first and last 64 KiB (the whole
+    file when smaller than 128 KiB)."""
+    digest = hashlib.sha256(len(data).to_bytes(8, "little"))
+    digest.update(data[:FINGERPRINT_BLOCK])
+    digest.update(data[-FINGERPRINT_BLOCK:])
+    return digest.digest()
+
+
+def fingerprint_file(path: bytes) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(FINGERPRINT_BLOCK)
+            if size > 2 * FINGERPRINT_BLOCK:
+                f.seek(size - FINGERPRINT_BLOCK)
+                tail = f.read(FINGERPRINT_BLOCK)
+                digest = hashlib.sha256(size.to_bytes(8, "little"))
+                digest.update(head)
+                digest.update(tail)
+                return digest.digest()
+            return fingerprint(head + f.read())
+    except OSError:
+        return None
+
+
+def init_worker(model_folder: str, threads: int, use_draft: bool) -> None:
+    global _encoder
+    from .encoders import ImageEncoder
+    from .manifest import load_manifest
+
+    # The main process verified the files already; re-hashing per worker would waste seconds.
+    manifest = load_manifest(model_folder)
+    _encoder = ImageEncoder(manifest, threads=threads, background=True, use_draft=use_draft, verify=False)
+
+
+def set_encoder(encoder) -> None:
+    global _encoder
+    _encoder = encoder
+
+
+def embed_chunk(files: list[tuple[bytes, int, int]]) -> list[Result]:
+    from PIL import Image
+
+    from .preprocess import ImageDecodeError, open_image, to_pixels
+    from .vectors import quantize_rows
+
+    spec = _encoder.manifest.image
+    results, pixels = [], []
+    for path, size, mtime_ns in files:
+        result = Result(path, size, mtime_ns)
+        results.append(result)
+        try:
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                data = f.read()
+        except FileNotFoundError:
+            result.vanished = True
+            continue
+        except OSError as exc:
+            result.error = f"cannot read ({exc.strerror})"
+            continue
+        # Record what was actually read: a file rewritten since the walk gets its new stamp.
+        result.size, result.mtime_ns = len(data), st.st_mtime_ns
+        result.fingerprint = fingerprint(data)
+        if not data:
+            result.error = "empty file (0 bytes)"
+            continue
+        try:
+            pixels.append(to_pixels(open_image(io.BytesIO(data), int(spec["size"]), _encoder.use_draft), spec))
+        except ImageDecodeError as exc:
+            result.error = str(exc)
+        except (MemoryError, Image.DecompressionBombError, ValueError, OSError) as exc:
+            result.error = f"cannot decode ({type(exc).__name__}: {exc})"
+    good = [r for r in results if r.error is None and not r.vanished]
+    if good:
+        unit = _encoder.encode_pixels(np.stack(pixels))
+        q, scales = quantize_rows(unit)
+        for result, row, scale in zip(good, q, scales):
+            result.vector, result.scale = row.tobytes(), float(scale)
+    return results

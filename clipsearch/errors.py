@@ -1,0 +1,38 @@
+"""Domain exceptions. Each carries a one-line message that names the file and the fix;
+`cli.py` turns them into click errors in one place."""
+
+
+class ClipsearchError(Exception):
+    """Base class: anything the user can act on. `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class ModelError(ClipsearchError):
+    """The model folder is missing, incomplete, altered or of an unknown format."""
+
+    exit_code = 3
+
+
+class DatabaseError(ClipsearchError):
+    """The cache database is damaged, foreign, too new, read-only or on a full disk."""
+
+    exit_code = 4
+
+
+class ModelMismatchError(ClipsearchError):
+    """The cache was built with another model than the one loaded."""
+
+    exit_code = 5
+
+
+class LockedError(ClipsearchError):
+    """Another `clipsearch index` holds the library lock."""
+
+    exit_code = 75  # EX_TEMPFAIL: cron wrappers treat it as "try later"
+
+
+class UsageError(ClipsearchError):
+    """A bad argument: a path that does not exist, an empty query."""
+
+    exit_code = 2

@@ -1,0 +1,226 @@
+"""`clipsearch index`: bring the cache in line with the folders, incrementally.
+
+Per folder of the walk: unchanged files (same size and mtime) are not opened; files gone
+are soft-deleted; a new file whose size and content fingerprint match a row whose file is
+gone is a move (the row takes the new path, nothing is decoded); everything else is sent in
+chunks to the embedding workers. Writes go into one open transaction committed every
+`commit_seconds`, so a kill loses at most those seconds of work and never leaves half a row.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .embedjob import Result, embed_chunk, fingerprint_file, init_worker, set_encoder
+from .manifest import Manifest
+from .walk import DEFAULT_EXCLUDES, Walker, parent_of
+
+
+def default_workers() -> int:
+    # Measured (README "Indexing speed"): one single-threaded worker per core beats one
+    # process with N ORT threads, because decoding is serial per image. Capped for RAM.
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+@dataclass
+class IndexOptions:
+    workers: int = field(default_factory=default_workers)
+    batch_size: int = 16
+    threads: int | None = None  # ORT threads per worker; default 1 with workers, all cores without
+    excludes: tuple[str, ...] = DEFAULT_EXCLUDES
+    follow_links: bool = False
+    commit_seconds: float = 2.0
+    use_draft: bool = True
+    count_first: bool = False  # walk once to count pending work, for a progress bar with ETA
+
+
+@dataclass
+class Summary:
+    new: int = 0
+    updated: int = 0
+    moved: int = 0
+    removed: int = 0
+    failed: int = 0
+    unchanged: int = 0
+    vanished: int = 0
+    pending_total: int | None = None
+    started: float = field(default_factory=time.monotonic)
+    embedded: int = 0
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def done(self) -> int:
+        return self.new + self.updated + self.failed + self.vanished
+
+    def as_dict(self) -> dict:
+        elapsed = self.elapsed
+        return {"new": self.new, "updated": self.updated, "moved": self.moved, "removed": self.removed,
+                "failed": self.failed, "unchanged": self.unchanged, "vanished": self.vanished,
+                "elapsed_s": round(elapsed, 2), "images_per_s": round(self.embedded / elapsed, 2) if elapsed else 0.0}
+
+
+class Embedder:
+    """Chunks in, results out, with a bounded number of chunks in flight."""
+
+    def __init__(self, manifest: Manifest, options: IndexOptions):
+        self.pool = None
+        self.inflight: deque = deque()
+        self.max_inflight = max(2, 2 * options.workers)
+        if options.workers <= 1:
+            from .encoders import ImageEncoder
+
+            set_encoder(ImageEncoder(manifest, threads=options.threads, background=True, use_draft=options.use_draft))
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: onnxruntime's thread pools do not survive a fork.
+            self.pool = ProcessPoolExecutor(
+                max_workers=options.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=init_worker, initargs=(str(manifest.folder), options.threads or 1, options.use_draft))
+
+    def submit(self, chunk) -> list[Result]:
+        if self.pool is None:
+            return embed_chunk(chunk)
+        self.inflight.append(self.pool.submit(embed_chunk, chunk))
+        done = []
+        while self.inflight and (len(self.inflight) >= self.max_inflight or self.inflight[0].done()):
+            done.extend(self.inflight.popleft().result())
+        return done
+
+    def drain(self) -> list[Result]:
+        done = []
+        while self.inflight:
+            done.extend(self.inflight.popleft().result())
+        return done
+
+    def close(self, cancel: bool = False) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
+
+
+class Indexer:
+    def __init__(self, store, manifest: Manifest, options: IndexOptions,
+                 warn: Callable[[bytes, str], None], progress: Callable[[Summary], None] | None = None):
+        self.store, self.manifest, self.options = store, manifest, options
+        self.warn, self.progress = warn, progress or (lambda summary: None)
+        self.walker = Walker(options.excludes, options.follow_links, warn)
+        self.summary = Summary()
+        self.kinds: dict[bytes, str] = {}
+        self.seq = 0
+        self.last_commit = 0.0
+
+    # -- transaction ---------------------------------------------------------------------
+
+    def write(self):
+        """The open write transaction, started on first use; committed by `maybe_commit`."""
+        if not self.store.db.in_transaction:
+            self.store.begin()
+            self.seq = self.store.next_seq()
+            self.last_commit = time.monotonic()
+        return self.store
+
+    def maybe_commit(self, force: bool = False) -> None:
+        if self.store.db.in_transaction and (force or time.monotonic() - self.last_commit >= self.options.commit_seconds):
+            self.store.commit()
+            self.progress(self.summary)
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self, roots: list[bytes]) -> Summary:
+        if self.options.count_first:
+            self.summary.pending_total = sum(self.count_pending(root) for root in roots)
+        embedder = Embedder(self.manifest, self.options)
+        try:
+            for root in roots:
+                self.index_root(root, embedder)
+            self.record(embedder.drain())
+            self.maybe_commit(force=True)
+        except BaseException:
+            # Results already written are whole rows: keep them, then stop.
+            try:
+                self.maybe_commit(force=True)
+            finally:
+                embedder.close(cancel=True)
+            raise
+        embedder.close()
+        return self.summary
+
+    def index_root(self, root: bytes, embedder: Embedder) -> None:
+        visited: set[bytes] = set()
+        chunk: list[tuple[bytes, int, int]] = []
+        for folder in self.walker.walk(root):
+            visited.add(folder.path)
+            known = self.store.rows_in_dir(folder.path)
+            for entry in folder.files:
+                row = known.pop(entry.path, None)
+                if row is not None and not row[4] and row[1] == entry.size and row[2] == entry.mtime_ns:
+                    self.summary.unchanged += 1
+                    continue
+                if (row is None or row[4]) and self.try_move(entry):
+                    continue
+                self.kinds[entry.path] = "new" if row is None or row[4] else "updated"
+                chunk.append((entry.path, entry.size, entry.mtime_ns))
+                if len(chunk) >= self.options.batch_size:
+                    self.record(embedder.submit(chunk))
+                    chunk = []
+            gone = [row[0] for row in known.values() if not row[4]]
+            if gone:
+                self.write().mark_deleted(gone, self.seq)
+                self.summary.removed += len(gone)
+            self.maybe_commit()
+        if chunk:
+            self.record(embedder.submit(chunk))
+        for folder in self.store.dirs_under(root):
+            if folder not in visited:
+                self.summary.removed += self.write().mark_dir_deleted(folder, self.seq)
+
+    def try_move(self, entry) -> bool:
+        candidates = [c for c in self.store.move_candidates(entry.size) if c[1] != entry.path]
+        orphans = [c for c in candidates if c[3] or not os.path.lexists(c[1])]
+        if not orphans:
+            return False
+        content = fingerprint_file(entry.path)
+        for row_id, _old_path, stored_fingerprint, _deleted in orphans:
+            if content is not None and stored_fingerprint == content:
+                self.write().move(row_id, entry.path, parent_of(entry.path), entry.mtime_ns, self.seq)
+                self.summary.moved += 1
+                return True
+        return False
+
+    def record(self, results: list[Result]) -> None:
+        if not results:
+            return
+        store = self.write()
+        for result in results:
+            kind = self.kinds.pop(result.path, "new")
+            folder = parent_of(result.path)
+            if result.vanished:
+                self.summary.vanished += 1
+                self.warn(result.path, "vanished during the run; skipped")
+            elif result.error is not None:
+                self.summary.failed += 1
+                self.warn(result.path, f"{result.error}; remembered and skipped until the file changes")
+                store.put_error(result.path, folder, result.size, result.mtime_ns, result.error, self.seq)
+            else:
+                setattr(self.summary, kind, getattr(self.summary, kind) + 1)
+                self.summary.embedded += 1
+                store.put_vector(result.path, folder, result.size, result.mtime_ns, result.fingerprint,
+                                 result.vector, result.scale, self.seq)
+        self.maybe_commit()
+
+    def count_pending(self, root: bytes) -> int:
+        pending = 0
+        for folder in Walker(self.options.excludes, self.options.follow_links).walk(root):
+            known = self.store.rows_in_dir(folder.path)
+            for entry in folder.files:
+                row = known.get(entry.path)
+                if row is None or row[4] or row[1] != entry.size or row[2] != entry.mtime_ns:
+                    pending += 1
+        return pending

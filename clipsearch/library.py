@@ -1,0 +1,111 @@
+"""A library run end to end: validate the paths, take the lock, open the cache, check the
+model, index, refresh the packed vectors, record the run. Also the `status` report."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from .errors import UsageError
+from .indexer import Indexer, IndexOptions, Summary
+from .lock import IndexLock
+from .manifest import Manifest
+from .store import Store
+from .walk import normalise_root
+
+
+def check_roots(paths: list[str]) -> list[bytes]:
+    roots = []
+    for path in paths:
+        if not os.path.exists(path):
+            raise UsageError(f"{path}: no such folder; check the path (is the share mounted?)")
+        if not os.path.isdir(path):
+            raise UsageError(f"{path}: is a file, not a folder; give the folder that contains it")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise UsageError(f"{path}: folder is not readable by this user; fix its permissions")
+        roots.append(normalise_root(path))
+    return roots
+
+
+def index_paths(paths: list[str], db_path: Path, manifest: Manifest, options: IndexOptions,
+                warn, progress=None, wait_seconds: float = 0.0) -> Summary:
+    roots = check_roots(paths)
+    with IndexLock(db_path, wait_seconds):
+        store = Store(db_path)
+        try:
+            # Verify model files before any work: a damaged graph must not write vectors.
+            manifest.path(manifest.graph("vision")["file"])
+            store.check_model(manifest.model_id, manifest.name, manifest.image["pipeline"], claim=True)
+            run_id = store.start_run([os.fsdecode(r) for r in roots])
+            indexer = Indexer(store, manifest, options, warn, progress)
+            try:
+                summary = indexer.run(roots)
+            except BaseException:
+                store.rollback()
+                store.finish_run(run_id, "interrupted", indexer.summary.as_dict())
+                raise
+            with store.atomic():
+                store.purge_deleted()
+            refresh_packed(store, manifest)
+            store.finish_run(run_id, "ok", summary.as_dict())
+            return summary
+        finally:
+            store.close()
+
+
+def refresh_packed(store: Store, manifest: Manifest) -> None:
+    from .vectors import packed_path, read_header, write_packed
+
+    packed = read_header(packed_path(store.path))
+    if packed is None or packed.seq != int(store.meta("seq", "0")) or packed.model_id != store.meta("model_id"):
+        write_packed(store, manifest.embedding_dim)
+
+
+def status_report(db_path: Path, model_dir: Path) -> dict:
+    from .vectors import packed_path, read_header
+
+    store = Store(db_path, readonly=True)
+    try:
+        counts = store.counts()
+        last = store.last_run()
+        folders = sorted({root for row in store.query("SELECT roots FROM runs WHERE status = 'ok'")
+                          for root in __import__("json").loads(row[0])})
+        packed = read_header(packed_path(db_path))
+        report = {
+            "database": str(db_path),
+            "database_mb": round(sum(p.stat().st_size for p in db_path.parent.glob(db_path.name + "*")
+                                     if p.is_file()) / 1e6, 1),
+            "schema_version": store.version,
+            "library_folders": folders,
+            "indexed": counts["indexed"],
+            "failed": counts["failed"],
+            "deleted_kept_for_moves": counts["deleted_kept"],
+            "model_name": store.meta("model_name"),
+            "model_id": store.meta("model_id"),
+            "packed_vectors": "up to date" if packed and packed.seq == int(store.meta("seq", "0")) else "stale (refreshed on next query/index)",
+        }
+        pending = _pending(store, folders)
+        if pending is not None:
+            report["pending"] = pending
+        if last:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["started_at"]))
+            report["last_run"] = f"{when} {last['status']}" + (f" {last['summary']}" if last["summary"] else "")
+        model_file = Path(model_dir) / "manifest.json"
+        if model_file.is_file():
+            from .manifest import load_manifest
+
+            loaded = load_manifest(Path(model_dir))
+            report["loaded_model"] = f"{loaded.name} ({loaded.model_id})" + (
+                "" if report["model_id"] in (None, loaded.model_id) else " DIFFERENT from the cache's model")
+        return report
+    finally:
+        store.close()
+
+
+def _pending(store: Store, folders: list[str]) -> int | None:
+    """New or changed files under the library folders, by a stat-only walk (fast)."""
+    if not folders or not all(os.path.isdir(f) for f in folders):
+        return None
+    indexer = Indexer.__new__(Indexer)
+    indexer.store, indexer.options = store, IndexOptions(workers=1)
+    return sum(indexer.count_pending(os.fsencode(f)) for f in folders)

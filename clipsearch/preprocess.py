@@ -1,0 +1,115 @@
+"""Image preprocessing in PIL + numpy.
+
+Reproduces CLIP's own pipeline (OpenAI `clip.load`'s torchvision transform, and
+transformers' CLIPImageProcessor, which agree): resize so the *shortest* side equals the
+model's image size with PIL bicubic resampling (the long side becomes
+int(size * long / short)), centre crop to size x size (offsets round((dim - size) / 2)),
+scale to [0, 1], subtract mean and divide by std per channel, CHW float32. Every parameter
+comes from the manifest's `image` section.
+
+Two additions CLIP's pipeline lacks, both needed for real photo libraries:
+- EXIF orientation is applied (`ImageOps.exif_transpose`), so a portrait phone photo is
+  embedded upright;
+- any mode becomes 8-bit RGB correctly: 16-bit and 32-bit grayscale are scaled, not clipped;
+  images with alpha (RGBA, LA, palette with transparency) are composited over white;
+  CMYK, grayscale, bilevel and palette go through Pillow's conversions.
+
+Large JPEGs are decoded with Pillow's `draft()` (libjpeg DCT scaling) at the smallest
+1/2, 1/4 or 1/8 scale whose shortest side is still at least `DRAFT_FACTOR` x the model's
+image size; the final bicubic resize then does the rest. The bench (`bench/preprocess.py`)
+measures its effect against a full decode.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Shortest side kept by draft decoding, as a multiple of the model input size. 2x keeps the
+# final bicubic step a true downscale; see README "Preprocessing" for the measured effect.
+DRAFT_FACTOR = 2
+PIPELINE_VERSION = f"pil-bicubic-shortest-centercrop-exif-alpha-white-draft{DRAFT_FACTOR}x-v1"
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit (~89.5 MP)
+
+
+class ImageDecodeError(Exception):
+    """The file is not an image we can decode; the message says why in a few words."""
+
+
+def open_image(path, image_size: int, use_draft: bool = True) -> Image.Image:
+    """Open, draft-decode (JPEG), orient and convert one image to 8-bit RGB."""
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"refused: too many pixels ({exc})") from None
+    except (Image.UnidentifiedImageError, SyntaxError):
+        raise ImageDecodeError("not a recognised image format") from None
+    try:
+        width, height = img.size
+        if width * height > MAX_PIXELS:
+            raise ImageDecodeError(f"refused: {width}x{height} exceeds the {MAX_PIXELS} pixel limit")
+        if use_draft and img.format == "JPEG":
+            wanted = image_size * DRAFT_FACTOR
+            img.draft("RGB", (wanted, wanted))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return to_rgb(img)
+    except ImageDecodeError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"cannot decode ({exc})") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        bits = 16 if mode.startswith("I;16") else 32
+        arr = np.asarray(img, dtype=np.float64)
+        top = float(arr.max()) if bits == 32 else 65535.0
+        top = top if top > 255 else 255.0
+        img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
+        return img.convert("RGB")
+    if mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float32))
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(scaled.astype(np.uint8), "L").convert("RGB")
+    if mode == "P" and "transparency" in img.info or mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def to_pixels(img: Image.Image, spec: dict) -> np.ndarray:
+    """RGB PIL image -> normalised float32 [3, S, S] as the vision graph expects."""
+    size = int(spec["size"])
+    width, height = img.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    new_size = (size, new_long) if width <= height else (new_long, size)
+    if img.size != new_size:
+        img = img.resize(new_size, resample=Image.BICUBIC)
+    left = int(round((new_size[0] - size) / 2.0))
+    top = int(round((new_size[1] - size) / 2.0))
+    img = img.crop((left, top, left + size, top + size))
+    arr = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
+    arr = (arr - np.asarray(spec["mean"], dtype=np.float32)) / np.asarray(spec["std"], dtype=np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def load_pixels(path, spec: dict, use_draft: bool = True) -> np.ndarray:
+    return to_pixels(open_image(path, int(spec["size"]), use_draft), spec)
+
+
+def reference_image(size: int = 256) -> Image.Image:
+    """A deterministic test card (gradients and a disc), drawn without any file, so the export
+    and a later runtime can embed the very same pixels and compare."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)
+    disc = ((xs - 0.6) ** 2 + (ys - 0.4) ** 2) < 0.06
+    red = 255 * xs
+    green = 255 * ys
+    blue = np.where(disc, 230.0, 255 * (1 - xs) * 0.5)
+    arr = np.stack([red, green, blue], axis=-1).round().astype(np.uint8)
+    return Image.fromarray(arr, "RGB")

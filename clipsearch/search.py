@@ -1,0 +1,90 @@
+"""`clipsearch query`: turn query terms into one vector and rank the cache with it.
+
+A query is a weighted sum of terms, each a text or an image; the sum is L2-normalised.
+Terms are written `TEXT`, `W:TEXT` (weight W, may be negative: `-1:dog`), and images come
+from `--like IMAGE` (+1) / `--unlike IMAGE` (-1). Only the towers a query needs are opened.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import UsageError
+
+_WEIGHT = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)):(.*)$", re.S)
+
+
+@dataclass(frozen=True)
+class Term:
+    kind: str  # "text" or "image"
+    value: str
+    weight: float = 1.0
+
+
+def parse_terms(texts: list[str], like: list[str], unlike: list[str]) -> list[Term]:
+    terms = []
+    for text in texts:
+        match = _WEIGHT.match(text)
+        weight, body = (float(match.group(1)), match.group(2)) if match else (1.0, text)
+        if not body.strip():
+            raise UsageError(f"query term {text!r} is empty; give some words to search for")
+        terms.append(Term("text", body, weight))
+    terms += [Term("image", path, 1.0) for path in like] + [Term("image", path, -1.0) for path in unlike]
+    if not terms:
+        raise UsageError("nothing to search for: give TEXT, or --like IMAGE")
+    return terms
+
+
+def query_vector(terms: list[Term], manifest, threads: int | None = None) -> np.ndarray:
+    from .encoders import TextEncoder, l2_normalise
+
+    total = np.zeros(manifest.embedding_dim, dtype=np.float32)
+    texts = [t for t in terms if t.kind == "text"]
+    if texts:
+        vectors = TextEncoder(manifest, threads).encode([t.value for t in texts])
+        total += np.asarray([t.weight for t in texts], dtype=np.float32) @ vectors
+    images = [t for t in terms if t.kind == "image"]
+    if images:
+        total += image_terms(images, manifest, threads)
+    if not np.any(total):
+        raise UsageError("the query terms cancel out; change their weights")
+    return l2_normalise(total[None])[0]
+
+
+def image_terms(images: list[Term], manifest, threads: int | None) -> np.ndarray:
+    from .encoders import ImageEncoder
+    from .preprocess import ImageDecodeError, load_pixels
+
+    pixels = []
+    for term in images:
+        if not os.path.isfile(term.value):
+            raise UsageError(f"{term.value}: no such image file for --like/--unlike")
+        try:
+            pixels.append(load_pixels(term.value, manifest.image))
+        except (ImageDecodeError, OSError) as exc:
+            raise UsageError(f"{term.value}: cannot use as a query image ({exc})") from None
+    vectors = ImageEncoder(manifest, threads).encode_pixels(np.stack(pixels))
+    return np.asarray([t.weight for t in images], dtype=np.float32) @ vectors
+
+
+def allowed_ids(store, folder: bytes) -> np.ndarray:
+    lower, upper = folder.rstrip(b"/") + b"/", folder.rstrip(b"/") + b"0"
+    rows = store.query("SELECT id FROM images WHERE deleted = 0 AND vector IS NOT NULL AND "
+                       "(dir = ? OR (dir >= ? AND dir < ?)) ORDER BY id", (folder, lower, upper))
+    return np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+
+
+def search(store, manifest, vector: np.ndarray, top: int, within: bytes | None = None) -> list[tuple[bytes, float]]:
+    from .vectors import top_k
+
+    allowed = allowed_ids(store, within) if within is not None else None
+    best = top_k(vector, store, manifest.embedding_dim, top, allowed)
+    if not best:
+        return []
+    ids = [row_id for row_id, _ in best]
+    placeholders = ",".join("?" * len(ids))
+    paths = dict(store.query(f"SELECT id, filepath FROM images WHERE id IN ({placeholders})", ids))
+    return [(paths[row_id], score) for row_id, score in best if row_id in paths]

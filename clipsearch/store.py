@@ -1,0 +1,298 @@
+"""The SQLite vector cache: schema and its upgrades, transactions, and every query the
+indexer and search make. The database is the single source of truth; `vectors.py` keeps a
+derived packed copy for fast ranking.
+
+Paths are stored as raw bytes (`os.fsencode`): photo libraries contain names that are not
+valid UTF-8, and SQLite TEXT cannot hold them. Vectors are stored as int8 with one float
+scale per row (unit vector ~= int8 * scale): 512 bytes instead of 2 KiB, and the search
+quality loss is far below the int8 model's own (see README).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from .errors import DatabaseError, ModelMismatchError
+
+SCHEMA_VERSION = 1
+
+
+def _v1(db: sqlite3.Connection) -> None:
+    # v1: the seed schema (images: id, deleted, filepath UNIQUE, modified_at, size, vector),
+    # with paths as bytes, int8 vectors + scale, the decode error of failed files, a content
+    # fingerprint for move detection and a change counter (seq) that the packed vector file
+    # follows.
+    # Statement by statement: executescript() would COMMIT the surrounding transaction.
+    script = (
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE images (
+            id INTEGER PRIMARY KEY,
+            filepath BLOB NOT NULL UNIQUE,
+            dir BLOB NOT NULL,
+            modified_at INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            fingerprint BLOB,
+            vector BLOB,
+            scale REAL,
+            error TEXT,
+            deleted INTEGER NOT NULL DEFAULT 0,
+            deleted_at REAL,
+            seq INTEGER NOT NULL,
+            indexed_at REAL NOT NULL
+        );
+        CREATE INDEX images_dir ON images(dir);
+        CREATE INDEX images_size ON images(size);
+        CREATE INDEX images_seq ON images(seq);
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            roots TEXT NOT NULL,
+            status TEXT NOT NULL,
+            summary TEXT
+        );
+        INSERT INTO meta (key, value) VALUES ('seq', '0')
+        """
+    )
+    for statement in script.split(";"):
+        db.execute(statement)
+
+
+# Upgrade steps: MIGRATIONS[n] takes a database at version n to n + 1. Each runs in one
+# transaction together with the user_version bump, so a kill mid-upgrade leaves the old
+# version intact and the next run simply upgrades again.
+MIGRATIONS = {0: _v1}
+
+
+class Store:
+    def __init__(self, path: Path, readonly: bool = False):
+        self.path = Path(path)
+        self.readonly = readonly
+        self.db = self._connect()
+        self._upgrade()
+
+    # -- opening -----------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly and not self.path.exists():
+            raise DatabaseError(f"{self.path}: no index yet; run `clipsearch index PATH` first")
+        try:
+            if not self.readonly:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout = 30000")
+            mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode != "wal" and not self.readonly:
+                db.execute("PRAGMA journal_mode = WAL")
+            # WAL + NORMAL: a crash or power loss can drop the last commits, never corrupt.
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA foreign_keys = ON")
+            self.version = db.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise self.explain(exc) from None
+        except OSError as exc:
+            raise DatabaseError(f"{self.path}: cannot open the index database ({exc.strerror}); check the path and its permissions") from None
+        return db
+
+    def explain(self, exc: Exception) -> DatabaseError:
+        text = str(exc)
+        if "not a database" in text or "malformed" in text:
+            return DatabaseError(f"{self.path}: not a clipsearch database or damaged ({text}); move it aside "
+                                 "(it is never overwritten) and run `clipsearch index` to build a new one")
+        if "readonly" in text or "read-only" in text:
+            return DatabaseError(f"{self.path}: the database is read-only; fix its permissions or use --db / CLIPSEARCH_DB")
+        if "disk is full" in text or "disk I/O error" in text:
+            return DatabaseError(f"{self.path}: the disk is full or failing ({text}); the last committed state is "
+                                 "intact: free some space and run again")
+        if "locked" in text:
+            return DatabaseError(f"{self.path}: database is busy ({text}); try again")
+        return DatabaseError(f"{self.path}: {text}")
+
+    def _upgrade(self) -> None:
+        if self.version > SCHEMA_VERSION:
+            raise DatabaseError(f"{self.path}: written by a newer clipsearch (schema {self.version}, this one knows "
+                                f"{SCHEMA_VERSION}); upgrade clipsearch, or use another --db")
+        if self.version == SCHEMA_VERSION:
+            return
+        if self.readonly:
+            raise DatabaseError(f"{self.path}: schema {self.version} needs an upgrade; run `clipsearch index` once")
+        while self.version < SCHEMA_VERSION:
+            with self.atomic():
+                # Re-read inside the write lock: an overlapping run may have upgraded already.
+                self.version = self.db.execute("PRAGMA user_version").fetchone()[0]
+                if self.version >= SCHEMA_VERSION:
+                    break
+                MIGRATIONS[self.version](self.db)
+                self.db.execute(f"PRAGMA user_version = {self.version + 1}")
+            self.version += 1
+
+    def close(self) -> None:
+        self.db.close()
+
+    def begin(self) -> None:
+        """Start a write transaction (BEGIN IMMEDIATE: takes the write lock up front)."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.DatabaseError as exc:
+            raise self.explain(exc) from None
+
+    def commit(self) -> None:
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            self.rollback()
+            raise self.explain(exc) from None
+
+    def rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+
+    @contextlib.contextmanager
+    def atomic(self):
+        """One write transaction around the block; rolled back if it raises."""
+        self.begin()
+        try:
+            yield self.db
+        except sqlite3.DatabaseError as exc:
+            self.rollback()
+            raise self.explain(exc) from None
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
+
+    def query(self, sql: str, params=()) -> list:
+        try:
+            return self.db.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self.explain(exc) from None
+
+    # -- meta --------------------------------------------------------------------------
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.query("SELECT value FROM meta WHERE key = ?", (key,))
+        return row[0][0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        (key, value))
+
+    def check_model(self, model_id: str, model_name: str, pipeline: str, claim: bool) -> None:
+        """Vectors of one model never mix with another's. An empty cache is claimed by the
+        first model that indexes into it (when `claim`)."""
+        stored = self.meta("model_id")
+        if stored is None:
+            if claim:
+                with self.atomic():
+                    if self.meta("model_id") is None:
+                        self.set_meta("model_id", model_id)
+                        self.set_meta("model_name", model_name)
+                        self.set_meta("pipeline", pipeline)
+                return self.check_model(model_id, model_name, pipeline, claim=False)
+            return
+        if stored != model_id or self.meta("pipeline") != pipeline:
+            raise ModelMismatchError(
+                f"{self.path}: the cache was built with model {self.meta('model_name')} ({stored}), not with the loaded "
+                f"{model_name} ({model_id}); use --model with that folder, or a separate --db for this model "
+                f"(or delete the database to re-index everything with it)")
+
+    def next_seq(self) -> int:
+        """Bump the change counter; call inside a transaction and stamp changed rows with it."""
+        seq = int(self.meta("seq", "0")) + 1
+        self.set_meta("seq", str(seq))
+        return seq
+
+    # -- reads for the indexer ---------------------------------------------------------
+
+    def rows_in_dir(self, folder: bytes) -> dict[bytes, tuple]:
+        rows = self.query("SELECT filepath, id, size, modified_at, error, deleted FROM images WHERE dir = ?", (folder,))
+        return {row[0]: row[1:] for row in rows}
+
+    def dirs_under(self, root: bytes) -> list[bytes]:
+        upper = root.rstrip(b"/") + b"0"  # b"0" follows b"/" in byte order: everything below root/
+        lower = root.rstrip(b"/") + b"/"
+        rows = self.query("SELECT DISTINCT dir FROM images WHERE deleted = 0 AND (dir = ? OR (dir >= ? AND dir < ?))",
+                          (root, lower, upper))
+        return [row[0] for row in rows]
+
+    def move_candidates(self, size: int) -> list[tuple]:
+        return self.query("SELECT id, filepath, fingerprint, deleted FROM images "
+                          "WHERE size = ? AND vector IS NOT NULL AND fingerprint IS NOT NULL", (size,))
+
+    # -- writes (call inside atomic()) ------------------------------------------------
+
+    def put_vector(self, filepath: bytes, folder: bytes, size: int, mtime_ns: int, fingerprint: bytes,
+                   vector: bytes, scale: float, seq: int) -> None:
+        self.db.execute(
+            """INSERT INTO images (filepath, dir, modified_at, size, fingerprint, vector, scale, error, deleted,
+                                   deleted_at, seq, indexed_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, ?, ?)
+               ON CONFLICT(filepath) DO UPDATE SET dir = excluded.dir, modified_at = excluded.modified_at,
+                 size = excluded.size, fingerprint = excluded.fingerprint, vector = excluded.vector,
+                 scale = excluded.scale, error = NULL, deleted = 0, deleted_at = NULL, seq = excluded.seq,
+                 indexed_at = excluded.indexed_at""",
+            (filepath, folder, mtime_ns, size, fingerprint, vector, scale, seq, time.time()))
+
+    def put_error(self, filepath: bytes, folder: bytes, size: int, mtime_ns: int, error: str, seq: int) -> None:
+        self.db.execute(
+            """INSERT INTO images (filepath, dir, modified_at, size, fingerprint, vector, scale, error, deleted,
+                                   deleted_at, seq, indexed_at)
+               VALUES (?, ?, ?, ?, NULL, NULL, NULL, ?, 0, NULL, ?, ?)
+               ON CONFLICT(filepath) DO UPDATE SET dir = excluded.dir, modified_at = excluded.modified_at,
+                 size = excluded.size, fingerprint = NULL, vector = NULL, scale = NULL, error = excluded.error,
+                 deleted = 0, deleted_at = NULL, seq = excluded.seq, indexed_at = excluded.indexed_at""",
+            (filepath, folder, mtime_ns, size, error, seq, time.time()))
+
+    def move(self, row_id: int, filepath: bytes, folder: bytes, mtime_ns: int, seq: int) -> None:
+        # A stale soft-deleted row may still hold the target path: the new location wins.
+        self.db.execute("DELETE FROM images WHERE filepath = ? AND id != ?", (filepath, row_id))
+        self.db.execute("UPDATE images SET filepath = ?, dir = ?, modified_at = ?, deleted = 0, deleted_at = NULL, "
+                        "seq = ? WHERE id = ?", (filepath, folder, mtime_ns, seq, row_id))
+
+    def mark_deleted(self, row_ids: list[int], seq: int) -> None:
+        now = time.time()
+        self.db.executemany("UPDATE images SET deleted = 1, deleted_at = ?, seq = ? WHERE id = ? AND deleted = 0",
+                            [(now, seq, row_id) for row_id in row_ids])
+
+    def mark_dir_deleted(self, folder: bytes, seq: int) -> int:
+        cursor = self.db.execute("UPDATE images SET deleted = 1, deleted_at = ?, seq = ? WHERE dir = ? AND deleted = 0",
+                                 (time.time(), seq, folder))
+        return cursor.rowcount
+
+    def purge_deleted(self, older_than_days: float = 30.0) -> int:
+        """Forget soft-deleted rows for good. They are kept a while so a file moved out of the
+        library and back (or across two runs) keeps its vector."""
+        cursor = self.db.execute("DELETE FROM images WHERE deleted = 1 AND deleted_at < ?",
+                                 (time.time() - older_than_days * 86400,))
+        return cursor.rowcount
+
+    # -- runs and status ---------------------------------------------------------------
+
+    def start_run(self, roots: list[str]) -> int:
+        with self.atomic():
+            cursor = self.db.execute("INSERT INTO runs (started_at, roots, status) VALUES (?, ?, 'running')",
+                                     (time.time(), json.dumps(roots)))
+            return cursor.lastrowid
+
+    def finish_run(self, run_id: int, status: str, summary: dict) -> None:
+        with self.atomic():
+            self.db.execute("UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE id = ?",
+                            (time.time(), status, json.dumps(summary), run_id))
+
+    def counts(self) -> dict:
+        row = self.query("SELECT SUM(deleted = 0 AND vector IS NOT NULL), SUM(deleted = 0 AND error IS NOT NULL), "
+                         "SUM(deleted = 1) FROM images")[0]
+        return {"indexed": row[0] or 0, "failed": row[1] or 0, "deleted_kept": row[2] or 0}
+
+    def last_run(self) -> dict | None:
+        rows = self.query("SELECT started_at, finished_at, roots, status, summary FROM runs ORDER BY id DESC LIMIT 1")
+        if not rows:
+            return None
+        started, finished, roots, status, summary = rows[0]
+        return {"started_at": started, "finished_at": finished, "roots": json.loads(roots), "status": status,
+                "summary": json.loads(summary) if summary else None}

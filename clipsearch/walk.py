@@ -1,0 +1,93 @@
+"""Walking a photo library: which files are images, which folders to skip, and how
+symlinks are treated. Streams one folder at a time, so memory does not grow with the
+library."""
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+IMAGE_EXTENSIONS = frozenset({b".jpg", b".jpeg", b".png", b".webp", b".gif", b".bmp", b".tif", b".tiff"})
+
+# Matched against each folder's and file's own name. Hidden names (leading dot) are always
+# skipped as well, which covers .thumbnails, .@__thumb and .git.
+DEFAULT_EXCLUDES = ("@eaDir", "#recycle", "#snapshot", ".@__thumb", ".thumbnails", "lost+found",
+                    "System Volume Information", "$RECYCLE.BIN", "node_modules")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: bytes
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Folder:
+    path: bytes
+    files: list[FileEntry]
+
+
+class Walker:
+    """Yields one `Folder` per directory, files sorted by name.
+
+    Symlinks are not followed by default (no loops, no duplicates of a folder reached twice);
+    with `follow_links` they are, and each real directory is still visited once."""
+
+    def __init__(self, excludes: tuple[str, ...] = DEFAULT_EXCLUDES, follow_links: bool = False,
+                 warn: Callable[[bytes, str], None] | None = None):
+        self.patterns = [p.encode("utf-8", "surrogateescape") for p in excludes]
+        self.follow_links = follow_links
+        self.warn = warn or (lambda path, message: None)
+
+    def excluded(self, name: bytes) -> bool:
+        return name.startswith(b".") or any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
+
+    def walk(self, root: bytes) -> Iterator[Folder]:
+        seen_dirs: set[tuple[int, int]] = set()
+        stack = [root]
+        while stack:
+            folder = stack.pop()
+            try:
+                st = os.stat(folder)
+                key = (st.st_dev, st.st_ino)
+                if key in seen_dirs:
+                    continue
+                seen_dirs.add(key)
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                self.warn(folder, f"cannot read folder ({exc.strerror})")
+                continue
+            files, subdirs = [], []
+            for entry in entries:
+                if self.excluded(entry.name):
+                    continue
+                try:
+                    is_link = entry.is_symlink()
+                    if is_link and not self.follow_links:
+                        continue
+                    if entry.is_dir(follow_symlinks=self.follow_links):
+                        subdirs.append(entry.path)
+                        continue
+                    if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+                        continue
+                    if not entry.is_file(follow_symlinks=self.follow_links):
+                        continue
+                    st = entry.stat(follow_symlinks=self.follow_links)
+                except OSError as exc:
+                    self.warn(entry.path, f"cannot stat ({exc.strerror}); skipped")
+                    continue
+                files.append(FileEntry(entry.path, st.st_size, st.st_mtime_ns))
+            stack.extend(reversed(subdirs))
+            yield Folder(folder, files)
+
+
+def normalise_root(path: str) -> bytes:
+    """Absolute, symlink-free bytes path: the same photo always gets the same key."""
+    return os.fsencode(os.path.realpath(os.path.abspath(path)))
+
+
+def parent_of(path: bytes) -> bytes:
+    return os.path.dirname(path)

@@ -1,0 +1,24 @@
+"""The model catalogue (`models/catalogue.json`): which checkpoints clipsearch knows."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CATALOGUE_PATH = REPO_ROOT / "models" / "catalogue.json"
+VOCAB_PATH = REPO_ROOT / "models" / "vocab" / "bpe_simple_vocab_16e6.txt.gz"
+
+
+def load_catalogue() -> dict:
+    with open(CATALOGUE_PATH, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def catalogue_entry(name: str | None) -> tuple[str, dict]:
+    catalogue = load_catalogue()
+    name = name or catalogue["default"]
+    try:
+        return name, catalogue["models"][name]
+    except KeyError:
+        known = ", ".join(sorted(catalogue["models"]))
+        raise SystemExit(f"export: unknown model {name!r}; known models: {known}") from None
