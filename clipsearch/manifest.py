@@ -82,6 +82,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def describe_files(folder: Path, names: list[str]) -> tuple[dict, str]:
+    """The manifest's `files` section for `names` in `folder`, and the model_id derived from it
+    (a hash of the file hashes: same bytes, same id)."""
+    files = {name: {"size": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)} for name in names}
+    joined = "".join(f"{name}:{files[name]['sha256']};" for name in sorted(files))
+    return files, hashlib.sha256(joined.encode()).hexdigest()[:32]
+
+
 def verify_file(path: Path, expected: dict) -> None:
     """Raise ModelError unless `path` has the exported size and sha256."""
     try:

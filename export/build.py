@@ -4,8 +4,6 @@ The folder is assembled in a temporary sibling and renamed into place at the end
 interrupted or failed export never leaves a half-written model where the runtime looks."""
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 import shutil
 import sys
@@ -13,18 +11,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from clipsearch.encoders import ImageEncoder, TextEncoder
-from clipsearch.manifest import FORMAT_VERSION, Manifest, sha256_file
-from clipsearch.preprocess import PIPELINE_VERSION, reference_image, to_pixels
+from clipsearch.manifest import FORMAT_VERSION, Manifest, describe_files
+from clipsearch.preprocess import PIPELINE_VERSION
 
 from . import fidelity
+from .folder import finish_folder
 from .checkpoint import CONTEXT_LENGTH, load_model, load_tokenizer, save_random_checkpoint
 from .graphs import (OPSET, TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT, export_towers, file_mb,
                      quantize)
-
-REFERENCE_TEXT = "a photo of a cat"
-REFERENCE_VALUES = 8
-
 
 class ExportError(Exception):
     pass
@@ -48,15 +42,6 @@ def write_tokenizer(tokenizer, path: Path) -> dict:
             "end_token_id": end_id, "pad_token_id": pad_id, "vocab_size": backend.get_vocab_size()}
 
 
-def file_entry(path: Path) -> dict:
-    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
-
-
-def model_id(files: dict) -> str:
-    joined = "".join(f"{name}:{files[name]['sha256']};" for name in sorted(files))
-    return hashlib.sha256(joined.encode()).hexdigest()[:32]
-
-
 def versions() -> dict:
     import onnx
     import onnxruntime
@@ -65,28 +50,6 @@ def versions() -> dict:
 
     return {"torch": torch.__version__, "transformers": transformers.__version__, "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
-
-
-def reference_values(manifest: Manifest) -> dict:
-    image = ImageEncoder(manifest).encode_pixels(to_pixels(reference_image(), manifest.image)[None])[0]
-    text = TextEncoder(manifest).encode([REFERENCE_TEXT])[0]
-    rounded = lambda v: [round(float(x), 6) for x in v[:REFERENCE_VALUES]]  # noqa: E731
-    return {"image": {"probe": "clipsearch.preprocess.reference_image(256)", "first_values": rounded(image)},
-            "text": {"text": REFERENCE_TEXT, "first_values": rounded(text)}}
-
-
-def finish_folder(work: Path, data: dict, graph_files: dict[str, Path]) -> Manifest:
-    """Put `graph_files` in `work` as vision.onnx/text.onnx, hash everything, write manifest.json."""
-    for tower, source in graph_files.items():
-        target = work / f"{tower}.onnx"
-        if source != target:
-            shutil.copyfile(source, target)
-    files = {name: file_entry(work / name) for name in ("vision.onnx", "text.onnx", "tokenizer.json")}
-    data = dict(data, files=files, model_id=model_id(files))
-    manifest = Manifest(folder=work, data=data)
-    data["reference"] = reference_values(manifest)
-    (work / "manifest.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return manifest
 
 
 def run_export(*, name: str, source: str, source_info: dict, out: Path, preprocess: dict,
@@ -116,7 +79,8 @@ def run_export(*, name: str, source: str, source_info: dict, out: Path, preproce
             "name": name,
             "source": source_info,
             "embedding_dim": clip.config.projection_dim,
-            "image": dict(preprocess, size=image_size, pipeline=PIPELINE_VERSION),
+            "image": dict({k: v for k, v in preprocess.items() if k != "image_size"}, size=image_size,
+                          pipeline=PIPELINE_VERSION),
             "text": text_info,
             "graphs": {"vision": {"file": "vision.onnx", "input": VISION_INPUT, "output": VISION_OUTPUT,
                                   "input_shape": ["batch", 3, image_size, image_size]},
@@ -129,8 +93,8 @@ def run_export(*, name: str, source: str, source_info: dict, out: Path, preproce
         }
         manifest = finish_folder(work, data, int8)
         log("measuring fidelity on the probe set")
-        probe_manifest = Manifest(folder=work, data=dict(manifest.data, files=dict(
-            manifest.data["files"], **{p.name: file_entry(p) for p in fp32.values()})))
+        fp32_files, _ = describe_files(work, [p.name for p in fp32.values()])
+        probe_manifest = Manifest(folder=work, data=dict(manifest.data, files=dict(manifest.data["files"], **fp32_files)))
         fid = fidelity.measure(clip, probe_manifest, {t: p.name for t, p in fp32.items()})
         fid["sizes_mb"] = {"vision_int8": file_mb(int8["vision"]), "text_int8": file_mb(int8["text"]),
                            "vision_fp32": file_mb(fp32["vision"]), "text_fp32": file_mb(fp32["text"])}

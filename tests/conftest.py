@@ -1,0 +1,79 @@
+"""Shared fixtures: committed test models, an isolated CLIPSEARCH_HOME, and writers of real
+image files."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+DATA = Path(__file__).resolve().parent / "data"
+REPO = DATA.parent.parent
+
+COLOURS = {
+    "red": (230, 20, 20), "green": (20, 200, 30), "blue": (25, 30, 220), "yellow": (235, 225, 30),
+    "cyan": (20, 220, 225), "magenta": (220, 30, 215), "white": (245, 245, 245), "black": (12, 12, 12),
+}
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    """Every test gets its own data dir; no CLIPSEARCH_* from the developer's shell leaks in."""
+    for key in list(os.environ):
+        if key.startswith("CLIPSEARCH_"):
+            monkeypatch.delenv(key)
+    home = tmp_path / "home"
+    monkeypatch.setenv("CLIPSEARCH_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def colour_model(tmp_path) -> Path:
+    folder = tmp_path / "colour-model"
+    shutil.copytree(DATA / "colour-model", folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_model(tmp_path) -> Path:
+    folder = tmp_path / "tiny-model"
+    shutil.copytree(DATA / "tiny-model", folder)
+    return folder
+
+
+def write_photo(path: Path, colour, size=(320, 240), grain: float = 8.0, seed: int = 0, fmt: str | None = None) -> Path:
+    """A real photo-like file: a flat colour with sensor-like grain, saved in the format of
+    its extension."""
+    rng = np.random.default_rng(seed)
+    arr = np.empty((size[1], size[0], 3), dtype=np.float32)
+    arr[:] = colour
+    arr += rng.normal(0, grain, arr.shape)
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {"quality": 90} if path.suffix.lower() in (".jpg", ".jpeg") else {}
+    img.save(path, format=fmt, **kwargs)
+    return path
+
+
+def colour_library(root: Path, per_colour: int = 2) -> dict[str, list[Path]]:
+    """Folders of photos of known colours: {colour: [paths]}."""
+    library = {}
+    for i, (name, rgb) in enumerate(COLOURS.items()):
+        library[name] = [write_photo(root / f"album{i % 3}" / f"{name}_{k}.jpg", rgb, seed=i * 10 + k)
+                         for k in range(per_colour)]
+    return library
+
+
+def run_cli(*args, env=None, timeout=120, check=False) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess (for crash, signal and concurrency cases)."""
+    full_env = dict(os.environ, **(env or {}))
+    result = subprocess.run([sys.executable, "-m", "clipsearch", *args], capture_output=True, env=full_env,
+                            timeout=timeout, cwd=REPO)
+    if check and result.returncode != 0:
+        raise AssertionError(f"clipsearch {' '.join(args)} failed: {result.stderr.decode(errors='replace')}")
+    return result
