@@ -148,6 +148,7 @@ class ProgressLine:
               help="How many results [env CLIPSEARCH_TOP].")
 @click.option("--in", "within", type=click.Path(path_type=str), default=None,
               help="Only results under this folder (default: the whole library).")
+@click.option("--not", "negated", multiple=True, metavar="TEXT", help="Subtract a text (W:TEXT for a weight; repeatable).")
 @click.option("--like", multiple=True, metavar="IMAGE", help="Add an image to the query (repeatable).")
 @click.option("--unlike", multiple=True, metavar="IMAGE", help="Subtract an image from the query (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line: path, score.")
@@ -156,15 +157,17 @@ class ProgressLine:
 @db_option
 @model_option
 @threads_option
-def query(terms, top, within, like, unlike, as_json, bare_paths, null_sep, db_path, model_dir, threads):
-    """Find the images that best match TERMS. A term is TEXT or W:TEXT with a weight W
-    (negative to push away): clipsearch query "a beach" "-0.5:people"."""
+def query(terms, top, within, negated, like, unlike, as_json, bare_paths, null_sep, db_path, model_dir, threads):
+    """Find the images that best match TERMS. A term is TEXT or W:TEXT with a weight W;
+    subtract with --not: clipsearch query "a beach" --not "0.5:people". (Negative weights
+    in TERMS need a `--` first: clipsearch query -- "a beach" "-0.5:people".)
+    """
     with handle_errors():
         from .search import parse_terms, query_vector, search
         from .store import Store
         from .walk import normalise_root
 
-        parsed = parse_terms(list(terms), list(like), list(unlike))
+        parsed = parse_terms(list(terms), list(like), list(unlike), list(negated))
         manifest = load_model(model_dir)
         store = Store(db_path or default_db_path(), readonly=True)
         store.check_model(manifest.model_id, manifest.name, manifest.image["pipeline"], claim=False)

@@ -113,6 +113,7 @@ class Indexer:
         self.walker = Walker(options.excludes, options.follow_links, warn)
         self.summary = Summary()
         self.kinds: dict[bytes, str] = {}
+        self.removed_this_run: set[int] = set()  # a move found later in the walk revives these
         self.seq = 0
         self.last_commit = 0.0
 
@@ -173,6 +174,7 @@ class Indexer:
             gone = [row[0] for row in known.values() if not row[4]]
             if gone:
                 self.write().mark_deleted(gone, self.seq)
+                self.removed_this_run.update(gone)
                 self.summary.removed += len(gone)
             self.maybe_commit()
         if chunk:
@@ -182,7 +184,8 @@ class Indexer:
                 self.summary.removed += self.write().mark_dir_deleted(folder, self.seq)
 
     def try_move(self, entry) -> bool:
-        candidates = [c for c in self.store.move_candidates(entry.size) if c[1] != entry.path]
+        # A soft-deleted row at this very path counts too: the file came back.
+        candidates = [c for c in self.store.move_candidates(entry.size) if c[1] != entry.path or c[3]]
         orphans = [c for c in candidates if c[3] or not os.path.lexists(c[1])]
         if not orphans:
             return False
@@ -191,6 +194,9 @@ class Indexer:
             if content is not None and stored_fingerprint == content:
                 self.write().move(row_id, entry.path, parent_of(entry.path), entry.mtime_ns, self.seq)
                 self.summary.moved += 1
+                if row_id in self.removed_this_run:
+                    self.removed_this_run.discard(row_id)
+                    self.summary.removed -= 1
                 return True
         return False
 

@@ -1,8 +1,8 @@
 """`clipsearch query`: turn query terms into one vector and rank the cache with it.
 
 A query is a weighted sum of terms, each a text or an image; the sum is L2-normalised.
-Terms are written `TEXT`, `W:TEXT` (weight W, may be negative: `-1:dog`), and images come
-from `--like IMAGE` (+1) / `--unlike IMAGE` (-1). Only the towers a query needs are opened.
+Terms are written `TEXT` or `W:TEXT` (weight W, may be negative: `-1:dog`); `--not TEXT`
+subtracts; images come from `--like IMAGE` (+1) / `--unlike IMAGE` (-1). Only the towers a query needs are opened.
 """
 from __future__ import annotations
 
@@ -24,14 +24,14 @@ class Term:
     weight: float = 1.0
 
 
-def parse_terms(texts: list[str], like: list[str], unlike: list[str]) -> list[Term]:
+def parse_terms(texts: list[str], like: list[str], unlike: list[str], negated: list[str] = ()) -> list[Term]:
     terms = []
-    for text in texts:
+    for text, sign in [(t, 1.0) for t in texts] + [(t, -1.0) for t in negated]:
         match = _WEIGHT.match(text)
         weight, body = (float(match.group(1)), match.group(2)) if match else (1.0, text)
         if not body.strip():
             raise UsageError(f"query term {text!r} is empty; give some words to search for")
-        terms.append(Term("text", body, weight))
+        terms.append(Term("text", body, sign * weight))
     terms += [Term("image", path, 1.0) for path in like] + [Term("image", path, -1.0) for path in unlike]
     if not terms:
         raise UsageError("nothing to search for: give TEXT, or --like IMAGE")

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 COLOURS = {
     "red": (1, 0, 0), "green": (0, 1, 0), "blue": (0, 0, 1), "yellow": (1, 1, 0),
-    "cyan": (0, 1, 1), "magenta": (1, 0, 1), "white": (1, 1, 1), "black": (0, 0, 0),
+    "teal": (0, 1, 1), "magenta": (1, 0, 1), "white": (1, 1, 1), "black": (0, 0, 0),
 }
 IMAGE_SIZE = 32
 
@@ -48,7 +48,9 @@ def build_colour_model(out: Path) -> None:
     vocab_size = tokenizer.get_vocab_size()
     table = np.zeros((vocab_size, 3), dtype=np.float32)
     for word, rgb in COLOURS.items():
-        table[tokenizer.token_to_id(word + "</w>")] = centred(rgb)
+        token = tokenizer.token_to_id(word + "</w>")
+        assert token is not None, f"{word} is not one CLIP token"
+        table[token] = centred(rgb)
 
     pixels = helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3, IMAGE_SIZE, IMAGE_SIZE])
     image_out = helper.make_tensor_value_info("image_embeds", TensorProto.FLOAT, ["batch", 3])

@@ -1,0 +1,180 @@
+"""End to end through the CLI (click's CliRunner) with the deterministic colour model:
+right answers, incremental behaviour, moves, failures, output formats."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+
+import pytest
+from click.testing import CliRunner
+
+from clipsearch.cli import main
+from conftest import COLOURS, colour_library, write_photo
+
+
+@pytest.fixture
+def cli(colour_model, tmp_path):
+    runner = CliRunner()
+    db = tmp_path / "index.db"
+
+    def invoke(*args, expect=0):
+        result = runner.invoke(main, [*args[:1], "--db", str(db), "--model", str(colour_model), *args[1:]])
+        assert result.exit_code == expect, (result.output, result.stderr if hasattr(result, "stderr") else "")
+        return result
+
+    invoke.db = db
+    return invoke
+
+
+def ranked_paths(result) -> list[str]:
+    return [line.split("\t", 1)[1] for line in result.stdout.splitlines()]
+
+
+def summary_of(result) -> str:
+    return [line for line in result.stderr.splitlines() if line.startswith("indexed:")][-1]
+
+
+def test_query_finds_the_right_colour(cli, tmp_path):
+    library = colour_library(tmp_path / "photos")
+    result = cli("index", str(tmp_path / "photos"), "--workers", "1")
+    assert "16 new" in summary_of(result)
+    for colour in ("red", "yellow", "blue", "magenta"):
+        top = ranked_paths(cli("query", colour, "--top", "2"))
+        assert sorted(top) == sorted(str(p) for p in library[colour]), colour
+
+
+def test_index_with_worker_processes_gives_the_same_vectors(cli, tmp_path):
+    colour_library(tmp_path / "photos")
+    cli("index", str(tmp_path / "photos"), "--workers", "2", "--batch-size", "3")
+    with sqlite3.connect(cli.db) as db:
+        multi = dict(db.execute("SELECT filepath, vector FROM images"))
+    os.remove(cli.db)
+    cli("index", str(tmp_path / "photos"), "--workers", "1")
+    with sqlite3.connect(cli.db) as db:
+        single = dict(db.execute("SELECT filepath, vector FROM images"))
+    assert len(multi) == 16 and multi == single
+
+
+def test_incremental_changed_deleted_moved(cli, tmp_path):
+    library = colour_library(tmp_path / "photos")
+    cli("index", str(tmp_path / "photos"), "--workers", "1")
+    assert "16 unchanged" in summary_of(cli("index", str(tmp_path / "photos"), "--workers", "1"))
+
+    # changed: a red photo repainted blue is re-embedded and now answers "blue"
+    write_photo(library["red"][0], COLOURS["blue"], seed=99)
+    os.utime(library["red"][0], ns=(1, 10**18))
+    # deleted
+    library["green"][0].unlink()
+    # moved to another folder and renamed: keeps its row and vector, nothing decoded
+    moved_to = tmp_path / "photos" / "sorted" / "sunny.jpg"
+    moved_to.parent.mkdir()
+    shutil.move(library["yellow"][0], moved_to)
+    with sqlite3.connect(cli.db) as db:
+        (yellow_id,) = db.execute("SELECT id FROM images WHERE filepath = ?", (bytes(library["yellow"][0]),)).fetchone()
+
+    line = summary_of(cli("index", str(tmp_path / "photos"), "--workers", "1"))
+    assert "0 new, 1 updated, 1 moved, 1 removed" in line, line
+    with sqlite3.connect(cli.db) as db:
+        assert db.execute("SELECT id FROM images WHERE filepath = ?", (bytes(moved_to),)).fetchone() == (yellow_id,)
+    assert str(library["red"][0]) in ranked_paths(cli("query", "blue", "--top", "3"))
+    assert str(moved_to) in ranked_paths(cli("query", "yellow", "--top", "2"))
+    everything = ranked_paths(cli("query", "green", "--top", "50"))
+    assert str(library["green"][0]) not in everything and len(everything) == 15
+
+
+def test_removed_folder_disappears_and_moving_it_back_reuses_vectors(cli, tmp_path):
+    colour_library(tmp_path / "photos")
+    cli("index", str(tmp_path / "photos"), "--workers", "1")
+    shutil.move(tmp_path / "photos" / "album1", tmp_path / "elsewhere")
+    line = summary_of(cli("index", str(tmp_path / "photos"), "--workers", "1"))
+    assert "removed" in line and " 0 removed" not in line
+    remaining = ranked_paths(cli("query", "red", "--top", "50"))
+    assert all("album1" not in p for p in remaining)
+    shutil.move(tmp_path / "elsewhere", tmp_path / "photos" / "album1")
+    line = summary_of(cli("index", str(tmp_path / "photos"), "--workers", "1"))
+    assert "0 new" in line and "moved" in line and " 0 moved" not in line
+
+
+def test_failed_file_is_remembered_until_it_changes(cli, tmp_path):
+    colour_library(tmp_path / "photos", per_colour=1)
+    bad = tmp_path / "photos" / "broken.jpg"
+    bad.write_text("this is not a jpeg")
+    result = cli("index", str(tmp_path / "photos"), "--workers", "1")
+    assert f"warning: {bad}:" in result.stderr and "1 failed" in summary_of(result)
+    again = cli("index", str(tmp_path / "photos"), "--workers", "1")
+    assert "warning" not in again.stderr and "0 failed" in summary_of(again)
+    write_photo(bad, COLOURS["teal"])
+    fixed = cli("index", str(tmp_path / "photos"), "--workers", "1")
+    assert "1 updated" in summary_of(fixed)
+    assert str(bad) in ranked_paths(cli("query", "teal", "--top", "2"))
+
+
+def test_output_formats_and_scope(cli, tmp_path):
+    library = colour_library(tmp_path / "photos")
+    cli("index", str(tmp_path / "photos"), "--workers", "1")
+    rows = [json.loads(line) for line in cli("query", "red", "--json", "--top", "3").stdout.splitlines()]
+    assert len(rows) == 3 and rows[0]["path"] in {str(p) for p in library["red"]} and rows[0]["score"] > 0.99
+    assert rows[0]["score"] >= rows[1]["score"] >= rows[2]["score"]
+    bare = cli("query", "red", "--paths", "--top", "2").stdout.splitlines()
+    assert sorted(bare) == sorted(str(p) for p in library["red"])
+    nul = cli("query", "red", "-0", "--top", "2").stdout_bytes
+    assert nul.endswith(b"\0") and sorted(nul.rstrip(b"\0").split(b"\0")) == sorted(bytes(p) for p in library["red"])
+    scoped = ranked_paths(cli("query", "red", "--in", str(tmp_path / "photos" / "album2"), "--top", "50"))
+    assert scoped and all("/album2/" in p for p in scoped)
+
+
+def test_combined_and_image_queries(cli, tmp_path):
+    library = colour_library(tmp_path / "photos")
+    cli("index", str(tmp_path / "photos"), "--workers", "1")
+    # In this model white and black are opposite directions: weights decide which wins.
+    assert set(ranked_paths(cli("query", "black", "2:white", "--top", "2"))) == {str(p) for p in library["white"]}
+    assert set(ranked_paths(cli("query", "--top", "2", "--", "white", "-2:white"))) == {str(p) for p in library["black"]}
+    assert set(ranked_paths(cli("query", "white", "--not", "2:white", "--top", "2"))) == {str(p) for p in library["black"]}
+    assert "cancel out" in cli("query", "white", "--not", "white", expect=2).output
+    probe = write_photo(tmp_path / "probe.png", COLOURS["magenta"])
+    assert set(ranked_paths(cli("query", "--like", str(probe), "--top", "2"))) == {str(p) for p in library["magenta"]}
+
+
+def test_excludes_and_hidden(cli, tmp_path):
+    root = tmp_path / "photos"
+    write_photo(root / "keep.jpg", COLOURS["red"])
+    write_photo(root / "@eaDir" / "thumb.jpg", COLOURS["red"])
+    write_photo(root / ".hidden" / "x.jpg", COLOURS["red"])
+    write_photo(root / ".dotfile.jpg", COLOURS["red"])
+    write_photo(root / "raw" / "skip.jpg", COLOURS["red"])
+    write_photo(root / "UPPER.JPG", COLOURS["red"])
+    (root / "notes.txt").write_text("not an image")
+    cli("index", str(root), "--workers", "1", "--exclude", "raw")
+    found = sorted(ranked_paths(cli("query", "red", "--top", "50")))
+    assert found == sorted([str(root / "UPPER.JPG"), str(root / "keep.jpg")])
+    listing = CliRunner().invoke(main, ["index", "--list-excludes"]).stdout
+    assert "@eaDir" in listing and "#recycle" in listing
+
+
+def test_status_reports_counts(cli, tmp_path):
+    colour_library(tmp_path / "photos", per_colour=1)
+    (tmp_path / "photos" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\ngarbage")
+    cli("index", str(tmp_path / "photos"), "--workers", "1")
+    write_photo(tmp_path / "photos" / "later.jpg", COLOURS["red"])
+    report = json.loads(cli("status", "--json").stdout)
+    assert report["indexed"] == 8 and report["failed"] == 1 and report["pending"] == 1
+    assert report["model_name"] == "colour-test-model" and report["library_folders"] == [str(tmp_path / "photos")]
+
+
+def test_model_mismatch_is_refused(cli, tmp_path, tiny_model):
+    colour_library(tmp_path / "photos", per_colour=1)
+    cli("index", str(tmp_path / "photos"), "--workers", "1")
+    runner = CliRunner()
+    for command in (["query", "red"], ["index", str(tmp_path / "photos")]):
+        result = runner.invoke(main, [command[0], "--db", str(cli.db), "--model", str(tiny_model), *command[1:]])
+        assert result.exit_code == 5 and "built with model colour-test-model" in result.output
+
+
+def test_bad_paths_give_one_line_errors(cli, tmp_path):
+    photo = write_photo(tmp_path / "a.jpg", COLOURS["red"])
+    for path, words in ((tmp_path / "missing", "no such folder"), (photo, "is a file")):
+        result = cli("index", str(path), expect=2)
+        assert words in result.output and "Traceback" not in result.output
+    assert "nothing to search for" in cli("query", expect=2).output
