@@ -41,8 +41,10 @@ def open_image(path, image_size: int, use_draft: bool = True) -> Image.Image:
         img = Image.open(path)
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"refused: too many pixels ({exc})") from None
-    except (Image.UnidentifiedImageError, SyntaxError):
+    except Image.UnidentifiedImageError:
         raise ImageDecodeError("not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageDecodeError(f"cannot decode ({exc})") from None
     try:
         width, height = img.size
         if width * height > MAX_PIXELS:
@@ -55,7 +57,7 @@ def open_image(path, image_size: int, use_draft: bool = True) -> Image.Image:
         return to_rgb(img)
     except ImageDecodeError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"cannot decode ({exc})") from None
 
 
@@ -75,7 +77,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         lo, hi = float(arr.min()), float(arr.max())
         scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
         return Image.fromarray(scaled.astype(np.uint8), "L").convert("RGB")
-    if mode == "P" and "transparency" in img.info or mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+    if (mode == "P" and "transparency" in img.info) or mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")

@@ -18,7 +18,7 @@ def reference_values(manifest: Manifest) -> dict:
     image = ImageEncoder(manifest).encode_pixels(to_pixels(reference_image(), manifest.image)[None])[0]
     text = TextEncoder(manifest).encode([REFERENCE_TEXT])[0]
     rounded = lambda v: [round(float(x), 6) for x in v[:REFERENCE_VALUES]]  # noqa: E731
-    return {"image": {"probe": "clipsearch.preprocess.reference_image(256)", "first_values": rounded(image)},
+    return {"vision": {"probe": "clipsearch.preprocess.reference_image(256)", "first_values": rounded(image)},
             "text": {"text": REFERENCE_TEXT, "first_values": rounded(text)}}
 
 

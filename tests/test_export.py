@@ -1,0 +1,98 @@
+"""The export step on tiny random-weight CLIPs (needs the export extra: torch, transformers, onnx)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from clipsearch.encoders import ImageEncoder, TextEncoder  # noqa: E402
+from clipsearch.manifest import load_manifest  # noqa: E402
+from conftest import DATA, REPO, write_photo  # noqa: E402
+
+pytestmark = pytest.mark.export
+
+
+def run_export(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "export", *args], capture_output=True, text=True, cwd=REPO,
+                          env=dict(os.environ, **(env or {})), timeout=600)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "tiny"
+    result = run_export("--random-weights", "--tiny", "--seed", "0", "--out", str(out), "--keep-fp32")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_random_export_writes_the_four_files_and_a_complete_manifest(exported):
+    assert sorted(p.name for p in exported.iterdir()) == ["manifest.json", "text.onnx", "tokenizer.json", "vision.onnx"]
+    data = json.loads((exported / "manifest.json").read_text())
+    assert data["source"] == {"kind": "random", "seed": 0, "tiny": True}
+    assert data["precision"] == "int8" and data["quantization"]["weight_type"] == "QUInt8"
+    assert data["text"]["end_token_id"] == 49407 and data["text"]["context_length"] == 77
+    for tower in ("vision", "text"):
+        fid = data["fidelity"][tower]
+        assert fid["torch_vs_fp32_onnx"]["min"] >= 0.9999 and fid["torch_vs_fp32_onnx"]["max_abs_diff"] < 1e-4
+        assert fid["int8_vs_fp32_onnx"]["min"] >= 0.97
+    for name, entry in data["files"].items():
+        assert (exported / name).stat().st_size == entry["size"] and len(entry["sha256"]) == 64
+    assert {"torch", "transformers", "onnx", "onnxruntime", "opset"} <= set(data["export"])
+    assert len(data["reference"]["vision"]["first_values"]) == 8
+    fp32 = load_manifest(exported.parent / "tiny-fp32")
+    assert fp32.data["precision"] == "fp32" and fp32.model_id != data["model_id"]
+
+
+def test_committed_tiny_model_is_still_reproducible(exported):
+    committed = json.loads((DATA / "tiny-model" / "manifest.json").read_text())
+    fresh = json.loads((exported / "manifest.json").read_text())
+    for tower in ("vision", "text"):
+        assert np.allclose(committed["reference"][tower]["first_values"], fresh["reference"][tower]["first_values"],
+                           atol=1e-4), tower
+
+
+def test_source_folder_export_matches_pytorch(tmp_path):
+    from export.checkpoint import save_random_checkpoint
+    from transformers import CLIPModel, CLIPTokenizer
+
+    checkpoint = save_random_checkpoint(tmp_path / "my-checkpoint", seed=7, tiny=True)
+    out = tmp_path / "model"
+    result = run_export("--source", str(checkpoint), "--out", str(out), "--keep-fp32")
+    assert result.returncode == 0, result.stderr
+    manifest = load_manifest(out)
+    assert manifest.data["source"] == {"kind": "local", "path": str(checkpoint)} and manifest.name == "my-checkpoint"
+
+    clip = CLIPModel.from_pretrained(checkpoint, attn_implementation="eager").eval()
+    tokenizer = CLIPTokenizer.from_pretrained(checkpoint)
+    texts = ["a photo of a dog", "a red bicycle leaning on a wall"]
+    photos = [write_photo(tmp_path / f"p{i}.jpg", (40 * i, 200 - 30 * i, 90), size=(300 + 50 * i, 240)) for i in range(3)]
+    with torch.no_grad():
+        batch = tokenizer(texts, padding=True, return_tensors="pt")
+        ref_text = clip.get_text_features(input_ids=batch["input_ids"])
+        ref_text = getattr(ref_text, "pooler_output", ref_text).numpy()
+        pixels = ImageEncoder(manifest)  # the runtime's own preprocessing feeds both sides
+        from clipsearch.preprocess import load_pixels
+        px = np.stack([load_pixels(p, manifest.image) for p in photos])
+        ref_image = clip.get_image_features(pixel_values=torch.from_numpy(px))
+        ref_image = getattr(ref_image, "pooler_output", ref_image).numpy()
+    unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
+    fp32 = load_manifest(tmp_path / "model-fp32")
+    assert np.abs(TextEncoder(fp32).encode(texts) - unit(ref_text)).max() < 1e-4
+    assert np.abs(ImageEncoder(fp32).encode_files(photos) - unit(ref_image)).max() < 1e-4
+    int8_text, int8_image = TextEncoder(manifest).encode(texts), pixels.encode_files(photos)
+    assert np.min(np.sum(int8_text * unit(ref_text), axis=1)) > 0.99
+    assert np.min(np.sum(int8_image * unit(ref_image), axis=1)) > 0.99
+
+
+def test_hub_export_without_network_fails_with_advice(tmp_path):
+    result = run_export("--out", str(tmp_path / "m"), env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1
+    assert "--source" in result.stderr and "--random-weights" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "m").exists()

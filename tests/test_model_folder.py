@@ -1,0 +1,117 @@
+"""Manifest validation, encoders, lazy sessions, and the torch-free runtime."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from clipsearch.cli import main
+from clipsearch.encoders import ImageEncoder, TextEncoder, check_reference
+from clipsearch.errors import ModelError
+from clipsearch.manifest import load_manifest
+from conftest import COLOURS, REPO, colour_library, run_cli, write_photo
+
+
+def test_tiny_model_loads_and_reproduces_its_reference(tiny_model):
+    manifest = load_manifest(tiny_model)
+    for tower in ("text", "vision"):
+        assert check_reference(manifest, tower) < 1e-4
+    text = TextEncoder(manifest).encode(["a photo of a cat", "a dog"])
+    assert text.shape == (2, manifest.embedding_dim)
+    assert np.allclose(np.linalg.norm(text, axis=1), 1.0, atol=1e-5)
+
+
+def test_text_ids_are_cut_after_the_end_token_without_changing_the_embedding(tiny_model):
+    manifest = load_manifest(tiny_model)
+    encoder = TextEncoder(manifest)
+    ids = encoder.token_ids(["a cat", "a much longer sentence about a cat on a mat"])
+    end = manifest.text["end_token_id"]
+    assert ids.shape[1] < 77 and ids[1, -1] == end and ids[0, 0] == manifest.text["start_token_id"]
+    full = np.array([e.ids for e in encoder.tokenizer.encode_batch(["a cat"])], dtype=np.int64)
+    assert full.shape == (1, 77)
+    graph = manifest.graph("text")
+    full_vec = encoder.session.run(None, {graph["input"]: full})[0]
+    cut_vec = encoder.session.run(None, {graph["input"]: ids[:1, :4]})[0]
+    # Identical in fp32 (causal mask); int8's dynamic per-tensor activation scale also sees
+    # the padding, so the two differ by quantization noise only.
+    cosine = float(full_vec[0] @ cut_vec[0] / np.linalg.norm(full_vec) / np.linalg.norm(cut_vec))
+    assert cosine > 0.999
+
+
+def test_long_text_is_truncated_keeping_the_end_token(tiny_model):
+    encoder = TextEncoder(load_manifest(tiny_model))
+    ids = encoder.token_ids(["word " * 200])
+    assert ids.shape == (1, 77) and ids[0, -1] == encoder.manifest.text["end_token_id"]
+
+
+def test_encoders_open_only_their_own_graph(tiny_model):
+    manifest = load_manifest(tiny_model)
+    text, image = TextEncoder(manifest), ImageEncoder(manifest)
+    assert text._session is None and image._session is None
+    text.encode(["hello"])
+    assert text._session is not None and image._session is None
+
+
+def test_text_query_never_opens_the_vision_graph(colour_model, tmp_path):
+    """The real CLI in a fresh process: with vision.onnx deleted after indexing, queries still work."""
+    colour_library(tmp_path / "photos", per_colour=1)
+    db = tmp_path / "index.db"
+    run_cli("index", str(tmp_path / "photos"), "--db", str(db), "--model", str(colour_model), "--workers", "1", check=True)
+    (colour_model / "vision.onnx").unlink()
+    result = run_cli("query", "red", "--db", str(db), "--model", str(colour_model), "--paths", "--top", "1", check=True)
+    assert result.stdout.decode().strip().endswith("red_0.jpg")
+    like = run_cli("query", "--like", str(tmp_path / "photos" / "album0" / "red_0.jpg"), "--db", str(db),
+                   "--model", str(colour_model))
+    assert like.returncode == 3 and b"vision.onnx: model file is missing" in like.stderr
+
+
+def test_runtime_never_imports_torch_or_transformers():
+    code = (
+        "import sys, clipsearch.cli, clipsearch.indexer, clipsearch.search, clipsearch.library, clipsearch.vectors, "
+        "clipsearch.encoders, clipsearch.preprocess, clipsearch.embedjob, clipsearch.store;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'export')];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda f: (f / "text.onnx").unlink(), "model file is missing"),
+    (lambda f: (f / "text.onnx").write_bytes((f / "text.onnx").read_bytes()[:-10]), "manifest says"),
+    (lambda f: (f / "tokenizer.json").write_bytes(b"X" + (f / "tokenizer.json").read_bytes()[1:]), "sha256 does not match"),
+    (lambda f: (f / "manifest.json").unlink(), "no model manifest here"),
+    (lambda f: (f / "manifest.json").write_text("{not json"), "unreadable manifest"),
+    (lambda f: (f / "manifest.json").write_text(json.dumps(dict(json.loads((f / "manifest.json").read_text()), format_version=99))),
+     "format version 99 is not supported"),
+])
+def test_damaged_model_folder_gives_a_clear_error(tiny_model, damage, words):
+    damage(tiny_model)
+    with pytest.raises(ModelError, match=words):
+        TextEncoder(load_manifest(tiny_model)).encode(["a cat"])
+    result = CliRunner().invoke(main, ["check-model", "--model", str(tiny_model)])
+    assert result.exit_code == 3 and words in result.output and "Traceback" not in result.output
+
+
+def test_altered_file_is_caught_even_after_a_successful_verification(tiny_model):
+    TextEncoder(load_manifest(tiny_model)).encode(["warm the verification stamp"])
+    data = bytearray((tiny_model / "text.onnx").read_bytes())
+    data[5000] ^= 0xFF
+    (tiny_model / "text.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256 does not match"):
+        TextEncoder(load_manifest(tiny_model)).encode(["a cat"])
+
+
+def test_check_model_command(tiny_model):
+    result = CliRunner().invoke(main, ["check-model", "--model", str(tiny_model)])
+    assert result.exit_code == 0 and "text: ok" in result.output and "vision: ok" in result.output
+
+
+def test_missing_default_model_says_how_to_export(tmp_path):
+    write_photo(tmp_path / "p" / "a.jpg", COLOURS["red"])
+    result = CliRunner().invoke(main, ["index", str(tmp_path / "p")])
+    assert result.exit_code == 3 and "python -m export" in result.output

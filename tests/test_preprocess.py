@@ -1,0 +1,105 @@
+"""Preprocessing on real files: CLIP's pipeline reproduced, modes, EXIF, draft decoding, bombs."""
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipsearch.manifest import load_manifest
+from clipsearch.preprocess import ImageDecodeError, load_pixels, open_image, to_pixels
+from conftest import DATA, write_photo
+
+SPEC = load_manifest(DATA / "tiny-model").image | {"size": 224}
+
+
+def test_matches_transformers_clip_image_processor(tmp_path):
+    transformers = pytest.importorskip("transformers", reason="reference needs the export extra")
+    processor = transformers.models.clip.image_processing_pil_clip.CLIPImageProcessorPil(
+        size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224},
+        image_mean=SPEC["mean"], image_std=SPEC["std"])
+    for size in ((640, 480), (300, 517), (224, 224), (1001, 333)):
+        path = write_photo(tmp_path / f"p{size[0]}.png", (120, 80, 200), size=size, grain=30)
+        img = Image.open(path).convert("RGB")
+        ours = to_pixels(img, SPEC)
+        theirs = np.asarray(processor(images=img, return_tensors="np")["pixel_values"][0])
+        assert ours.shape == theirs.shape == (3, 224, 224)
+        assert np.abs(ours - theirs).max() < 1e-4, size
+
+
+def test_modes_are_converted_correctly(tmp_path):
+    # 16-bit grey at half scale must come out mid-grey, not clipped white
+    grey16 = Image.fromarray(np.full((40, 40), 32768, dtype=np.uint16))
+    grey16.save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    rgb = np.asarray(open_image(tmp_path / "g16.png", 32))
+    assert abs(int(rgb.mean()) - 127) <= 2
+    # palette with a transparent index, and RGBA: transparent pixels become white
+    pal = Image.new("P", (20, 20), 0)
+    pal.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    pal.paste(1, (0, 0, 10, 20))
+    pal.info["transparency"] = 0
+    pal.save(tmp_path / "pal.png", transparency=0)
+    arr = np.asarray(open_image(tmp_path / "pal.png", 32))
+    assert tuple(arr[5, 2]) == (255, 0, 0) and tuple(arr[5, 15]) == (255, 255, 255)
+    rgba = Image.new("RGBA", (10, 10), (0, 0, 255, 0))
+    rgba.save(tmp_path / "clear.png")
+    assert tuple(np.asarray(open_image(tmp_path / "clear.png", 32))[0, 0]) == (255, 255, 255)
+    # CMYK JPEG and 1-bit / grayscale
+    Image.new("CMYK", (30, 30), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
+    red = np.asarray(open_image(tmp_path / "cmyk.jpg", 32))[10, 10]
+    assert red[0] > 200 and red[1] < 60 and red[2] < 60
+    Image.new("L", (30, 30), 77).save(tmp_path / "l.jpg")
+    assert open_image(tmp_path / "l.jpg", 32).mode == "RGB"
+    Image.new("1", (30, 30), 1).save(tmp_path / "bw.png")
+    assert np.asarray(open_image(tmp_path / "bw.png", 32)).min() == 255
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("RGB", (60, 30), (0, 128, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    img.save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+    assert open_image(tmp_path / "rotated.jpg", 16).size == (30, 60)
+
+
+def test_draft_decoding_stays_close_to_the_full_decode(tmp_path):
+    """A 12 MP phone-size JPEG decoded at reduced DCT scale vs in full: the model's input
+    pixels barely move (the measured figures for the full model are in the README)."""
+    path = write_photo(tmp_path / "big.jpg", (90, 140, 200), size=(4032, 3024), grain=25)
+    drafted = open_image(path, 224, use_draft=True)
+    assert drafted.size[1] >= 448 and drafted.size[1] < 3024  # decoded at 1/4 scale (756 px)
+    fast, full = load_pixels(path, SPEC, use_draft=True), load_pixels(path, SPEC, use_draft=False)
+    assert np.abs(fast - full).mean() < 0.02  # normalised units: ~0.1 % of the range
+
+
+def test_decompression_bomb_is_refused_quickly(tmp_path):
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+    (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                                        + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    started = time.perf_counter()
+    with pytest.raises(ImageDecodeError, match="refused"):
+        open_image(tmp_path / "bomb.png", 224)
+    assert time.perf_counter() - started < 2
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"", "not a recognised"), (b"hello, not an image", "not a recognised"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0garbage" * 20, "not a recognised|cannot decode"),
+])
+def test_garbage_is_a_decode_error(tmp_path, content, words):
+    (tmp_path / "x.png").write_bytes(content)
+    with pytest.raises(ImageDecodeError, match=words):
+        open_image(tmp_path / "x.png", 224)
+
+
+def test_truncated_jpeg_is_a_decode_error(tmp_path):
+    path = write_photo(tmp_path / "t.jpg", (10, 200, 10), size=(800, 600), grain=30)
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(ImageDecodeError):
+        open_image(path, 224)
