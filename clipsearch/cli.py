@@ -85,9 +85,11 @@ def warn(path: bytes, message: str) -> None:
 @click.option("--follow-links", is_flag=True, help="Follow symbolic links (each real folder is still walked once).")
 @click.option("--wait", "wait_seconds", type=click.FloatRange(0), default=0, envvar="CLIPSEARCH_WAIT",
               help="If another index run holds the lock, wait this many seconds before giving up (exit 75).")
+@click.option("--commit-seconds", type=click.FloatRange(0), default=2.0, envvar="CLIPSEARCH_COMMIT_SECONDS",
+              show_default=True, help="Commit finished work at least this often; a kill loses at most this much.")
 @click.option("-q", "--quiet", is_flag=True, envvar="CLIPSEARCH_QUIET", help="Print only warnings and errors (for cron).")
 def index(paths, db_path, model_dir, workers, batch_size, threads, excludes, no_default_excludes, list_excludes,
-          follow_links, wait_seconds, quiet):
+          follow_links, wait_seconds, commit_seconds, quiet):
     """Embed new and changed images under PATHS (default: the current folder) into the cache."""
     from .walk import DEFAULT_EXCLUDES
 
@@ -101,7 +103,7 @@ def index(paths, db_path, model_dir, workers, batch_size, threads, excludes, no_
         options = IndexOptions(
             workers=workers or default_workers(), batch_size=batch_size, threads=threads,
             excludes=(() if no_default_excludes else DEFAULT_EXCLUDES) + tuple(excludes),
-            follow_links=follow_links, count_first=not quiet and sys.stderr.isatty())
+            follow_links=follow_links, commit_seconds=commit_seconds, count_first=not quiet and sys.stderr.isatty())
         signal.signal(signal.SIGTERM, _interrupt)
         progress = None if quiet or not sys.stderr.isatty() else ProgressLine()
         summary = index_paths(list(paths) or ["."], db_path or default_db_path(), load_model(model_dir), options,

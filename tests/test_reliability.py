@@ -1,0 +1,200 @@
+"""Kills, overlapping runs, damaged state and a full disk, with the real CLI in subprocesses."""
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_cli, write_photo
+
+PHOTOS = 600
+
+
+@pytest.fixture(scope="module")
+def big_library(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("lib")
+    for i in range(PHOTOS):
+        write_photo(root / f"d{i % 7}" / f"p{i:04d}.jpg", (i % 255, 255 - i % 255, (i * 7) % 255), size=(640, 480),
+                    grain=20, seed=i)
+    return root
+
+
+def start_index(root, db, model, *extra):
+    return subprocess.Popen([sys.executable, "-m", "clipsearch", "index", str(root), "--db", str(db), "--model",
+                             str(model), *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def check_db(db: Path, dim: int) -> int:
+    """Integrity, no duplicate paths, no half-written vector. Returns the count of vectors."""
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        if conn.execute("PRAGMA user_version").fetchone() == (0,):
+            return 0  # killed before the schema's own transaction committed: an empty, valid file
+        assert conn.execute("SELECT COUNT(*) - COUNT(DISTINCT filepath) FROM images").fetchone() == (0,)
+        bad = conn.execute("SELECT COUNT(*) FROM images WHERE vector IS NOT NULL AND length(vector) != ?", (dim,))
+        assert bad.fetchone() == (0,)
+        return conn.execute("SELECT COUNT(*) FROM images WHERE vector IS NOT NULL AND deleted = 0").fetchone()[0]
+
+
+def summary_line(stderr: bytes) -> str:
+    return [line for line in stderr.decode().splitlines() if line.startswith("indexed:")][-1]
+
+
+def test_sigkill_at_random_moments_loses_nothing_committed(big_library, tiny_model, tmp_path):
+    db = tmp_path / "index.db"
+    rng = random.Random(20261130)
+    committed_before, kills = 0, 0
+    for attempt in range(6):
+        proc = start_index(big_library, db, tiny_model, "--workers", str(1 + attempt % 2), "--batch-size", "4",
+                           "--commit-seconds", "0.05")
+        time.sleep(rng.uniform(0.3, 0.9))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        if not db.exists():
+            continue
+        committed = check_db(db, 32)
+        assert committed >= committed_before  # nothing committed is ever lost
+        committed_before = committed
+    assert kills >= 3
+    final = start_index(big_library, db, tiny_model, "--workers", "2")
+    _, err = final.communicate(timeout=300)
+    assert final.returncode == 0, err
+    line = summary_line(err)
+    assert f"{PHOTOS - committed_before} new, 0 updated" in line and f"{committed_before} unchanged" in line, line
+    assert check_db(db, 32) == PHOTOS
+
+
+def test_sigkill_during_the_first_run(big_library, tiny_model, tmp_path):
+    for delay in (0.05, 0.15, 0.3, 0.5):
+        db = tmp_path / f"first{delay}.db"
+        proc = start_index(big_library, db, tiny_model, "--workers", "1", "--commit-seconds", "0.05")
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if db.exists():
+            check_db(db, 32)
+        run_cli("index", str(big_library), "--db", str(db), "--model", str(tiny_model), check=True, timeout=300)
+        assert check_db(db, 32) == PHOTOS
+
+
+def test_sigkill_during_a_schema_upgrade_keeps_the_old_version(tmp_path, colour_model):
+    write_photo(tmp_path / "p" / "a.jpg", (200, 10, 10))
+    db = tmp_path / "index.db"
+    run_cli("index", str(tmp_path / "p"), "--db", str(db), "--model", str(colour_model), check=True)
+    # A slow upgrade step (a future v1 -> v2) killed halfway through its transaction.
+    script = (
+        "import time, clipsearch.store as s\n"
+        "def slow(db):\n"
+        "    db.execute('ALTER TABLE images ADD COLUMN extra TEXT')\n"
+        "    db.execute(\"UPDATE images SET extra = 'x'\")\n"
+        "    print('upgrading', flush=True); time.sleep(60)\n"
+        "s.MIGRATIONS[1] = slow; s.SCHEMA_VERSION = 2\n"
+        f"s.Store(__import__('pathlib').Path({str(db)!r}))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"upgrading"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+        assert "extra" not in [row[1] for row in conn.execute("PRAGMA table_info(images)")]
+    assert check_db(db, 3) == 1
+    result = run_cli("query", "red", "--db", str(db), "--model", str(colour_model), "--paths", check=True)
+    assert result.stdout.strip().endswith(b"a.jpg")
+
+
+def test_overlapping_runs_never_both_work(big_library, tiny_model, tmp_path):
+    db = tmp_path / "index.db"
+    first = start_index(big_library, db, tiny_model, "--workers", "1")
+    lock = db.with_name("index.db.lock")
+    deadline = time.time() + 30
+    while not (lock.exists() and lock.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.02)
+    second = run_cli("index", str(big_library), "--db", str(db), "--model", str(tiny_model))
+    assert second.returncode == 75 and b"another clipsearch index" in second.stderr
+    # a third one waits for the first, then finds nothing left to do
+    third = run_cli("index", str(big_library), "--db", str(db), "--model", str(tiny_model), "--wait", "300", timeout=400)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0 and f"{PHOTOS} new" in summary_line(err)
+    assert third.returncode == 0 and f"{PHOTOS} unchanged" in summary_line(third.stderr)
+
+
+def test_queries_during_an_index_run_see_committed_state(big_library, tiny_model, tmp_path):
+    db = tmp_path / "index.db"
+    run_cli("index", str(big_library / "d0"), "--db", str(db), "--model", str(tiny_model), check=True)
+    writer = start_index(big_library, db, tiny_model, "--workers", "1", "--commit-seconds", "0.05")
+    answers = []
+    while writer.poll() is None and len(answers) < 8:
+        result = run_cli("query", "a photo", "--db", str(db), "--model", str(tiny_model), "--top", "5")
+        assert result.returncode == 0, result.stderr
+        answers.append(len(result.stdout.splitlines()))
+    writer.communicate(timeout=300)
+    assert writer.returncode == 0 and answers and all(n == 5 for n in answers)
+
+
+def test_two_libraries_with_two_databases_do_not_interfere(big_library, tiny_model, tmp_path):
+    procs = [start_index(big_library / f"d{i}", tmp_path / f"db{i}.db", tiny_model, "--workers", "1") for i in (1, 2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    for i in (1, 2):
+        assert check_db(tmp_path / f"db{i}.db", 32) == len(list((big_library / f"d{i}").iterdir()))
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("truncate", "not a clipsearch database or damaged"),
+    ("garbage", "not a clipsearch database or damaged"),
+    ("newer", "written by a newer clipsearch"),
+])
+def test_damaged_or_foreign_database_is_never_overwritten(tmp_path, colour_model, damage, words):
+    write_photo(tmp_path / "p" / "a.jpg", (200, 10, 10))
+    db = tmp_path / "index.db"
+    if damage == "garbage":
+        db.write_bytes(os.urandom(8192))
+    else:
+        run_cli("index", str(tmp_path / "p"), "--db", str(db), "--model", str(colour_model), check=True)
+        for extra in tmp_path.glob("index.db-*"):
+            extra.unlink()
+        if damage == "truncate":
+            db.write_bytes(db.read_bytes()[:1500])
+        else:
+            conn = sqlite3.connect(db)
+            conn.execute("PRAGMA user_version = 99")
+            conn.commit()
+            conn.close()  # checkpoints the WAL into the file, so the digest covers it
+    before = digest(db)
+    for args in (["index", str(tmp_path / "p")], ["query", "red"], ["status"]):
+        result = run_cli(*args, "--db", str(db), "--model", str(colour_model))
+        message = result.stderr.decode()
+        assert result.returncode == 4 and words in message and "Traceback" not in message, message
+    assert digest(db) == before
+
+
+def test_full_disk_stops_cleanly_and_keeps_the_database(big_library, tiny_model, tmp_path):
+    db = tmp_path / "index.db"
+    run_cli("index", str(big_library / "d0"), "--db", str(db), "--model", str(tiny_model), check=True)
+    indexed = check_db(db, 32)
+    # ulimit -f caps file growth: writes fail with EFBIG, as on a full disk.
+    limit_blocks = (db.stat().st_size + 60_000) // 512
+    cmd = (f"ulimit -f {limit_blocks}; exec {sys.executable} -m clipsearch index {big_library} --db {db} "
+           f"--model {tiny_model} --workers 1 --commit-seconds 0.05")
+    result = subprocess.run(["bash", "-c", cmd], cwd=REPO, capture_output=True, timeout=300)
+    message = result.stderr.decode()
+    assert result.returncode == 4 and "full" in message and "Traceback" not in message, message
+    assert check_db(db, 32) >= indexed
+    run_cli("index", str(big_library), "--db", str(db), "--model", str(tiny_model), check=True, timeout=300)
+    assert check_db(db, 32) == PHOTOS
