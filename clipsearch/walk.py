@@ -64,6 +64,7 @@ class Walker:
             for entry in entries:
                 if self.excluded(entry.name):
                     continue
+                is_link = False
                 try:
                     is_link = entry.is_symlink()
                     if is_link and not self.follow_links:
@@ -77,7 +78,8 @@ class Walker:
                         continue
                     st = entry.stat(follow_symlinks=self.follow_links)
                 except OSError as exc:
-                    self.warn(entry.path, f"cannot stat ({exc.strerror}); skipped")
+                    if not is_link:  # broken links (dangling, loops) are skipped like dangling ones: silently
+                        self.warn(entry.path, f"cannot stat ({exc.strerror}); skipped")
                     continue
                 files.append(FileEntry(entry.path, st.st_size, st.st_mtime_ns))
             stack.extend(reversed(subdirs))

@@ -1,0 +1,92 @@
+"""A photo library full of surprises, written as real files. `build(root)` returns the
+policy for every path: 'indexed', 'failed' (one warning, remembered), or 'skipped' (silently
+not an image for clipsearch)."""
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from conftest import write_photo
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def build(root: Path) -> dict[bytes, str]:
+    root.mkdir(parents=True, exist_ok=True)
+    policy: dict[bytes, str] = {}
+
+    def put(path: Path, kind: str) -> None:
+        policy[os.fsencode(path)] = kind
+
+    put(write_photo(root / "ordinary.jpg", (200, 40, 40)), "indexed")
+    put(write_photo(root / "sub" / "emoji 🐱 and spaces.jpg", (40, 200, 40)), "indexed")
+    put(write_photo(root / "UPPER.JPEG", (40, 40, 200)), "indexed")
+    bad_name = os.fsencode(root) + b"/latin1-\xe9t\xe9.png"
+    Image.new("RGB", (50, 40), (120, 120, 0)).save(os.fsdecode(bad_name), format="PNG")
+    policy[bad_name] = "indexed"
+    Image.new("CMYK", (60, 40), (0, 200, 200, 0)).save(root / "cmyk.jpg")
+    put(root / "cmyk.jpg", "indexed")
+    Image.fromarray(np.full((40, 40), 40000, dtype=np.uint16)).save(root / "grey16.png")
+    put(root / "grey16.png", "indexed")
+    pal = Image.new("P", (30, 30), 0)
+    pal.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    pal.save(root / "palette-alpha.png", transparency=0)
+    put(root / "palette-alpha.png", "indexed")
+    Image.new("L", (30, 30), 90).save(root / "grey.jpg")
+    put(root / "grey.jpg", "indexed")
+    frames = [Image.new("RGB", (30, 30), c) for c in ((255, 0, 0), (0, 255, 0))]
+    frames[0].save(root / "animated.gif", save_all=True, append_images=frames[1:])
+    put(root / "animated.gif", "indexed")
+    Image.new("RGB", (1, 1), (9, 9, 9)).save(root / "one-pixel.png")
+    put(root / "one-pixel.png", "indexed")
+    Image.new("RGB", (4000, 3), (9, 99, 9)).save(root / "sliver.png")
+    put(root / "sliver.png", "indexed")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (60, 30), (0, 128, 0)).save(root / "rotated.jpg", exif=exif.tobytes())
+    put(root / "rotated.jpg", "indexed")
+    Image.new("RGB", (30, 30), (5, 5, 200)).save(root / "bitmap.BMP")
+    put(root / "bitmap.BMP", "indexed")
+    Image.new("RGB", (30, 30), (5, 200, 200)).save(root / "photo.webp")
+    put(root / "photo.webp", "indexed")
+    Image.new("RGB", (30, 30), (200, 5, 200)).save(root / "scan.tiff")
+    put(root / "scan.tiff", "indexed")
+
+    (root / "zero.jpg").write_bytes(b"")
+    put(root / "zero.jpg", "failed")
+    (root / "text.jpg").write_text("I am a shopping list, not a photo\n")
+    put(root / "text.jpg", "failed")
+    truncated = write_photo(root / "truncated.jpg", (90, 90, 90), size=(800, 600), grain=30)
+    truncated.write_bytes(truncated.read_bytes()[:4000])
+    put(truncated, "failed")
+    (root / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(300))
+    put(root / "garbage.png", "failed")
+    header = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+    (root / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+                                    + _png_chunk(b"IDAT", zlib.compress(b"\0" * 100)) + _png_chunk(b"IEND", b""))
+    put(root / "bomb.png", "failed")
+
+    (root / "folder.jpg").mkdir()
+    put(root / "folder.jpg", "skipped")
+    os.symlink(root / "does-not-exist.jpg", root / "dangling.jpg")
+    put(root / "dangling.jpg", "skipped")
+    os.symlink(root / "loop-b.jpg", root / "loop-a.jpg")
+    os.symlink(root / "loop-a.jpg", root / "loop-b.jpg")
+    put(root / "loop-a.jpg", "skipped")
+    os.symlink(root, root / "sub" / "back-to-top")
+    os.symlink(root / "ordinary.jpg", root / "link-to-ordinary.jpg")
+    put(root / "link-to-ordinary.jpg", "skipped")
+    (root / "notes.txt").write_text("not an image extension")
+    put(root / "notes.txt", "skipped")
+    write_photo(root / "@eaDir" / "thumb.jpg", (1, 2, 3))
+    put(root / "@eaDir" / "thumb.jpg", "skipped")
+    write_photo(root / ".hidden.jpg", (1, 2, 3))
+    put(root / ".hidden.jpg", "skipped")
+    return policy

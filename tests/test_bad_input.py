@@ -1,0 +1,118 @@
+"""Every surprise in a real library gets its documented policy: indexed, failed with one
+warning naming the file (and remembered), or skipped. Nothing cached is lost."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from clipsearch.embedjob import embed_chunk, set_encoder
+from clipsearch.encoders import ImageEncoder
+from clipsearch.manifest import load_manifest
+from conftest import REPO, run_cli, write_photo
+import corpus
+
+
+def indexed_paths(db) -> set[bytes]:
+    with sqlite3.connect(db) as conn:
+        return {row[0] for row in conn.execute("SELECT filepath FROM images WHERE vector IS NOT NULL AND deleted = 0")}
+
+
+def failed_paths(db) -> set[bytes]:
+    with sqlite3.connect(db) as conn:
+        return {row[0] for row in conn.execute("SELECT filepath FROM images WHERE error IS NOT NULL AND deleted = 0")}
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_corpus_policies(tmp_path, colour_model, follow):
+    root = tmp_path / "library"
+    policy = corpus.build(root)
+    db = tmp_path / "index.db"
+    args = ["index", str(root), "--db", str(db), "--model", str(colour_model), "--workers", "2"]
+    result = run_cli(*args, *(["--follow-links"] if follow else []), timeout=120)
+    err = result.stderr
+    assert result.returncode == 0, err
+    assert b"Traceback" not in err
+    expected_indexed = {p for p, k in policy.items() if k == "indexed"}
+    expected_failed = {p for p, k in policy.items() if k == "failed"}
+    if follow:
+        expected_indexed.add(os.fsencode(root / "link-to-ordinary.jpg"))  # a link to a file is a file
+    assert indexed_paths(db) == expected_indexed
+    assert failed_paths(db) == expected_failed
+    warnings = [line for line in err.splitlines() if line.startswith(b"warning:")]
+    for path in expected_failed:
+        assert sum(path in line for line in warnings) == 1, path
+    assert all(line.count(b"\n") == 0 for line in warnings)
+    # second run: nothing retried, nothing warned, nothing lost
+    again = run_cli(*args, *(["--follow-links"] if follow else []))
+    assert b"warning" not in again.stderr and indexed_paths(db) == expected_indexed
+
+
+def test_unreadable_file_as_a_normal_user(tmp_path, colour_model):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to an unprivileged user")
+    root = tmp_path / "library"
+    write_photo(root / "fine.jpg", (200, 0, 0))
+    secret = write_photo(root / "secret.jpg", (0, 200, 0))
+    os.chmod(secret, 0)
+    for path in (tmp_path, root, tmp_path / "colour-model"):
+        os.chmod(path, 0o777)
+    db = tmp_path / "index.db"
+
+    def as_nobody():
+        os.setgid(65534)
+        os.setuid(65534)
+
+    env = dict(os.environ, CLIPSEARCH_HOME=str(tmp_path / "nobody-home"))
+    if not os.access(sys.executable, os.X_OK, effective_ids=False) or _private(sys.executable):
+        pytest.skip("this Python lives where an unprivileged user cannot run it (e.g. under /root)")
+    result = subprocess.run([sys.executable, "-m", "clipsearch", "index", str(root), "--db", str(db), "--model",
+                             str(colour_model), "--workers", "1"], cwd=REPO, capture_output=True, env=env,
+                            preexec_fn=as_nobody, timeout=120)
+    if b"Permission denied" in result.stderr and b"secret" not in result.stderr:
+        pytest.skip(f"the unprivileged user cannot run Python from here: {result.stderr[-200:]!r}")
+    assert result.returncode == 0, result.stderr
+    assert f"warning: {secret}: cannot read (Permission denied)".encode() in result.stderr
+    assert indexed_paths(db) == {os.fsencode(root / "fine.jpg")}
+
+
+def _private(path: str) -> bool:
+    """True if some folder above the real interpreter is closed to other users."""
+    real = os.path.realpath(path)
+    parts = real.split(os.sep)
+    for i in range(2, len(parts)):
+        if not os.stat(os.sep.join(parts[:i])).st_mode & 0o001:
+            return True
+    return False
+
+
+def test_file_deleted_or_rewritten_during_the_run(tmp_path, colour_model):
+    """The worker reads each file once: a vanished file is reported, a rewritten one is stored
+    with the size and mtime of the bytes actually embedded (so the next run sees no change)."""
+    set_encoder(ImageEncoder(load_manifest(colour_model)))
+    gone = write_photo(tmp_path / "gone.jpg", (1, 2, 3))
+    stat_gone = gone.stat()
+    gone.unlink()
+    rewritten = write_photo(tmp_path / "rewritten.jpg", (200, 0, 0))
+    old = rewritten.stat()
+    write_photo(rewritten, (0, 0, 200), size=(500, 300))
+    os.utime(rewritten, ns=(old.st_atime_ns, old.st_mtime_ns + 5_000_000_000))
+    results = embed_chunk([(bytes(gone), stat_gone.st_size, stat_gone.st_mtime_ns),
+                           (bytes(rewritten), old.st_size, old.st_mtime_ns)])
+    assert results[0].vanished and results[0].vector is None
+    new = rewritten.stat()
+    assert (results[1].size, results[1].mtime_ns) == (new.st_size, new.st_mtime_ns) and results[1].vector
+
+
+def test_nothing_cached_is_lost_when_files_turn_bad(tmp_path, colour_model):
+    root = tmp_path / "library"
+    good = [write_photo(root / f"g{i}.jpg", (200, 20 * i, 0)) for i in range(5)]
+    db = tmp_path / "index.db"
+    run_cli("index", str(root), "--db", str(db), "--model", str(colour_model), check=True)
+    good[0].write_bytes(b"corrupted by a bad disk")
+    result = run_cli("index", str(root), "--db", str(db), "--model", str(colour_model))
+    assert result.returncode == 0 and f"warning: {good[0]}".encode() in result.stderr
+    assert indexed_paths(db) == {bytes(p) for p in good[1:]}
