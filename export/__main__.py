@@ -22,7 +22,8 @@ def parse_args(argv=None):
     parser.add_argument("--tiny", action="store_true", help="with --random-weights: a tiny config for fast tests")
     parser.add_argument("--out", type=Path, default=None, help="model folder to write (default: <data dir>/models/<name>)")
     parser.add_argument("--keep-fp32", action="store_true", help="also write the fp32 graphs as a model folder <out>-fp32")
-    parser.add_argument("--weight-type", choices=["QUInt8", "QInt8"], default="QUInt8", help="int8 weight type (default QUInt8: no U8S8 saturation on AVX2 without VNNI)")
+    parser.add_argument("--weight-type", choices=["QInt8", "QUInt8"], default="QInt8", help="weight type (default QInt8: onnxruntime's fast U8S8 path on VNNI and ARM64)")
+    parser.add_argument("--no-reduce-range", action="store_true", help="full 8-bit weights (can saturate on AVX2 CPUs without VNNI)")
     parser.add_argument("--no-per-channel", action="store_true", help="per-tensor weight scales")
     return parser.parse_args(argv)
 
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
     try:
         fid = run_export(name=name, source=source, source_info=source_info, out=out, preprocess=entry["preprocess"],
                          revision=revision, keep_fp32=args.keep_fp32, weight_type=args.weight_type,
-                         per_channel=not args.no_per_channel, random_seed=random_seed, tiny=args.tiny)
+                         per_channel=not args.no_per_channel, reduce_range=not args.no_reduce_range, random_seed=random_seed, tiny=args.tiny)
     except ExportError as exc:
         print(f"export: {exc}", file=sys.stderr)
         return 1

@@ -53,8 +53,8 @@ def versions() -> dict:
 
 
 def run_export(*, name: str, source: str, source_info: dict, out: Path, preprocess: dict,
-               revision: str | None = None, keep_fp32: bool = False, weight_type: str = "QUInt8",
-               per_channel: bool = True, random_seed: int | None = None, tiny: bool = False) -> dict:
+               revision: str | None = None, keep_fp32: bool = False, weight_type: str = "QInt8",
+               per_channel: bool = True, reduce_range: bool = True, random_seed: int | None = None, tiny: bool = False) -> dict:
     started = time.perf_counter()
     out = out.expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +72,7 @@ def run_export(*, name: str, source: str, source_info: dict, out: Path, preproce
         fp32 = export_towers(clip, work, CONTEXT_LENGTH)
         log("quantizing to int8")
         int8 = {tower: work / f"{tower}.int8.onnx" for tower in fp32}
-        quant = {tower: quantize(fp32[tower], int8[tower], weight_type, per_channel) for tower in fp32}
+        quant = {tower: quantize(fp32[tower], int8[tower], weight_type, per_channel, reduce_range) for tower in fp32}
         image_size = clip.config.vision_config.image_size
         data = {
             "format_version": FORMAT_VERSION,

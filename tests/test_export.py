@@ -36,7 +36,7 @@ def test_random_export_writes_the_four_files_and_a_complete_manifest(exported):
     assert sorted(p.name for p in exported.iterdir()) == ["manifest.json", "text.onnx", "tokenizer.json", "vision.onnx"]
     data = json.loads((exported / "manifest.json").read_text())
     assert data["source"] == {"kind": "random", "seed": 0, "tiny": True}
-    assert data["precision"] == "int8" and data["quantization"]["weight_type"] == "QUInt8"
+    assert data["precision"] == "int8" and data["quantization"]["weight_type"] == "QInt8" and data["quantization"]["reduce_range"]
     assert data["text"]["end_token_id"] == 49407 and data["text"]["context_length"] == 77
     for tower in ("vision", "text"):
         fid = data["fidelity"][tower]

@@ -1,0 +1,63 @@
+"""Shared by the bench scripts: a full-size random-weight model folder (exported once and
+cached), peak RSS, medians, and phone-like JPEGs."""
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("CLIPSEARCH_BENCH_CACHE", Path.home() / ".cache" / "clipsearch-bench"))
+
+
+def full_model(int8: bool = True) -> Path:
+    """The full-size ViT-B/32 random-weight export (int8 folder, and its -fp32 sibling)."""
+    folder = CACHE / "random-vit-b-32"
+    if not (folder / "manifest.json").exists() or not (CACHE / "random-vit-b-32-fp32" / "manifest.json").exists():
+        print(f"bench: exporting a full-size random-weight model to {folder} (once)", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "export", "--random-weights", "--seed", "0", "--out", str(folder),
+                        "--keep-fp32"], check=True, cwd=REPO)
+    return folder if int8 else CACHE / "random-vit-b-32-fp32"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def children_peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def phone_photo(path: Path, size: tuple[int, int], seed: int) -> None:
+    """A JPEG with smooth structure plus sensor-like grain, so it compresses like a photo."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    small = rng.uniform(0, 255, (h // 64 + 2, w // 64 + 2, 3)).astype(np.uint8)
+    img = Image.fromarray(small).resize((w, h), Image.BICUBIC)
+    arr = np.asarray(img, dtype=np.int16) + rng.normal(0, 10, (h, w, 3)).astype(np.int16)
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, quality=88)
+
+
+def cpu_summary() -> str:
+    model, flags = "unknown", set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and model == "unknown":
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    marks = [f for f in ("sse4_2", "avx", "avx2", "avx512f", "avx512_vnni", "avx_vnni", "asimddp") if f in flags]
+    return f"{model}, {os.cpu_count()} cores, {' '.join(marks) or 'no SIMD flags read'}"
