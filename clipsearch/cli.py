@@ -172,7 +172,7 @@ def query(terms, top, within, negated, like, unlike, as_json, bare_paths, null_s
         parsed = parse_terms(list(terms), list(like), list(unlike), list(negated))
         manifest = load_model(model_dir)
         store = Store(db_path or default_db_path(), readonly=True)
-        store.check_model(manifest.model_id, manifest.name, manifest.image["pipeline"], claim=False)
+        store.check_model(manifest.model_id, manifest.name, claim=False)
         folder = None
         if within is not None:
             if not os.path.isdir(within):

@@ -35,7 +35,8 @@ def index_paths(paths: list[str], db_path: Path, manifest: Manifest, options: In
         try:
             # Verify model files before any work: a damaged graph must not write vectors.
             manifest.path(manifest.graph("vision")["file"])
-            store.check_model(manifest.model_id, manifest.name, manifest.image["pipeline"], claim=True)
+            store.check_model(manifest.model_id, manifest.name, claim=True)
+            record_pipeline(store)
             run_id = store.start_run([os.fsdecode(r) for r in roots])
             indexer = Indexer(store, manifest, options, warn, progress)
             try:
@@ -51,6 +52,17 @@ def index_paths(paths: list[str], db_path: Path, manifest: Manifest, options: In
             return summary
         finally:
             store.close()
+
+
+def record_pipeline(store: Store) -> None:
+    """Remember which preprocessing made the vectors of this run. A newer pipeline does not
+    force a re-index (its vectors differ from the old ones far less than int8 from fp32);
+    files are re-embedded with it as they change."""
+    from .preprocess import PIPELINE_VERSION
+
+    if store.meta("pipeline") != PIPELINE_VERSION:
+        with store.atomic():
+            store.set_meta("pipeline", PIPELINE_VERSION)
 
 
 def refresh_packed(store: Store, manifest: Manifest) -> None:
@@ -82,6 +94,7 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
             "deleted_kept_for_moves": counts["deleted_kept"],
             "model_name": store.meta("model_name"),
             "model_id": store.meta("model_id"),
+            "preprocessing": store.meta("pipeline"),
             "packed_vectors": "up to date" if packed and packed.seq == int(store.meta("seq", "0")) else "stale (refreshed on next query/index)",
         }
         pending = _pending(store, folders)

@@ -24,9 +24,12 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageOps
 
-# Shortest side kept by draft decoding, as a multiple of the model input size. 2x keeps the
-# final bicubic step a true downscale; see README "Preprocessing" for the measured effect.
-DRAFT_FACTOR = 2
+# Shortest side kept by draft decoding, as a multiple of the model input size: 1x means
+# libjpeg may scale down until the short side is just above the input size, and bicubic does
+# the rest. Measured on 12 MP and 2 MP photos (README "Preprocessing"): 21 ms/image vs 31 ms
+# at 2x and 42 ms at 4x, mean pixel difference to a full decode 0.0075 (normalised units),
+# fp32 embedding cosine to a full decode >= 0.99999, 30x closer than int8 is to fp32.
+DRAFT_FACTOR = 1
 PIPELINE_VERSION = f"pil-bicubic-shortest-centercrop-exif-alpha-white-draft{DRAFT_FACTOR}x-v1"
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit (~89.5 MP)
 

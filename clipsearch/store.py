@@ -182,7 +182,7 @@ class Store:
         self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                         (key, value))
 
-    def check_model(self, model_id: str, model_name: str, pipeline: str, claim: bool) -> None:
+    def check_model(self, model_id: str, model_name: str, claim: bool) -> None:
         """Vectors of one model never mix with another's. An empty cache is claimed by the
         first model that indexes into it (when `claim`)."""
         stored = self.meta("model_id")
@@ -192,10 +192,9 @@ class Store:
                     if self.meta("model_id") is None:
                         self.set_meta("model_id", model_id)
                         self.set_meta("model_name", model_name)
-                        self.set_meta("pipeline", pipeline)
-                return self.check_model(model_id, model_name, pipeline, claim=False)
+                return self.check_model(model_id, model_name, claim=False)
             return
-        if stored != model_id or self.meta("pipeline") != pipeline:
+        if stored != model_id:
             raise ModelMismatchError(
                 f"{self.path}: the cache was built with model {self.meta('model_name')} ({stored}), not with the loaded "
                 f"{model_name} ({model_id}); use --model with that folder, or a separate --db for this model "

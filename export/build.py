@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from clipsearch.manifest import FORMAT_VERSION, Manifest, describe_files
-from clipsearch.preprocess import PIPELINE_VERSION
 
 from . import fidelity
 from .folder import finish_folder
@@ -79,8 +78,7 @@ def run_export(*, name: str, source: str, source_info: dict, out: Path, preproce
             "name": name,
             "source": source_info,
             "embedding_dim": clip.config.projection_dim,
-            "image": dict({k: v for k, v in preprocess.items() if k != "image_size"}, size=image_size,
-                          pipeline=PIPELINE_VERSION),
+            "image": dict({k: v for k, v in preprocess.items() if k != "image_size"}, size=image_size),
             "text": text_info,
             "graphs": {"vision": {"file": "vision.onnx", "input": VISION_INPUT, "output": VISION_OUTPUT,
                                   "input_shape": ["batch", 3, image_size, image_size]},

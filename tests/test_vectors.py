@@ -27,7 +27,7 @@ def test_int8_rows_keep_ranking_and_scores(tmp_path):
     rng = np.random.default_rng(0)
     vectors = unit(rng, 5000)
     store = Store(tmp_path / "index.db")
-    store.check_model("m", "m", "p", claim=True)
+    store.check_model("m", "m", claim=True)
     fill(store, vectors)
     query = unit(rng, 1)[0]
     exact = vectors @ query
@@ -40,7 +40,7 @@ def test_int8_rows_keep_ranking_and_scores(tmp_path):
 def test_changes_after_the_packed_file_are_overlaid_and_deletions_hidden(tmp_path):
     rng = np.random.default_rng(1)
     store = Store(tmp_path / "index.db")
-    store.check_model("m", "m", "p", claim=True)
+    store.check_model("m", "m", claim=True)
     fill(store, unit(rng, 3000))
     write_packed(store, DIM)
     query = unit(rng, 1)[0]
@@ -56,7 +56,7 @@ def test_changes_after_the_packed_file_are_overlaid_and_deletions_hidden(tmp_pat
 def test_missing_damaged_or_foreign_packed_file_is_rebuilt(tmp_path):
     rng = np.random.default_rng(2)
     store = Store(tmp_path / "index.db")
-    store.check_model("m", "m", "p", claim=True)
+    store.check_model("m", "m", claim=True)
     vectors = unit(rng, 500)
     fill(store, vectors)
     query = vectors[42]

@@ -1,0 +1,103 @@
+"""Indexing speed: shipped defaults vs a naive baseline in the same run, and the bound.
+
+Folder: phone-size JPEGs with grain (half 4032x3024, half 1600x1200), made once and cached.
+- baseline: fp32 graphs, full-size decode, one process, batch 8 (rclip's design);
+- shipped defaults: int8 graphs, draft decode, one worker process per core, batch 16;
+- 1 process x all threads (int8 + draft), to show why the default uses processes;
+- bound: cores / (measured per-image decode+preprocess time + per-image inference time).
+
+    python bench/index.py [--photos 120] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import CACHE, cpu_summary, full_model, median, phone_photo  # noqa: E402
+from clipsearch.encoders import ImageEncoder  # noqa: E402
+from clipsearch.indexer import IndexOptions, default_workers  # noqa: E402
+from clipsearch.library import index_paths  # noqa: E402
+from clipsearch.manifest import load_manifest  # noqa: E402
+from clipsearch.preprocess import load_pixels  # noqa: E402
+
+
+def photo_folder(count: int) -> Path:
+    folder = CACHE / f"photos-{count}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        path = folder / f"IMG_{i:05d}.jpg"
+        if not path.exists():
+            phone_photo(path, (4032, 3024) if i % 2 == 0 else (1600, 1200), seed=i)
+    return folder
+
+
+def run_config(folder: Path, manifest, options: IndexOptions) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = index_paths([str(folder)], Path(tmp) / "index.db", manifest, options, lambda p, m: None)
+        assert summary.new == len(list(folder.iterdir())), summary.as_dict()
+        return summary.embedded / summary.elapsed
+
+
+def per_image_costs(folder: Path, manifest, sample: int = 16) -> tuple[float, float, float]:
+    files = sorted(folder.iterdir())[:sample]
+    decode = []
+    for path in files:
+        start = time.perf_counter()
+        load_pixels(path, manifest.image, use_draft=True)
+        decode.append(time.perf_counter() - start)
+    full = []
+    for path in files[:6]:
+        start = time.perf_counter()
+        load_pixels(path, manifest.image, use_draft=False)
+        full.append(time.perf_counter() - start)
+    encoder = ImageEncoder(manifest, threads=1)
+    batch = np.random.default_rng(0).normal(size=(16, 3, 224, 224)).astype(np.float32)
+    encoder.encode_pixels(batch)
+    runs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        encoder.encode_pixels(batch)
+        runs.append((time.perf_counter() - start) / 16)
+    return float(np.mean(decode)), float(np.mean(full)), median(runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--photos", type=int, default=120)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    folder = photo_folder(args.photos)
+    int8, fp32 = load_manifest(full_model(True)), load_manifest(full_model(False))
+    configs = {
+        "baseline (fp32, full decode, 1 proc, batch 8)": (fp32, IndexOptions(workers=1, batch_size=8, threads=cores, use_draft=False)),
+        f"defaults (int8, draft, {default_workers()} workers x 1 thread, batch 16)": (int8, IndexOptions()),
+        f"int8, draft, 1 proc x {cores} threads, batch 16": (int8, IndexOptions(workers=1, threads=cores)),
+    }
+    print(f"machine: {cpu_summary()}; {args.photos} photos (half 12 MP, half 2 MP); medians of {args.repeats} runs")
+    rates = {name: [] for name in configs}
+    for _ in range(args.repeats):  # interleaved, so drift hits every config alike
+        for name, (manifest, options) in configs.items():
+            rates[name].append(run_config(folder, manifest, options))
+    base = median(rates[next(iter(configs))])
+    for name, values in rates.items():
+        print(f"{name:55} {median(values):6.1f} images/s  x{median(values) / base:.2f} vs baseline  "
+              f"(runs: {', '.join(f'{v:.1f}' for v in values)})")
+    decode, full_decode, infer = per_image_costs(folder, int8)
+    bound = cores / (decode + infer)
+    shipped = median(rates[list(configs)[1]])
+    print(f"per image, one core: decode+preprocess {decode * 1000:.1f} ms with draft ({full_decode * 1000:.1f} ms "
+          f"full decode), int8 inference {infer * 1000:.1f} ms (batch 16, 1 thread)")
+    print(f"bound over {cores} cores: {bound:.1f} images/s; defaults reach {shipped / bound:.0%} of it; "
+          f"time split: decode {decode / (decode + infer):.0%}, inference {infer / (decode + infer):.0%}")
+
+
+if __name__ == "__main__":
+    main()
