@@ -34,7 +34,7 @@ def children_peak_rss_mb() -> float:
 
 
 def median(values) -> float:
-    return statistics.median(values)
+    return statistics.median(list(values))
 
 
 def phone_photo(path: Path, size: tuple[int, int], seed: int) -> None:

@@ -28,7 +28,7 @@ def default_workers() -> int:
 @dataclass
 class IndexOptions:
     workers: int = field(default_factory=default_workers)
-    batch_size: int = 16
+    batch_size: int = 8
     threads: int | None = None  # ORT threads per worker; default 1 with workers, all cores without
     excludes: tuple[str, ...] = DEFAULT_EXCLUDES
     follow_links: bool = False
