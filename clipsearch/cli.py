@@ -165,12 +165,18 @@ def query(terms, top, within, negated, like, unlike, as_json, bare_paths, null_s
     in TERMS need a `--` first: clipsearch query -- "a beach" "-0.5:people".)
     """
     with handle_errors():
-        from .search import parse_terms, query_vector, search
-        from .store import Store
-        from .walk import normalise_root
+        from .search import parse_terms
+        from .tokens import TokenPrefetch
 
         parsed = parse_terms(list(terms), list(like), list(unlike), list(negated))
         manifest = load_model(model_dir)
+        texts = [term.value for term in parsed if term.kind == "text"]
+        prefetch = TokenPrefetch(manifest, texts) if texts else None
+
+        from .search import query_vector, search
+        from .store import Store
+        from .walk import normalise_root
+
         store = Store(db_path or default_db_path(), readonly=True)
         store.check_model(manifest.model_id, manifest.name, claim=False)
         folder = None
@@ -178,7 +184,7 @@ def query(terms, top, within, negated, like, unlike, as_json, bare_paths, null_s
             if not os.path.isdir(within):
                 raise CommandError(f"{within}: --in needs an existing folder", 2)
             folder = normalise_root(within)
-        vector = query_vector(parsed, manifest, threads)
+        vector = query_vector(parsed, manifest, threads, prefetch)
         results = search(store, manifest, vector, top, folder)
         out = sys.stdout.buffer
         for path, score in results:

