@@ -8,6 +8,7 @@ overlaid, and a missing, foreign or badly stale file is rebuilt. It is never tru
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 import tempfile
@@ -144,14 +145,17 @@ def top_k(query: np.ndarray, store, dim: int, k: int, allowed_ids: np.ndarray | 
             keep &= ~_member(packed.ids, changed)
         if allowed_ids is not None:
             keep &= _member(packed.ids, allowed_ids)
-        buffer = np.empty((CHUNK_ROWS, dim), dtype=np.int8)
-        with open(packed.path, "rb", buffering=0) as f:
-            f.seek(matrix_at)
+        # Zero-copy reads through one read-only mapping; each chunk's pages are dropped from
+        # this process after use, so peak RSS stays a few MB whatever the library size.
+        with open(packed.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             for start in range(0, packed.count, CHUNK_ROWS):
                 rows = min(CHUNK_ROWS, packed.count - start)
-                chunk = buffer[:rows]
-                f.readinto(memoryview(chunk).cast("B"))
+                offset = matrix_at + start * dim
+                chunk = np.frombuffer(mapped, dtype=np.int8, count=rows * dim, offset=offset).reshape(rows, dim)
                 scores = (chunk.astype(np.float32) @ query) * scales[start : start + rows]
+                del chunk
+                page_start = offset - offset % mmap.PAGESIZE
+                mapped.madvise(mmap.MADV_DONTNEED, page_start, offset + rows * dim - page_start)
                 scores[~keep[start : start + rows]] = -np.inf
                 _collect(scores, packed.ids[start : start + rows], k, best_ids, best_scores)
     live = [row for row in delta if not row[1] and row[2] is not None
