@@ -198,3 +198,26 @@ def test_full_disk_stops_cleanly_and_keeps_the_database(big_library, tiny_model,
     assert check_db(db, 32) >= indexed
     run_cli("index", str(big_library), "--db", str(db), "--model", str(tiny_model), check=True, timeout=300)
     assert check_db(db, 32) == PHOTOS
+
+
+def test_read_only_database_is_reported_and_untouched(tmp_path, colour_model):
+    """A database file the user cannot write (chattr +i stands in for permissions, which
+    root ignores): index says so and changes nothing; query still answers."""
+    if os.geteuid() != 0:
+        pytest.skip("uses chattr, which needs root")
+    write_photo(tmp_path / "p" / "a.jpg", (200, 10, 10))
+    db = tmp_path / "index.db"
+    run_cli("index", str(tmp_path / "p"), "--db", str(db), "--model", str(colour_model), check=True)
+    write_photo(tmp_path / "p" / "b.jpg", (10, 200, 10))
+    if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
+        pytest.skip("this filesystem does not support chattr +i")
+    try:
+        before = digest(db)
+        result = run_cli("index", str(tmp_path / "p"), "--db", str(db), "--model", str(colour_model))
+        message = result.stderr.decode()
+        assert result.returncode == 4 and "read-only" in message and "Traceback" not in message, message
+        answer = run_cli("query", "red", "--db", str(db), "--model", str(colour_model), "--paths")
+        assert answer.returncode == 0 and answer.stdout.strip().endswith(b"a.jpg"), answer.stderr
+        assert digest(db) == before
+    finally:
+        subprocess.run(["chattr", "-i", str(db)])
