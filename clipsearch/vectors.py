@@ -131,6 +131,27 @@ def _try_rebuild(store, dim: int) -> Packed | None:
     return write_packed(store, dim)
 
 
+def iter_chunks(packed: Packed):
+    """(first row, int8 [rows, dim]) for CHUNK_ROWS rows at a time: zero-copy reads through one
+    read-only mapping; each chunk's pages are dropped from this process once the caller is
+    done with it, so peak RSS stays a few MB whatever the library size."""
+    _, matrix_at = packed.offsets
+    with open(packed.path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    for start in range(0, packed.count, CHUNK_ROWS):
+        rows = min(CHUNK_ROWS, packed.count - start)
+        offset = matrix_at + start * packed.dim
+        yield start, np.frombuffer(mapped, dtype=np.int8, count=rows * packed.dim, offset=offset).reshape(rows, packed.dim)
+        page_start = offset - offset % mmap.PAGESIZE
+        mapped.madvise(mmap.MADV_DONTNEED, page_start, offset + rows * packed.dim - page_start)
+    # No explicit close: the caller may still hold the last chunk; the mapping goes with it.
+
+
+def read_scales(packed: Packed) -> np.ndarray:
+    scales_at, _ = packed.offsets
+    return np.fromfile(packed.path, dtype="<f4", count=packed.count, offset=scales_at)
+
+
 def top_k(query: np.ndarray, store, dim: int, k: int, allowed_ids: np.ndarray | None = None) -> list[tuple[int, float]]:
     """Best k (id, score) by cosine, optionally among `allowed_ids` (sorted int64)."""
     query = np.asarray(query, dtype=np.float32)
@@ -138,26 +159,17 @@ def top_k(query: np.ndarray, store, dim: int, k: int, allowed_ids: np.ndarray | 
     changed = np.array(sorted(row[0] for row in delta), dtype=np.int64)
     best_ids, best_scores = [], []
     if packed is not None and packed.count:
-        scales_at, matrix_at = packed.offsets
-        scales = np.fromfile(packed.path, dtype="<f4", count=packed.count, offset=scales_at)
+        scales = read_scales(packed)
         keep = np.ones(packed.count, dtype=bool)
         if len(changed):
             keep &= ~_member(packed.ids, changed)
         if allowed_ids is not None:
             keep &= _member(packed.ids, allowed_ids)
-        # Zero-copy reads through one read-only mapping; each chunk's pages are dropped from
-        # this process after use, so peak RSS stays a few MB whatever the library size.
-        with open(packed.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            for start in range(0, packed.count, CHUNK_ROWS):
-                rows = min(CHUNK_ROWS, packed.count - start)
-                offset = matrix_at + start * dim
-                chunk = np.frombuffer(mapped, dtype=np.int8, count=rows * dim, offset=offset).reshape(rows, dim)
-                scores = (chunk.astype(np.float32) @ query) * scales[start : start + rows]
-                del chunk
-                page_start = offset - offset % mmap.PAGESIZE
-                mapped.madvise(mmap.MADV_DONTNEED, page_start, offset + rows * dim - page_start)
-                scores[~keep[start : start + rows]] = -np.inf
-                _collect(scores, packed.ids[start : start + rows], k, best_ids, best_scores)
+        for start, chunk in iter_chunks(packed):
+            rows = len(chunk)
+            scores = (chunk.astype(np.float32) @ query) * scales[start : start + rows]
+            scores[~keep[start : start + rows]] = -np.inf
+            _collect(scores, packed.ids[start : start + rows], k, best_ids, best_scores)
     live = [row for row in delta if not row[1] and row[2] is not None
             and (allowed_ids is None or _member(np.array([row[0]]), allowed_ids)[0])]
     if live:
