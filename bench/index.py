@@ -6,12 +6,11 @@ Folder: phone-size JPEGs with grain (half 4032x3024, half 1600x1200), made once 
 - 1 process x all threads (int8 + draft), to show why the default uses processes;
 - bound: cores / (measured per-image decode+preprocess time + per-image inference time).
 
-    python bench/index.py [--photos 120] [--repeats 3]
+    python bench/index.py [--photos 240] [--repeats 3]
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import CACHE, cpu_summary, full_model, median, phone_photo  # noqa: E402
+from clipsearch.config import available_cores  # noqa: E402
 from clipsearch.encoders import ImageEncoder  # noqa: E402
 from clipsearch.indexer import IndexOptions, default_workers  # noqa: E402
 from clipsearch.library import index_paths  # noqa: E402
@@ -68,12 +68,12 @@ def per_image_costs(folder: Path, manifest, sample: int = 16) -> tuple[float, fl
     return float(np.mean(decode)), float(np.mean(full)), median(runs)
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--photos", type=int, default=120)
+    parser.add_argument("--photos", type=int, default=240)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    cores = os.cpu_count() or 1
+    args = parser.parse_args(argv)
+    cores = available_cores()
     folder = photo_folder(args.photos)
     int8, fp32 = load_manifest(full_model(True)), load_manifest(full_model(False))
     configs = {
@@ -99,6 +99,9 @@ def main() -> None:
           f"full decode), int8 inference {infer * 1000:.1f} ms (batch 8, 1 thread); medians over the runs")
     print(f"bound over {cores} cores: {bound:.1f} images/s; defaults reach {shipped / bound:.0%} of it; "
           f"time split: decode {decode / (decode + infer):.0%}, inference {infer / (decode + infer):.0%}")
+    names = list(configs)
+    return {"baseline": base, "defaults": shipped, "one_process": median(rates[names[2]]), "bound": bound,
+            "decode_ms": decode * 1000, "full_decode_ms": full_decode * 1000, "infer_ms": infer * 1000}
 
 
 if __name__ == "__main__":

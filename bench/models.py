@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import cpu_summary, full_model, median, peak_rss_mb  # noqa: E402
+from clipsearch.config import available_cores  # noqa: E402
 from clipsearch.encoders import ImageEncoder, TextEncoder, open_session  # noqa: E402
 from clipsearch.manifest import load_manifest  # noqa: E402
 
@@ -31,12 +31,12 @@ def timed(fn, repeats: int) -> float:
     return median(runs)
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--threads", type=int, default=available_cores())
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     folders = {"int8": load_manifest(full_model(True)), "fp32": load_manifest(full_model(False))}
     print(f"machine: {cpu_summary()}; threads {args.threads}, batch {args.batch}, medians of {args.repeats}")
     rng = np.random.default_rng(0)
@@ -66,6 +66,7 @@ def main() -> None:
     print(f"ratio int8/fp32: images/s x{i8['img_s'] / f32['img_s']:.2f}, text latency x{f32['text_ms'] / i8['text_ms']:.2f} "
           f"faster, vision load x{f32['load_v'] / i8['load_v']:.2f} faster, size x{f32['vision'] / i8['vision']:.2f} smaller")
     print(f"peak RSS of this process (both precisions loaded in turn): {peak_rss_mb():.0f} MB")
+    return dict(results, peak_rss_mb=peak_rss_mb())
 
 
 if __name__ == "__main__":

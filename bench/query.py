@@ -137,12 +137,13 @@ def reindex_unchanged(files: int, model: Path, manifest) -> tuple[float, str]:
     return time.perf_counter() - start, out.stderr.strip().splitlines()[-1]
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="100000,1281167")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--reindex-files", type=int, default=100_000)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    figures: dict = {}
     model = full_model(True)
     manifest = load_manifest(model)
     print(f"machine: {cpu_summary()}; full-size random-weight int8 graphs; medians of {args.runs} cold processes")
@@ -155,9 +156,13 @@ def main() -> None:
         print(f"{size:>9,} vectors: cold query median {median(walls):.3f} s (min {min(walls):.3f}, max {max(walls):.3f}), "
               f"peak RSS median {median(rss):.0f} MB, disk {disk / size:.0f} bytes/image ({disk / 1e6:.0f} MB)")
         print("           split: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in split.items()))
+        figures[size] = {"cold_s": median(walls), "rss_mb": median(rss), "bytes_per_image": disk / size,
+                         "warm_rank_ms": split["rank_warm"] * 1000, "split": split}
     if args.reindex_files:
         seconds, line = reindex_unchanged(args.reindex_files, model, manifest)
         print(f"re-index of {args.reindex_files:,} unchanged files: {seconds:.2f} s (whole process) -> {line}")
+        figures["reindex_s"] = seconds
+    return figures
 
 
 if __name__ == "__main__":

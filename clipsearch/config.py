@@ -8,6 +8,14 @@ from pathlib import Path
 DEFAULT_MODEL_NAME = "openai-vit-b-32"
 
 
+def available_cores() -> int:
+    """Cores this process may run on: honours taskset, cgroup cpusets and `bench --cores`."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def home() -> Path:
     """`CLIPSEARCH_HOME`, else the platform's user data dir (~/.local/share/clipsearch)."""
     env = os.environ.get("CLIPSEARCH_HOME")

@@ -3,10 +3,9 @@
 come back L2-normalised float32 [N, D]."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from .config import available_cores
 from .manifest import Manifest
 
 
@@ -16,7 +15,7 @@ def session_options(threads: int | None, background: bool = False):
     options = ort.SessionOptions()
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
-    options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    options.intra_op_num_threads = threads or available_cores()
     options.log_severity_level = 3
     if background:
         # Idle ORT threads otherwise busy-wait, stealing CPU from the decoding workers.

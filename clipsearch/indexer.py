@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .config import available_cores
 from .embedjob import Result, embed_chunk, fingerprint_file, init_worker, set_encoder
 from .manifest import Manifest
 from .walk import DEFAULT_EXCLUDES, Walker, parent_of
@@ -22,7 +23,7 @@ from .walk import DEFAULT_EXCLUDES, Walker, parent_of
 def default_workers() -> int:
     # Measured (README "Indexing speed"): one single-threaded worker per core beats one
     # process with N ORT threads, because decoding is serial per image. Capped for RAM.
-    return max(1, min(os.cpu_count() or 1, 8))
+    return min(available_cores(), 8)
 
 
 @dataclass
