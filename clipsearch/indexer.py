@@ -185,14 +185,18 @@ class Indexer:
                 self.summary.removed += self.write().mark_dir_deleted(folder, self.seq)
 
     def try_move(self, entry) -> bool:
-        # A soft-deleted row at this very path counts too: the file came back.
-        candidates = [c for c in self.store.move_candidates(entry.size) if c[1] != entry.path or c[3]]
-        orphans = [c for c in candidates if c[3] or not os.path.lexists(c[1])]
-        if not orphans:
+        """A new file with the content of a row whose file is gone takes over that row.
+        The fingerprint is read only when some row has the same size, and rows are then
+        matched on (size, fingerprint) through an index: libraries of same-size files
+        (scanner BMPs, uncompressed TIFFs) cost one lookup per file, not one stat per row."""
+        if not self.store.has_size(entry.size):
             return False
         content = fingerprint_file(entry.path)
-        for row_id, _old_path, stored_fingerprint, _deleted in orphans:
-            if content is not None and stored_fingerprint == content:
+        if content is None:
+            return False
+        for row_id, old_path, deleted in self.store.same_content(entry.size, content):
+            # A soft-deleted row at this very path counts too: the file came back.
+            if (old_path != entry.path or deleted) and (deleted or not os.path.lexists(old_path)):
                 self.write().move(row_id, entry.path, parent_of(entry.path), entry.mtime_ns, self.seq)
                 self.summary.moved += 1
                 if row_id in self.removed_this_run:

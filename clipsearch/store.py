@@ -45,7 +45,7 @@ def _v1(db: sqlite3.Connection) -> None:
             indexed_at REAL NOT NULL
         );
         CREATE INDEX images_dir ON images(dir);
-        CREATE INDEX images_size ON images(size);
+        CREATE INDEX images_content ON images(size, fingerprint);
         CREATE INDEX images_seq ON images(seq);
         CREATE TABLE runs (
             id INTEGER PRIMARY KEY,
@@ -219,9 +219,12 @@ class Store:
                           (root, lower, upper))
         return [row[0] for row in rows]
 
-    def move_candidates(self, size: int) -> list[tuple]:
-        return self.query("SELECT id, filepath, fingerprint, deleted FROM images "
-                          "WHERE size = ? AND vector IS NOT NULL AND fingerprint IS NOT NULL", (size,))
+    def has_size(self, size: int) -> bool:
+        return bool(self.query("SELECT 1 FROM images WHERE size = ? AND fingerprint IS NOT NULL LIMIT 1", (size,)))
+
+    def same_content(self, size: int, fingerprint: bytes) -> list[tuple]:
+        return self.query("SELECT id, filepath, deleted FROM images "
+                          "WHERE size = ? AND fingerprint = ? AND vector IS NOT NULL", (size, fingerprint))
 
     # -- writes (call inside atomic()) ------------------------------------------------
 
