@@ -16,6 +16,7 @@ from typing import Callable
 
 from .config import available_cores
 from .embedjob import Result, embed_chunk, fingerprint_file, init_worker, set_encoder
+from .errors import ClipsearchError
 from .manifest import Manifest
 from .walk import DEFAULT_EXCLUDES, Walker, parent_of
 
@@ -92,14 +93,25 @@ class Embedder:
         self.inflight.append(self.pool.submit(embed_chunk, chunk))
         done = []
         while self.inflight and (len(self.inflight) >= self.max_inflight or self.inflight[0].done()):
-            done.extend(self.inflight.popleft().result())
+            done.extend(self._result(self.inflight.popleft()))
         return done
 
     def drain(self) -> list[Result]:
         done = []
         while self.inflight:
-            done.extend(self.inflight.popleft().result())
+            done.extend(self._result(self.inflight.popleft()))
         return done
+
+    @staticmethod
+    def _result(future) -> list[Result]:
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            raise ClipsearchError("a worker process died (out of memory, or a decoder crashed on a file); "
+                                  "everything finished so far is saved: run `clipsearch index` again, with "
+                                  "fewer --workers if memory is short") from None
 
     def close(self, cancel: bool = False) -> None:
         if self.pool is not None:

@@ -221,3 +221,24 @@ def test_read_only_database_is_reported_and_untouched(tmp_path, colour_model):
         assert digest(db) == before
     finally:
         subprocess.run(["chattr", "-i", str(db)])
+
+
+def test_a_worker_killed_mid_run_stops_cleanly_and_keeps_finished_work(big_library, tiny_model, tmp_path):
+    db = tmp_path / "index.db"
+    proc = start_index(big_library, db, tiny_model, "--workers", "2", "--batch-size", "4", "--commit-seconds", "0.05")
+    children: list[int] = []
+    deadline = time.time() + 60
+    while len(children) < 2 and time.time() < deadline:
+        try:
+            children = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        except OSError:
+            pass
+        time.sleep(0.05)
+    time.sleep(0.8)  # let the workers get going
+    os.kill(children[-1], signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and b"a worker process died" in err and b"Traceback" not in err, err
+    kept = check_db(db, 32)
+    final = run_cli("index", str(big_library), "--db", str(db), "--model", str(tiny_model), timeout=300)
+    assert final.returncode == 0 and f"{PHOTOS - kept} new".encode() in final.stderr
+    assert check_db(db, 32) == PHOTOS
