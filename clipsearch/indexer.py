@@ -149,7 +149,7 @@ class Indexer:
 
     def run(self, roots: list[bytes]) -> Summary:
         if self.options.count_first:
-            self.summary.pending_total = sum(self.count_pending(root) for root in roots)
+            self.summary.pending_total = sum(count_pending(self.store, root, self.options) for root in roots)
         embedder = Embedder(self.manifest, self.options)
         try:
             for root in roots:
@@ -238,12 +238,14 @@ class Indexer:
                                  result.vector, result.scale, self.seq)
         self.maybe_commit()
 
-    def count_pending(self, root: bytes) -> int:
-        pending = 0
-        for folder in Walker(self.options.excludes, self.options.follow_links).walk(root):
-            known = self.store.rows_in_dir(folder.path)
-            for entry in folder.files:
-                row = known.get(entry.path)
-                if row is None or row[4] or row[1] != entry.size or row[2] != entry.mtime_ns:
-                    pending += 1
-        return pending
+
+def count_pending(store, root: bytes, options: IndexOptions) -> int:
+    """Files under `root` that an index run would embed (new or changed): a stat-only walk."""
+    pending = 0
+    for folder in Walker(options.excludes, options.follow_links).walk(root):
+        known = store.rows_in_dir(folder.path)
+        for entry in folder.files:
+            row = known.get(entry.path)
+            if row is None or row[4] or row[1] != entry.size or row[2] != entry.mtime_ns:
+                pending += 1
+    return pending

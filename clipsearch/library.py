@@ -2,12 +2,13 @@
 model, index, refresh the packed vectors, record the run. Also the `status` report."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 
 from .errors import UsageError
-from .indexer import Indexer, IndexOptions, Summary
+from .indexer import Indexer, IndexOptions, Summary, count_pending
 from .lock import IndexLock
 from .manifest import Manifest
 from .store import Store
@@ -81,7 +82,7 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
         counts = store.counts()
         last = store.last_run()
         folders = sorted({root for row in store.query("SELECT roots FROM runs WHERE status = 'ok'")
-                          for root in __import__("json").loads(row[0])})
+                          for root in json.loads(row[0])})
         packed = read_header(packed_path(db_path))
         report = {
             "database": str(db_path),
@@ -119,6 +120,4 @@ def _pending(store: Store, folders: list[str]) -> int | None:
     """New or changed files under the library folders, by a stat-only walk (fast)."""
     if not folders or not all(os.path.isdir(f) for f in folders):
         return None
-    indexer = Indexer.__new__(Indexer)
-    indexer.store, indexer.options = store, IndexOptions(workers=1)
-    return sum(indexer.count_pending(os.fsencode(f)) for f in folders)
+    return sum(count_pending(store, os.fsencode(f), IndexOptions(workers=1)) for f in folders)

@@ -35,12 +35,22 @@ def packed_path(db_path: Path) -> Path:
 
 @dataclass
 class Packed:
+    """An open packed file. Everything is read through `file`, opened once: an index run
+    may replace the path at any moment (atomically), and this keeps reading the version
+    whose header it checked."""
+
     path: Path
     seq: int
     model_id: str
     count: int
     dim: int
     ids: np.ndarray
+    file: object
+
+    def read_into(self, array: np.ndarray, offset: int) -> None:
+        self.file.seek(offset)
+        if self.file.readinto(memoryview(array).cast("B")) != array.nbytes:
+            raise OSError(f"{self.path}: shorter than its header says")
 
     @property
     def offsets(self) -> tuple[int, int]:
@@ -91,19 +101,24 @@ def write_packed(store, dim: int) -> Packed:
 
 
 def read_header(path: Path) -> Packed | None:
+    """The packed file at `path` if it is whole and well-formed, else None."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(HEADER_BYTES)
-            if len(head) < 12 or head[:8] != MAGIC:
-                return None
-            (length,) = struct.unpack("<I", head[8:12])
-            info = json.loads(head[12 : 12 + length])
-            ids = np.fromfile(f, dtype="<i8", count=info["count"])
-        expected = HEADER_BYTES + info["count"] * (8 + 4 + info["dim"])
-        if len(ids) != info["count"] or os.path.getsize(path) != expected:
-            return None
-        return Packed(path, int(info["seq"]), info["model_id"], int(info["count"]), int(info["dim"]), ids)
-    except (OSError, ValueError, KeyError):
+        f = open(path, "rb", buffering=0)
+    except OSError:
+        return None
+    try:
+        head = f.read(HEADER_BYTES)
+        if len(head) < 12 or head[:8] != MAGIC:
+            raise ValueError("not a packed vector file")
+        (length,) = struct.unpack("<I", head[8:12])
+        info = json.loads(head[12 : 12 + length])
+        count, dim = int(info["count"]), int(info["dim"])
+        if os.fstat(f.fileno()).st_size != HEADER_BYTES + count * (8 + 4 + dim):
+            raise ValueError("truncated")
+        ids = np.fromfile(f, dtype="<i8", count=count)
+        return Packed(path, int(info["seq"]), info["model_id"], count, dim, ids, f)
+    except (OSError, ValueError, KeyError, TypeError):
+        f.close()
         return None
 
 
@@ -137,17 +152,16 @@ def iter_chunks(packed: Packed):
     Each chunk is only valid until the next one is read."""
     _, matrix_at = packed.offsets
     buffer = np.empty((min(CHUNK_ROWS, packed.count), packed.dim), dtype=np.int8)
-    with open(packed.path, "rb", buffering=0) as f:
-        f.seek(matrix_at)
-        for start in range(0, packed.count, CHUNK_ROWS):
-            chunk = buffer[: min(CHUNK_ROWS, packed.count - start)]
-            f.readinto(memoryview(chunk).cast("B"))
-            yield start, chunk
+    for start in range(0, packed.count, CHUNK_ROWS):
+        chunk = buffer[: min(CHUNK_ROWS, packed.count - start)]
+        packed.read_into(chunk, matrix_at + start * packed.dim)
+        yield start, chunk
 
 
 def read_scales(packed: Packed) -> np.ndarray:
-    scales_at, _ = packed.offsets
-    return np.fromfile(packed.path, dtype="<f4", count=packed.count, offset=scales_at)
+    scales = np.empty(packed.count, dtype="<f4")
+    packed.read_into(scales, packed.offsets[0])
+    return scales
 
 
 def top_k(query: np.ndarray, store, dim: int, k: int, allowed_ids: np.ndarray | None = None) -> list[tuple[int, float]]:

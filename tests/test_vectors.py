@@ -70,3 +70,19 @@ def test_missing_damaged_or_foreign_packed_file_is_rebuilt(tmp_path):
     with store.atomic():
         store.set_meta("model_id", "another-model")
     assert top_k(query, store, DIM, 3) == expected and read_header(path).model_id == "another-model"
+
+
+def test_a_reader_keeps_the_version_it_opened_while_an_index_run_replaces_it(tmp_path):
+    from clipsearch.vectors import iter_chunks, read_scales
+
+    rng = np.random.default_rng(3)
+    store = Store(tmp_path / "index.db")
+    store.check_model("m", "m", claim=True)
+    fill(store, unit(rng, 100))
+    old = write_packed(store, DIM)
+    old_rows = np.concatenate([chunk.copy() for _, chunk in iter_chunks(old)])
+    fill(store, unit(rng, 900), start=100)
+    new = write_packed(store, DIM)  # os.replace under the open reader
+    assert new.count == 1000 and old.count == 100
+    again = np.concatenate([chunk.copy() for _, chunk in iter_chunks(old)])
+    assert np.array_equal(old_rows, again) and len(read_scales(old)) == 100
