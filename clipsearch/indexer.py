@@ -143,7 +143,6 @@ class Indexer:
     def maybe_commit(self, force: bool = False) -> None:
         if self.store.db.in_transaction and (force or time.monotonic() - self.last_commit >= self.options.commit_seconds):
             self.store.commit()
-            self.progress(self.summary)
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -236,6 +235,7 @@ class Indexer:
                 self.summary.embedded += 1
                 store.put_vector(result.path, folder, result.size, result.mtime_ns, result.fingerprint,
                                  result.vector, result.scale, self.seq)
+        self.progress(self.summary)
         self.maybe_commit()
 
 
