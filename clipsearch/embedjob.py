@@ -57,12 +57,27 @@ def fingerprint_file(path: bytes) -> bytes | None:
 
 def init_worker(model_folder: str, threads: int, use_draft: bool) -> None:
     global _encoder
+    _exit_with_parent(os.getppid())
     from .encoders import ImageEncoder
     from .manifest import load_manifest
 
     # The main process verified the files already; re-hashing per worker would waste seconds.
     manifest = load_manifest(model_folder)
     _encoder = ImageEncoder(manifest, threads=threads, background=True, use_draft=use_draft, verify=False)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose main process was killed (SIGKILL, OOM killer) would wait forever on
+    its task pipe, whose write end its sibling workers also hold. Watch the parent instead."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def set_encoder(encoder) -> None:

@@ -48,6 +48,20 @@ def summary_line(stderr: bytes) -> str:
     return [line for line in stderr.decode().splitlines() if line.startswith("indexed:")][-1]
 
 
+def children_of(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
 def test_sigkill_at_random_moments_loses_nothing_committed(big_library, tiny_model, tmp_path):
     db = tmp_path / "index.db"
     rng = random.Random(20261130)
@@ -56,10 +70,15 @@ def test_sigkill_at_random_moments_loses_nothing_committed(big_library, tiny_mod
         proc = start_index(big_library, db, tiny_model, "--workers", str(1 + attempt % 2), "--batch-size", "4",
                            "--commit-seconds", "0.05")
         time.sleep(rng.uniform(0.3, 0.9))
+        workers = children_of(proc.pid)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
+        deadline = time.time() + 10  # orphaned workers notice and leave
+        while any(alive(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if alive(w)], "worker processes outlived a killed index run"
         if not db.exists():
             continue
         committed = check_db(db, 32)
@@ -229,10 +248,7 @@ def test_a_worker_killed_mid_run_stops_cleanly_and_keeps_finished_work(big_libra
     children: list[int] = []
     deadline = time.time() + 60
     while len(children) < 2 and time.time() < deadline:
-        try:
-            children = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
-        except OSError:
-            pass
+        children = children_of(proc.pid)
         time.sleep(0.05)
     time.sleep(0.8)  # let the workers get going
     os.kill(children[-1], signal.SIGKILL)
