@@ -244,7 +244,15 @@ def status(db_path, model_dir, as_json):
             click.echo(json.dumps(report, indent=2))
             return
         for key, value in report.items():
-            click.echo(f"{key}: {value if not isinstance(value, (list, dict)) else json.dumps(value)}")
+            if key == "last_run":
+                run = value
+                value = f"{run['started']}, {run['status']}" + (
+                    f": {run['new']} new, {run['updated']} updated, {run['moved']} moved, {run['removed']} removed, "
+                    f"{run['failed']} failed, {run['unchanged']} unchanged in {run['elapsed_s']:.1f} s"
+                    if "new" in run else "")
+            elif isinstance(value, list):
+                value = ", ".join(value) or "-"
+            click.echo(f"{key.replace('_', ' ') + ':':24} {value}")
 
 
 @main.command("check-model")

@@ -102,8 +102,8 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
         if pending is not None:
             report["pending"] = pending
         if last:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["started_at"]))
-            report["last_run"] = f"{when} {last['status']}" + (f" {last['summary']}" if last["summary"] else "")
+            report["last_run"] = {"started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["started_at"])),
+                                  "status": last["status"], **(last["summary"] or {})}
         model_file = Path(model_dir) / "manifest.json"
         if model_file.is_file():
             from .manifest import load_manifest
