@@ -33,7 +33,7 @@ from clipsearch.indexer import IndexOptions  # noqa: E402
 from clipsearch.library import index_paths  # noqa: E402
 from clipsearch.manifest import load_manifest  # noqa: E402
 from clipsearch.store import Store  # noqa: E402
-from clipsearch.vectors import iter_chunks, packed_path, read_header, read_scales  # noqa: E402
+from clipsearch.vectors import iter_blocks, packed_path, read_header, read_scales  # noqa: E402
 
 CLASS_GROUP = 64
 
@@ -97,8 +97,9 @@ def evaluate(images: Path, names: dict[str, str], model_dir: Path, work: Path, t
     for first in range(0, len(folders), CLASS_GROUP):
         group = text[first : first + CLASS_GROUP]
         scores = np.empty((packed.count, len(group)), dtype=np.float32)
-        for start, chunk in iter_chunks(packed):
-            scores[start : start + len(chunk)] = (chunk.astype(np.float32) @ group.T) * scales[start : start + len(chunk), None]
+        for start, block in iter_blocks(packed):
+            rows = block.shape[1]
+            scores[start : start + rows] = (group @ block.astype(np.float32)).T * scales[start : start + rows, None]
         for j in range(len(group)):
             cls = first + j
             order = np.argsort(-scores[:, j], kind="stable")

@@ -16,9 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-MAGIC = b"CLSVEC01"
+MAGIC = b"CLSVEC02"
 HEADER_BYTES = 4096
-CHUNK_ROWS = 8192  # 4 MiB int8 + 16 MiB float32: stays in cache; measured 3x faster than 32768 rows at 1.28M
+# The matrix is stored in blocks of BLOCK_ROWS rows, each block transposed ([dim, rows],
+# int8): the layout onnxruntime's integer GEMM wants for query x block (see IntegerScorer).
+BLOCK_ROWS = 65536
+CANDIDATES = 64  # per block: rows re-scored exactly after the integer pass
 
 
 def quantize_rows(unit_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,6 +65,7 @@ def write_packed(store, dim: int) -> Packed:
     """Rebuild the packed file from the database in one read snapshot, atomically."""
     path = packed_path(store.path)
     store.db.execute("BEGIN")  # one snapshot: seq and rows agree
+    tmp = None
     try:
         seq = int(store.meta("seq", "0"))
         model_id = store.meta("model_id", "")
@@ -69,30 +73,27 @@ def write_packed(store, dim: int) -> Packed:
                                 "ORDER BY id")
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
         ids, scales, count = [], [], 0
-        with os.fdopen(fd, "w+b") as f:
-            matrix_file = tempfile.TemporaryFile(dir=path.parent)
-            while True:
-                batch = rows.fetchmany(8192)
-                if not batch:
-                    break
+        with os.fdopen(fd, "w+b") as f, tempfile.TemporaryFile(dir=path.parent) as matrix_file:
+            while batch := rows.fetchmany(BLOCK_ROWS):
                 ids.extend(r[0] for r in batch)
                 scales.extend(r[1] for r in batch)
-                matrix_file.write(b"".join(r[2] for r in batch))
+                block = np.frombuffer(b"".join(r[2] for r in batch), dtype=np.int8).reshape(len(batch), dim)
+                matrix_file.write(np.ascontiguousarray(block.T).tobytes())
                 count += len(batch)
-            header = json.dumps({"seq": seq, "model_id": model_id, "count": count, "dim": dim}).encode()
+            header = json.dumps({"seq": seq, "model_id": model_id, "count": count, "dim": dim,
+                                 "block_rows": BLOCK_ROWS}).encode()
             f.write(MAGIC + struct.pack("<I", len(header)) + header)
             f.write(b"\0" * (HEADER_BYTES - f.tell()))
             f.write(np.asarray(ids, dtype="<i8").tobytes())
             f.write(np.asarray(scales, dtype="<f4").tobytes())
             matrix_file.seek(0)
-            while block := matrix_file.read(1 << 24):
-                f.write(block)
-            matrix_file.close()
+            while data := matrix_file.read(1 << 24):
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if "tmp" in locals() and os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         raise
     finally:
@@ -113,6 +114,8 @@ def read_header(path: Path) -> Packed | None:
         (length,) = struct.unpack("<I", head[8:12])
         info = json.loads(head[12 : 12 + length])
         count, dim = int(info["count"]), int(info["dim"])
+        if info.get("block_rows") != BLOCK_ROWS:
+            raise ValueError("another block size")
         if os.fstat(f.fileno()).st_size != HEADER_BYTES + count * (8 + 4 + dim):
             raise ValueError("truncated")
         ids = np.fromfile(f, dtype="<i8", count=count)
@@ -145,17 +148,16 @@ def _try_rebuild(store, dim: int) -> Packed | None:
     return write_packed(store, dim)
 
 
-def iter_chunks(packed: Packed):
-    """(first row, int8 [rows, dim]) for CHUNK_ROWS rows at a time, read into one reused
-    buffer: RSS stays a few MB whatever the library size. (A memory map measured slower:
-    dropping its pages to bound RSS makes every query fault 160k pages back in at 1.28M.)
-    Each chunk is only valid until the next one is read."""
+def iter_blocks(packed: Packed):
+    """(first row, int8 [dim, rows]) per stored block, read into one reused buffer: RSS
+    stays a few MB whatever the library size. Each block is valid until the next is read."""
     _, matrix_at = packed.offsets
-    buffer = np.empty((min(CHUNK_ROWS, packed.count), packed.dim), dtype=np.int8)
-    for start in range(0, packed.count, CHUNK_ROWS):
-        chunk = buffer[: min(CHUNK_ROWS, packed.count - start)]
-        packed.read_into(chunk, matrix_at + start * packed.dim)
-        yield start, chunk
+    buffer = np.empty(min(BLOCK_ROWS, packed.count) * packed.dim, dtype=np.int8)
+    for start in range(0, packed.count, BLOCK_ROWS):
+        rows = min(BLOCK_ROWS, packed.count - start)
+        block = buffer[: rows * packed.dim].reshape(packed.dim, rows)
+        packed.read_into(block, matrix_at + start * packed.dim)
+        yield start, block
 
 
 def read_scales(packed: Packed) -> np.ndarray:
@@ -164,8 +166,43 @@ def read_scales(packed: Packed) -> np.ndarray:
     return scales
 
 
-def top_k(query: np.ndarray, store, dim: int, k: int, allowed_ids: np.ndarray | None = None) -> list[tuple[int, float]]:
-    """Best k (id, score) by cosine, optionally among `allowed_ids` (sorted int64)."""
+class IntegerScorer:
+    """query . rows for a block of int8 rows, with onnxruntime's integer GEMM (a 166-byte
+    MatMulInteger graph shipped as clipsearch/rank.onnx). Measured at 1.28M rows on 2 cores:
+    82 ms, against ~200 ms for numpy's int8 -> float32 conversion and sgemv.
+
+    The query is quantized to 7 bits around a zero point of 64 (values 1..127): u8 x s8
+    pairs then sum below 32767, so AVX2 CPUs without VNNI, whose U8S8 kernel adds pairs in
+    int16 with saturation, stay exact. The quantization error (~0.1% of a score) only picks
+    candidates; each block's best CANDIDATES rows are re-scored in float32."""
+
+    def __init__(self):
+        from importlib.resources import files
+
+        import onnxruntime as ort
+
+        from .config import available_cores
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = available_cores()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(files("clipsearch").joinpath("rank.onnx").read_bytes(),
+                                            sess_options=options, providers=["CPUExecutionProvider"])
+        self.zero = np.array(64, dtype=np.uint8)
+
+    def prepare(self, query: np.ndarray) -> tuple[np.ndarray, float]:
+        peak = float(np.abs(query).max()) or 1.0
+        step = peak / 63.0
+        return (np.rint(query / step) + 64).astype(np.uint8)[None], step
+
+    def dots(self, prepared: np.ndarray, block: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"query": prepared, "block": block, "query_zero": self.zero})[0][0]
+
+
+def top_k(query: np.ndarray, store, dim: int, k: int, allowed_ids: np.ndarray | None = None,
+          scorer: IntegerScorer | None = None) -> list[tuple[int, float]]:
+    """Best k (id, score) by cosine, optionally among `allowed_ids` (sorted int64). Scores
+    are exact float32 dot products of the stored int8 rows (times their scales) and `query`."""
     query = np.asarray(query, dtype=np.float32)
     packed, delta = current_packed(store, dim)
     changed = np.array(sorted(row[0] for row in delta), dtype=np.int64)
@@ -177,11 +214,17 @@ def top_k(query: np.ndarray, store, dim: int, k: int, allowed_ids: np.ndarray | 
             keep &= ~_member(packed.ids, changed)
         if allowed_ids is not None:
             keep &= _member(packed.ids, allowed_ids)
-        for start, chunk in iter_chunks(packed):
-            rows = len(chunk)
-            scores = (chunk.astype(np.float32) @ query) * scales[start : start + rows]
-            scores[~keep[start : start + rows]] = -np.inf
-            _collect(scores, packed.ids[start : start + rows], k, best_ids, best_scores)
+        scorer = scorer or IntegerScorer()
+        prepared, step = scorer.prepare(query)
+        shortlist = max(CANDIDATES, 4 * k)
+        for start, block in iter_blocks(packed):
+            rows = block.shape[1]
+            approx = scorer.dots(prepared, block) * (step * scales[start : start + rows])
+            approx[~keep[start : start + rows]] = -np.inf
+            picked = np.argpartition(-approx, shortlist - 1)[:shortlist] if rows > shortlist else np.arange(rows)
+            picked = picked[np.isfinite(approx[picked])]
+            exact = (query @ block[:, picked].astype(np.float32)) * scales[start + picked]
+            _collect(exact, packed.ids[start + picked], k, best_ids, best_scores)
     live = [row for row in delta if not row[1] and row[2] is not None
             and (allowed_ids is None or _member(np.array([row[0]]), allowed_ids)[0])]
     if live:

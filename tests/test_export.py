@@ -96,3 +96,9 @@ def test_hub_export_without_network_fails_with_advice(tmp_path):
     assert result.returncode == 1
     assert "--source" in result.stderr and "--random-weights" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_shipped_rank_graph_is_what_the_generator_writes():
+    from export.rank_graph import TARGET, build
+
+    assert TARGET.read_bytes() == build()

@@ -73,16 +73,35 @@ def test_missing_damaged_or_foreign_packed_file_is_rebuilt(tmp_path):
 
 
 def test_a_reader_keeps_the_version_it_opened_while_an_index_run_replaces_it(tmp_path):
-    from clipsearch.vectors import iter_chunks, read_scales
+    from clipsearch.vectors import iter_blocks, read_scales
 
     rng = np.random.default_rng(3)
     store = Store(tmp_path / "index.db")
     store.check_model("m", "m", claim=True)
     fill(store, unit(rng, 100))
     old = write_packed(store, DIM)
-    old_rows = np.concatenate([chunk.copy() for _, chunk in iter_chunks(old)])
+    old_rows = np.concatenate([block.T.copy() for _, block in iter_blocks(old)])
     fill(store, unit(rng, 900), start=100)
     new = write_packed(store, DIM)  # os.replace under the open reader
     assert new.count == 1000 and old.count == 100
-    again = np.concatenate([chunk.copy() for _, chunk in iter_chunks(old)])
+    again = np.concatenate([block.T.copy() for _, block in iter_blocks(old)])
     assert np.array_equal(old_rows, again) and len(read_scales(old)) == 100
+
+
+def test_integer_pass_over_several_blocks_finds_the_exact_top_k(tmp_path):
+    from clipsearch.vectors import BLOCK_ROWS
+
+    rng = np.random.default_rng(4)
+    count = BLOCK_ROWS * 2 + 1234
+    vectors = unit(rng, count)
+    store = Store(tmp_path / "index.db")
+    store.check_model("m", "m", claim=True)
+    fill(store, vectors)
+    q, scales = quantize_rows(vectors)
+    stored = q.astype(np.float32) * scales[:, None]  # what the cache holds
+    for _ in range(5):
+        query = unit(rng, 1)[0]
+        exact = stored @ query
+        best = top_k(query, store, DIM, 10)
+        assert [row_id - 1 for row_id, _ in best] == list(np.argsort(-exact, kind="stable")[:10])
+        assert np.allclose([score for _, score in best], np.sort(exact)[::-1][:10], atol=1e-5)
