@@ -182,8 +182,6 @@ class IntegerScorer:
     candidates; each block's best CANDIDATES rows are re-scored in float32."""
 
     def __init__(self):
-        from importlib.resources import files
-
         import onnxruntime as ort
 
         from .config import available_cores
@@ -191,8 +189,8 @@ class IntegerScorer:
         options = ort.SessionOptions()
         options.intra_op_num_threads = available_cores()
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(files("clipsearch").joinpath("rank.onnx").read_bytes(),
-                                            sess_options=options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(Path(__file__).with_name("rank.onnx")), sess_options=options,
+                                            providers=["CPUExecutionProvider"])
         self.zero = np.array(64, dtype=np.uint8)
 
     def prepare(self, query: np.ndarray) -> tuple[np.ndarray, float]:
