@@ -208,6 +208,10 @@ def query(terms, top, within, negated, like, unlike, as_json, bare_paths, null_s
             folder = normalise_root(within)
         vector = query_vector(parsed, manifest, threads, prefetch)
         results = search(store, manifest, vector, top, folder)
+        if not results:
+            where = f" under {within}" if within is not None else ""
+            click.echo(f"clipsearch: no indexed images{where} in {store.path}; run `clipsearch index PATH` first",
+                       err=True)
         try:
             write_results(results, as_json, bare_paths, null_sep)
         except BrokenPipeError:  # the reader (e.g. `head`) has all it wanted
