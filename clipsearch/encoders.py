@@ -65,8 +65,7 @@ class TextEncoder:
     @property
     def session(self):
         if self._session is None:
-            name = self.manifest.graph("text")["file"]
-            self._session = open_session(self.manifest.path(name), self.threads, fast_start=True)
+            self._session = open_session(self.manifest.graph_path("text"), self.threads, fast_start=True)
         return self._session
 
     def token_ids(self, texts: list[str]) -> np.ndarray:
@@ -101,7 +100,7 @@ class ImageEncoder:
     @property
     def session(self):
         if self._session is None:
-            path = self.manifest.path(self.manifest.graph("vision")["file"], verify=self.verify)
+            path = self.manifest.graph_path("vision", verify=self.verify)
             self._session = open_session(path, self.threads, self.background)
         return self._session
 

@@ -35,7 +35,7 @@ def index_paths(paths: list[str], db_path: Path, manifest: Manifest, options: In
         store = Store(db_path)
         try:
             # Verify model files before any work: a damaged graph must not write vectors.
-            manifest.path(manifest.graph("vision")["file"])
+            manifest.graph_path("vision")
             store.check_model(manifest.model_id, manifest.name, claim=True)
             record_pipeline(store)
             run_id = store.start_run([os.fsdecode(r) for r in roots])

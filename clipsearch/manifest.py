@@ -44,6 +44,13 @@ class Manifest:
     def graph(self, tower: str) -> dict:
         return self.data["graphs"][tower]
 
+    def graph_path(self, tower: str, verify: bool = True) -> Path:
+        """The tower's .onnx file, checked together with its external weights file if any."""
+        graph = self.graph(tower)
+        if graph.get("external_data"):
+            self.path(graph["external_data"], verify)
+        return self.path(graph["file"], verify)
+
     def path(self, filename: str, verify: bool = True) -> Path:
         path = self.folder / filename
         if verify:

@@ -76,8 +76,8 @@ def summary(a: np.ndarray, b: np.ndarray) -> dict:
 def with_graphs(manifest: Manifest, vision_file: str, text_file: str) -> Manifest:
     data = dict(manifest.data)
     data["graphs"] = {
-        "vision": dict(manifest.data["graphs"]["vision"], file=vision_file),
-        "text": dict(manifest.data["graphs"]["text"], file=text_file),
+        "vision": dict(manifest.data["graphs"]["vision"], file=vision_file, external_data=None),
+        "text": dict(manifest.data["graphs"]["text"], file=text_file, external_data=None),
     }
     return Manifest(folder=manifest.folder, data=data)
 

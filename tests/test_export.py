@@ -33,7 +33,9 @@ def exported(tmp_path_factory):
 
 
 def test_random_export_writes_the_four_files_and_a_complete_manifest(exported):
-    assert sorted(p.name for p in exported.iterdir()) == ["manifest.json", "text.onnx", "tokenizer.json", "vision.onnx"]
+    assert sorted(p.name for p in exported.iterdir()) == ["manifest.json", "text.onnx", "text.onnx.data", "tokenizer.json",
+                                                         "vision.onnx"]
+    assert json.loads((exported / "manifest.json").read_text())["graphs"]["text"]["external_data"] == "text.onnx.data"
     data = json.loads((exported / "manifest.json").read_text())
     assert data["source"] == {"kind": "random", "seed": 0, "tiny": True}
     assert data["precision"] == "int8" and data["quantization"]["weight_type"] == "QInt8" and data["quantization"]["reduce_range"]

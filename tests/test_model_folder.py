@@ -82,6 +82,8 @@ def test_runtime_never_imports_torch_or_transformers():
 
 @pytest.mark.parametrize("damage, words", [
     (lambda f: (f / "text.onnx").unlink(), "model file is missing"),
+    (lambda f: (f / "text.onnx.data").unlink(), "model file is missing"),
+    (lambda f: (f / "text.onnx.data").write_bytes(b"\0" * (f / "text.onnx.data").stat().st_size), "sha256 does not match"),
     (lambda f: (f / "text.onnx").write_bytes((f / "text.onnx").read_bytes()[:-10]), "manifest says"),
     (lambda f: (f / "tokenizer.json").write_bytes(b"X" + (f / "tokenizer.json").read_bytes()[1:]), "sha256 does not match"),
     (lambda f: (f / "manifest.json").unlink(), "no model manifest here"),
