@@ -36,7 +36,8 @@ def default_db_path() -> Path:
 
 
 def default_model_dir() -> Path:
-    """`CLIPSEARCH_MODEL`, else models/<default name>, else the only model folder there is."""
+    """`CLIPSEARCH_MODEL`, else models/<default name>, else the only model folder there is
+    (not counting the `-fp32` twins that `python -m export --keep-fp32` writes)."""
     env = os.environ.get("CLIPSEARCH_MODEL")
     if env:
         return Path(env).expanduser()
@@ -45,7 +46,7 @@ def default_model_dir() -> Path:
     if preferred.is_dir():
         return preferred
     if base.is_dir():
-        found = sorted(p for p in base.iterdir() if (p / "manifest.json").is_file())
+        found = sorted(p for p in base.iterdir() if (p / "manifest.json").is_file() and not p.name.endswith("-fp32"))
         if len(found) == 1:
             return found[0]
     return preferred

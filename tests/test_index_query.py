@@ -178,3 +178,16 @@ def test_bad_paths_give_one_line_errors(cli, tmp_path):
         result = cli("index", str(path), expect=2)
         assert words in result.output and "Traceback" not in result.output
     assert "nothing to search for" in cli("query", expect=2).output
+
+
+def test_default_model_is_the_only_exported_folder(tmp_path, colour_model, isolated_home):
+    import shutil as sh
+
+    models = isolated_home / "models"
+    sh.copytree(colour_model, models / "colour")
+    sh.copytree(colour_model, models / "colour-fp32")  # --keep-fp32's twin does not count
+    write_photo(tmp_path / "p" / "r.jpg", COLOURS["red"])
+    runner = CliRunner()
+    assert runner.invoke(main, ["index", str(tmp_path / "p")]).exit_code == 0
+    result = runner.invoke(main, ["query", "red", "--paths"])
+    assert result.exit_code == 0 and result.stdout.strip() == str(tmp_path / "p" / "r.jpg")
