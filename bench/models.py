@@ -43,7 +43,7 @@ def main(argv=None) -> dict:
     pixels = rng.normal(size=(args.batch, 3, 224, 224)).astype(np.float32)
     results = {}
     for precision, manifest in folders.items():
-        sizes = {t: (manifest.folder / f"{t}.onnx").stat().st_size / 1e6 for t in ("vision", "text")}
+        sizes = {t: sum(p.stat().st_size for p in manifest.folder.glob(f"{t}.onnx*")) / 1e6 for t in ("vision", "text")}
         load_v = timed(lambda: open_session(manifest.folder / "vision.onnx", args.threads), 3)
         load_t = timed(lambda: open_session(manifest.folder / "text.onnx", args.threads), 3)
         image = ImageEncoder(manifest, threads=args.threads)
