@@ -59,5 +59,9 @@ def cpu_summary() -> str:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    from clipsearch.config import available_cores
+
     marks = [f for f in ("sse4_2", "avx", "avx2", "avx512f", "avx512_vnni", "avx_vnni", "asimddp") if f in flags]
-    return f"{model}, {os.cpu_count()} cores, {' '.join(marks) or 'no SIMD flags read'}"
+    cores = available_cores()
+    pinned = f" (pinned to {cores} of {os.cpu_count()})" if cores != os.cpu_count() else ""
+    return f"{model}, {cores} cores{pinned}, {' '.join(marks) or 'no SIMD flags read'}"
