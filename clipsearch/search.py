@@ -74,19 +74,14 @@ def image_terms(images: list[Term], manifest, threads: int | None):
     return np.asarray([t.weight for t in images], dtype=np.float32) @ vectors
 
 
-def allowed_ids(store, folder: bytes):
-    import numpy as np
-
-    lower, upper = folder.rstrip(b"/") + b"/", folder.rstrip(b"/") + b"0"
-    rows = store.query("SELECT id FROM images WHERE deleted = 0 AND vector IS NOT NULL AND "
-                       "(dir = ? OR (dir >= ? AND dir < ?)) ORDER BY id", (folder, lower, upper))
-    return np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
-
-
 def search(store, manifest, vector, top: int, within: bytes | None = None) -> list[tuple[bytes, float]]:
     from .vectors import top_k
 
-    allowed = allowed_ids(store, within) if within is not None else None
+    allowed = None
+    if within is not None:
+        import numpy as np
+
+        allowed = np.array(store.vector_ids_under(within), dtype=np.int64)
     best = top_k(vector, store, manifest.embedding_dim, top, allowed)
     if not best:
         return []

@@ -212,11 +212,20 @@ class Store:
         rows = self.query("SELECT filepath, id, size, modified_at, error, deleted FROM images WHERE dir = ?", (folder,))
         return {row[0]: row[1:] for row in rows}
 
+    # `dir` is `root` or lies below it: an index range scan, since b"0" follows b"/" in byte order.
+    UNDER = "(dir = ? OR (dir >= ? AND dir < ?))"
+
+    @staticmethod
+    def under_params(root: bytes) -> tuple[bytes, bytes, bytes]:
+        return root, root.rstrip(b"/") + b"/", root.rstrip(b"/") + b"0"
+
     def dirs_under(self, root: bytes) -> list[bytes]:
-        upper = root.rstrip(b"/") + b"0"  # b"0" follows b"/" in byte order: everything below root/
-        lower = root.rstrip(b"/") + b"/"
-        rows = self.query("SELECT DISTINCT dir FROM images WHERE deleted = 0 AND (dir = ? OR (dir >= ? AND dir < ?))",
-                          (root, lower, upper))
+        rows = self.query(f"SELECT DISTINCT dir FROM images WHERE deleted = 0 AND {self.UNDER}", self.under_params(root))
+        return [row[0] for row in rows]
+
+    def vector_ids_under(self, root: bytes) -> list[int]:
+        rows = self.query(f"SELECT id FROM images WHERE deleted = 0 AND vector IS NOT NULL AND {self.UNDER} ORDER BY id",
+                          self.under_params(root))
         return [row[0] for row in rows]
 
     def has_size(self, size: int) -> bool:
