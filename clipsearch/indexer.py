@@ -173,17 +173,18 @@ class Indexer:
             known = self.store.rows_in_dir(folder.path)
             for entry in folder.files:
                 row = known.pop(entry.path, None)
-                if row is not None and not row[4] and row[1] == entry.size and row[2] == entry.mtime_ns:
+                if unchanged(row, entry):
                     self.summary.unchanged += 1
                     continue
-                if (row is None or row[4]) and self.try_move(entry):
+                is_new = row is None or bool(row.deleted)
+                if is_new and self.try_move(entry):
                     continue
-                self.kinds[entry.path] = "new" if row is None or row[4] else "updated"
+                self.kinds[entry.path] = "new" if is_new else "updated"
                 chunk.append((entry.path, entry.size, entry.mtime_ns))
                 if len(chunk) >= self.options.batch_size:
                     self.record(embedder.submit(chunk))
                     chunk = []
-            gone = [row[0] for row in known.values() if not row[4]]
+            gone = [row.id for row in known.values() if not row.deleted]
             if gone:
                 self.write().mark_deleted(gone, self.seq)
                 self.removed_this_run.update(gone)
@@ -239,13 +240,15 @@ class Indexer:
         self.maybe_commit()
 
 
+def unchanged(row, entry) -> bool:
+    """The cache already holds this file as it is now (indexed or failed): don't open it."""
+    return row is not None and not row.deleted and row.size == entry.size and row.modified_at == entry.mtime_ns
+
+
 def count_pending(store, root: bytes, options: IndexOptions) -> int:
-    """Files under `root` that an index run would embed (new or changed): a stat-only walk."""
+    """Files under `root` that an index run would open (new or changed): a stat-only walk."""
     pending = 0
     for folder in Walker(options.excludes, options.follow_links).walk(root):
         known = store.rows_in_dir(folder.path)
-        for entry in folder.files:
-            row = known.get(entry.path)
-            if row is None or row[4] or row[1] != entry.size or row[2] != entry.mtime_ns:
-                pending += 1
+        pending += sum(not unchanged(known.get(entry.path), entry) for entry in folder.files)
     return pending

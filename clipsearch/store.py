@@ -14,10 +14,20 @@ import json
 import sqlite3
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import DatabaseError, ModelMismatchError
 
 SCHEMA_VERSION = 1
+
+
+class KnownRow(NamedTuple):
+    """What the indexer needs to know about a file the cache has seen."""
+
+    id: int
+    size: int
+    modified_at: int
+    deleted: int
 
 
 def _v1(db: sqlite3.Connection) -> None:
@@ -208,9 +218,9 @@ class Store:
 
     # -- reads for the indexer ---------------------------------------------------------
 
-    def rows_in_dir(self, folder: bytes) -> dict[bytes, tuple]:
-        rows = self.query("SELECT filepath, id, size, modified_at, error, deleted FROM images WHERE dir = ?", (folder,))
-        return {row[0]: row[1:] for row in rows}
+    def rows_in_dir(self, folder: bytes) -> dict[bytes, "KnownRow"]:
+        rows = self.query("SELECT filepath, id, size, modified_at, deleted FROM images WHERE dir = ?", (folder,))
+        return {row[0]: KnownRow(*row[1:]) for row in rows}
 
     # `dir` is `root` or lies below it: an index range scan, since b"0" follows b"/" in byte order.
     UNDER = "(dir = ? OR (dir >= ? AND dir < ?))"
