@@ -18,7 +18,7 @@ from .config import available_cores
 from .embedjob import Result, embed_chunk, fingerprint_file, init_worker, set_encoder
 from .errors import ClipsearchError
 from .manifest import Manifest
-from .walk import DEFAULT_EXCLUDES, Walker, parent_of
+from .walk import DEFAULT_EXCLUDES, Walker, is_under, parent_of
 
 
 def default_workers() -> int:
@@ -193,7 +193,7 @@ class Indexer:
         if chunk:
             self.record(embedder.submit(chunk))
         for folder in self.store.dirs_under(root):
-            if folder not in visited:
+            if folder not in visited and not is_under(folder, self.walker.unreadable):
                 self.summary.removed += self.write().mark_dir_deleted(folder, self.seq)
 
     def try_move(self, entry) -> bool:

@@ -40,11 +40,15 @@ class Walker:
         self.patterns = [p.encode("utf-8", "surrogateescape") for p in excludes]
         self.follow_links = follow_links
         self.warn = warn or (lambda path, message: None)
+        # Folders the last walk could not read: what the cache holds below them is kept, not
+        # taken for deleted (a NAS share hiccup must not empty the index).
+        self.unreadable: list[bytes] = []
 
     def excluded(self, name: bytes) -> bool:
         return name.startswith(b".") or any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
 
     def walk(self, root: bytes) -> Iterator[Folder]:
+        self.unreadable = []
         seen_dirs: set[tuple[int, int]] = set()
         stack = [root]
         while stack:
@@ -58,7 +62,8 @@ class Walker:
                 with os.scandir(folder) as it:
                     entries = sorted(it, key=lambda e: e.name)
             except OSError as exc:
-                self.warn(folder, f"cannot read folder ({exc.strerror})")
+                self.warn(folder, f"cannot read folder ({exc.strerror}); what is cached below it is kept")
+                self.unreadable.append(folder)
                 continue
             files, subdirs = [], []
             for entry in entries:
@@ -89,6 +94,10 @@ class Walker:
 def normalise_root(path: str) -> bytes:
     """Absolute, symlink-free bytes path: the same photo always gets the same key."""
     return os.fsencode(os.path.realpath(os.path.abspath(path)))
+
+
+def is_under(path: bytes, folders: list[bytes]) -> bool:
+    return any(path == f or path.startswith(f.rstrip(b"/") + b"/") for f in folders)
 
 
 def parent_of(path: bytes) -> bytes:

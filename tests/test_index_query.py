@@ -191,3 +191,25 @@ def test_default_model_is_the_only_exported_folder(tmp_path, colour_model, isola
     assert runner.invoke(main, ["index", str(tmp_path / "p")]).exit_code == 0
     result = runner.invoke(main, ["query", "red", "--paths"])
     assert result.exit_code == 0 and result.stdout.strip() == str(tmp_path / "p" / "r.jpg")
+
+
+def test_a_folder_that_cannot_be_read_keeps_its_cached_vectors(cli, tmp_path, monkeypatch):
+    """A share hiccup (here: scandir failing for one folder, as it does on EACCES or EIO)
+    warns and keeps what the cache holds below that folder, instead of deleting it."""
+    library = colour_library(tmp_path / "photos")
+    cli("index", str(tmp_path / "photos"), "--workers", "1")
+    broken = os.fsencode(tmp_path / "photos" / "album1")
+    real_scandir = os.scandir
+
+    def failing_scandir(path):
+        if path == broken:
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr("clipsearch.walk.os.scandir", failing_scandir)
+    result = cli("index", str(tmp_path / "photos"), "--workers", "1")
+    assert f"warning: {tmp_path / 'photos' / 'album1'}: cannot read folder" in result.stderr
+    assert " 0 removed" in summary_of(result)
+    monkeypatch.undo()
+    everything = set(ranked_paths(cli("query", "red", "--top", "50")))
+    assert everything == {str(p) for paths in library.values() for p in paths}
