@@ -67,6 +67,12 @@ class Summary:
                 "elapsed_s": round(elapsed, 2), "images_per_s": round(self.embedded / elapsed, 2) if elapsed else 0.0}
 
 
+def worker_died() -> ClipsearchError:
+    return ClipsearchError("a worker process died (out of memory, or a decoder crashed on a file); "
+                           "everything finished so far is saved: run `clipsearch index` again, with "
+                           "fewer --workers if memory is short")
+
+
 class Embedder:
     """Chunks in, results out, with a bounded number of chunks in flight."""
 
@@ -90,7 +96,14 @@ class Embedder:
     def submit(self, chunk) -> list[Result]:
         if self.pool is None:
             return embed_chunk(chunk)
-        self.inflight.append(self.pool.submit(embed_chunk, chunk))
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            self.inflight.append(self.pool.submit(embed_chunk, chunk))
+        except BrokenProcessPool:
+            # A worker died between two submits: the pool refuses new work before any
+            # pending future reports the death.
+            raise worker_died() from None
         done = []
         while self.inflight and (len(self.inflight) >= self.max_inflight or self.inflight[0].done()):
             done.extend(self._result(self.inflight.popleft()))
@@ -109,9 +122,7 @@ class Embedder:
         try:
             return future.result()
         except BrokenProcessPool:
-            raise ClipsearchError("a worker process died (out of memory, or a decoder crashed on a file); "
-                                  "everything finished so far is saved: run `clipsearch index` again, with "
-                                  "fewer --workers if memory is short") from None
+            raise worker_died() from None
 
     def close(self, cancel: bool = False) -> None:
         if self.pool is not None:
