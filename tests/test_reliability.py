@@ -55,6 +55,18 @@ def children_of(pid: int) -> list[int]:
         return []
 
 
+def embedding_workers(pid: int) -> list[int]:
+    """The pool's worker processes (not multiprocessing's resource tracker, also a child)."""
+    workers = []
+    for child in children_of(pid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                workers.append(child)
+        except OSError:
+            pass
+    return workers
+
+
 def alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
@@ -245,16 +257,44 @@ def test_read_only_database_is_reported_and_untouched(tmp_path, colour_model):
 def test_a_worker_killed_mid_run_stops_cleanly_and_keeps_finished_work(big_library, tiny_model, tmp_path):
     db = tmp_path / "index.db"
     proc = start_index(big_library, db, tiny_model, "--workers", "2", "--batch-size", "4", "--commit-seconds", "0.05")
-    children: list[int] = []
+    workers: list[int] = []
     deadline = time.time() + 60
-    while len(children) < 2 and time.time() < deadline:
-        children = children_of(proc.pid)
+    while len(workers) < 2 and time.time() < deadline:
+        workers = embedding_workers(proc.pid)
         time.sleep(0.05)
     time.sleep(0.8)  # let the workers get going
-    os.kill(children[-1], signal.SIGKILL)
+    assert proc.poll() is None, "the run ended before a worker could be killed"
+    os.kill(workers[-1], signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and b"a worker process died" in err and b"Traceback" not in err, err
     kept = check_db(db, 32)
     final = run_cli("index", str(big_library), "--db", str(db), "--model", str(tiny_model), timeout=300)
     assert final.returncode == 0 and f"{PHOTOS - kept} new".encode() in final.stderr
     assert check_db(db, 32) == PHOTOS
+
+
+@pytest.mark.parametrize("noticed_at", ["submit", "result"])
+def test_a_dead_worker_is_one_clear_error_wherever_the_pool_notices(tiny_model, tmp_path, noticed_at):
+    """The pool reports a dead worker either when the next chunk is submitted or when a pending
+    result is collected, depending on timing; both must become the same ClipsearchError."""
+    from clipsearch.errors import ClipsearchError
+    from clipsearch.indexer import Embedder, IndexOptions
+    from clipsearch.manifest import load_manifest
+
+    photo = write_photo(tmp_path / "a.jpg", (200, 10, 10))
+    chunk = [(os.fsencode(photo), photo.stat().st_size, photo.stat().st_mtime_ns)]
+    embedder = Embedder(load_manifest(tiny_model), IndexOptions(workers=2))
+    try:
+        embedder.submit(chunk)
+        assert len(embedder.drain()) == 1  # the pool works
+        if noticed_at == "result":
+            embedder.inflight.append(embedder.pool.submit(time.sleep, 5))
+        victim = next(iter(embedder.pool._processes))
+        os.kill(victim, signal.SIGKILL)
+        with pytest.raises(ClipsearchError, match="a worker process died"):
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                embedder.submit(chunk) if noticed_at == "submit" else embedder.drain()
+                time.sleep(0.05)
+    finally:
+        embedder.close(cancel=True)
