@@ -133,10 +133,16 @@ def index(paths, db_path, model_dir, workers, batch_size, threads, excludes, no_
         if progress:
             progress.clear()
         if not quiet:
-            s = summary.as_dict()
-            click.echo(f"indexed: {s['new']} new, {s['updated']} updated, {s['moved']} moved, {s['removed']} removed, "
-                       f"{s['failed']} failed, {s['unchanged']} unchanged in {s['elapsed_s']:.1f}s "
-                       f"({s['images_per_s']:.1f} images/s)", err=True)
+            click.echo(f"indexed: {run_counts(summary.as_dict())}", err=True)
+            for hint, count in summary.missing_decoders.items():
+                click.echo(f"note: {count} file{'s' if count > 1 else ''} skipped: {hint}", err=True)
+
+
+def run_counts(run: dict) -> str:
+    """One index run's counts, as the summary line and `status` print them."""
+    return (f"{run['new']} new, {run['updated']} updated, {run['moved']} moved, {run['removed']} removed, "
+            f"{run['failed']} failed, {run.get('skipped', 0)} skipped, {run['unchanged']} unchanged "
+            f"in {run['elapsed_s']:.1f}s ({run['images_per_s']:.1f} images/s)")
 
 
 def _interrupt(signum, frame):
@@ -250,10 +256,7 @@ def status(db_path, model_dir, as_json):
         for key, value in report.items():
             if key == "last_run":
                 run = value
-                value = f"{run['started']}, {run['status']}" + (
-                    f": {run['new']} new, {run['updated']} updated, {run['moved']} moved, {run['removed']} removed, "
-                    f"{run['failed']} failed, {run['unchanged']} unchanged in {run['elapsed_s']:.1f} s"
-                    if "new" in run else "")
+                value = f"{run['started']}, {run['status']}" + (f": {run_counts(run)}" if "new" in run else "")
             elif isinstance(value, list):
                 value = ", ".join(value) or "-"
             click.echo(f"{key.replace('_', ' ') + ':':24} {value}")

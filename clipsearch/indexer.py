@@ -47,7 +47,9 @@ class Summary:
     removed: int = 0
     failed: int = 0
     unchanged: int = 0
+    skipped: int = 0  # failed before and unchanged since, or no decoder installed for the format
     vanished: int = 0
+    missing_decoders: dict[str, int] = field(default_factory=dict)
     pending_total: int | None = None
     started: float = field(default_factory=time.monotonic)
     embedded: int = 0
@@ -63,7 +65,8 @@ class Summary:
     def as_dict(self) -> dict:
         elapsed = self.elapsed
         return {"new": self.new, "updated": self.updated, "moved": self.moved, "removed": self.removed,
-                "failed": self.failed, "unchanged": self.unchanged, "vanished": self.vanished,
+                "failed": self.failed, "skipped": self.skipped, "unchanged": self.unchanged,
+                "vanished": self.vanished, "missing_decoders": dict(self.missing_decoders),
                 "elapsed_s": round(elapsed, 2), "images_per_s": round(self.embedded / elapsed, 2) if elapsed else 0.0}
 
 
@@ -185,7 +188,10 @@ class Indexer:
             for entry in folder.files:
                 row = known.pop(entry.path, None)
                 if unchanged(row, entry):
-                    self.summary.unchanged += 1
+                    if row.failed:
+                        self.summary.skipped += 1
+                    else:
+                        self.summary.unchanged += 1
                     continue
                 is_new = row is None or bool(row.deleted)
                 if is_new and self.try_move(entry):
@@ -203,6 +209,9 @@ class Indexer:
             self.maybe_commit()
         if chunk:
             self.record(embedder.submit(chunk))
+        for hint, count in self.walker.missing_decoders.items():
+            self.summary.skipped += count
+            self.summary.missing_decoders[hint] = self.summary.missing_decoders.get(hint, 0) + count
         for folder in self.store.dirs_under(root):
             if folder not in visited and not is_under(folder, self.walker.unreadable):
                 self.summary.removed += self.write().mark_dir_deleted(folder, self.seq)

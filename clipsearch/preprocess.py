@@ -16,13 +16,15 @@ Two additions CLIP's pipeline lacks, both needed for real photo libraries:
 
 Large JPEGs are decoded with Pillow's `draft()` (libjpeg DCT scaling) at the smallest
 1/2, 1/4 or 1/8 scale whose shortest side is still at least `DRAFT_FACTOR` x the model's
-image size; the final bicubic resize then does the rest. The bench (`bench/preprocess.py`)
+image size; the final bicubic resize then does the rest. The bench (`bench/decode.py`)
 measures its effect against a full decode.
 """
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from .formats import enable_optional_decoders
 
 # Shortest side kept by draft decoding, as a multiple of the model input size: 1x means
 # libjpeg may scale down until the short side is just above the input size, and bicubic does
@@ -40,6 +42,7 @@ class ImageDecodeError(Exception):
 
 def open_image(path, image_size: int, use_draft: bool = True) -> Image.Image:
     """Open, draft-decode (JPEG), orient and convert one image to 8-bit RGB."""
+    enable_optional_decoders()
     try:
         img = Image.open(path)
     except Image.DecompressionBombError as exc:

@@ -8,7 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-IMAGE_EXTENSIONS = frozenset({b".jpg", b".jpeg", b".png", b".webp", b".gif", b".bmp", b".tif", b".tiff"})
+from .formats import indexed_extensions, missing_decoder
+
 
 # Matched against each folder's and file's own name. Hidden names (leading dot) are always
 # skipped as well, which covers .thumbnails, .@__thumb and .git.
@@ -43,12 +44,16 @@ class Walker:
         # Folders the last walk could not read: what the cache holds below them is kept, not
         # taken for deleted (a NAS share hiccup must not empty the index).
         self.unreadable: list[bytes] = []
+        # Photo files left out because this installation lacks their decoder: what to install -> count.
+        self.missing_decoders: dict[str, int] = {}
+        self.extensions = indexed_extensions()
 
     def excluded(self, name: bytes) -> bool:
         return name.startswith(b".") or any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
 
     def walk(self, root: bytes) -> Iterator[Folder]:
         self.unreadable = []
+        self.missing_decoders = {}
         seen_dirs: set[tuple[int, int]] = set()
         stack = [root]
         while stack:
@@ -77,7 +82,11 @@ class Walker:
                     if entry.is_dir(follow_symlinks=self.follow_links):
                         subdirs.append(entry.path)
                         continue
-                    if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+                    extension = os.path.splitext(entry.name)[1].lower()
+                    if extension not in self.extensions:
+                        hint = missing_decoder(extension)
+                        if hint:
+                            self.missing_decoders[hint] = self.missing_decoders.get(hint, 0) + 1
                         continue
                     if not entry.is_file(follow_symlinks=self.follow_links):
                         continue

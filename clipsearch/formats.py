@@ -1,0 +1,74 @@
+"""Which photo formats this installation can decode, by file extension, and switching on the
+optional decoders.
+
+Pillow always decodes JPEG, PNG, WebP, GIF, BMP and TIFF, and AVIF when it was built with
+libavif (its wheels are). HEIC/HEIF, the iPhone's format, needs pillow-heif (the `heic`
+extra: prebuilt manylinux wheels for x86-64 and ARM64 with libheif/libde265 inside, nothing
+to compile). It is optional rather than a runtime dependency because it adds ~6 MB of native
+code only iPhone libraries need, and HEVC decoding is slow on a small CPU (no draft decoding
+like JPEG's): README "Formats" has the measured cost.
+
+A format without its decoder is left out of the walk (not reported per file, not cached as
+failed), so installing the decoder later indexes those files on the next run; the indexer
+counts them and says once per run what to install.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+ALWAYS = frozenset({b".jpg", b".jpeg", b".png", b".webp", b".gif", b".bmp", b".tif", b".tiff"})
+AVIF = frozenset({b".avif"})
+HEIF = frozenset({b".heic", b".heif", b".hif"})
+
+
+@functools.cache
+def heif_available() -> bool:
+    # find_spec, not import: the walk only needs to know (0.004 ms vs 16 ms to import).
+    return importlib.util.find_spec("pillow_heif") is not None
+
+
+@functools.cache
+def avif_available() -> bool:
+    from PIL import features
+
+    return bool(features.check("avif"))
+
+
+@functools.cache
+def indexed_extensions() -> frozenset[bytes]:
+    extensions = set(ALWAYS)
+    if avif_available():
+        extensions |= AVIF
+    if heif_available():
+        extensions |= HEIF
+    return frozenset(extensions)
+
+
+def missing_decoder(extension: bytes) -> str | None:
+    """What to install to index files with this (lower-case) extension, if that is the reason
+    they are skipped."""
+    if extension in HEIF and not heif_available():
+        return "HEIC/HEIF photos need pillow-heif: pip install 'clipsearch[heic]'"
+    if extension in AVIF and not avif_available():
+        return "AVIF photos need a Pillow built with libavif (the PyPI wheels are)"
+    return None
+
+
+_heif_registered = False
+
+
+def enable_optional_decoders(threads: int = 1) -> None:
+    """Register pillow-heif with Pillow in this process (once), if it is installed.
+
+    `threads` caps libheif's own decoding threads: index workers run one per core already."""
+    global _heif_registered
+    if _heif_registered or not heif_available():
+        return
+    import pillow_heif
+
+    pillow_heif.options.DECODE_THREADS = max(1, threads)
+    # libheif applies the container's rotation/mirror boxes while decoding and pillow-heif then
+    # sets the EXIF orientation to 1, so the later exif_transpose does not rotate twice.
+    pillow_heif.register_heif_opener()
+    _heif_registered = True

@@ -1,0 +1,128 @@
+"""Optional formats: HEIC/HEIF through pillow-heif when installed, AVIF through Pillow when
+built with libavif; without a decoder those files are skipped with one note saying what to
+install, and are indexed by the first run after it is installed."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from clipsearch import formats
+from clipsearch.cli import main
+from clipsearch.preprocess import open_image
+from conftest import COLOURS, write_photo
+
+needs_heif = pytest.mark.skipif(not formats.heif_available(), reason="pillow-heif (the heic extra) not installed")
+
+
+def write_heic(path, colour, size=(320, 240), exif_orientation: int | None = None):
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    img = Image.new("RGB", size, colour)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {}
+    if exif_orientation:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        kwargs["exif"] = exif.tobytes()
+    img.save(path, format="HEIF", quality=90, **kwargs)
+    return path
+
+
+def index_and_query(colour_model, db, library, *queries, workers: int = 1):
+    runner = CliRunner()
+    indexed = runner.invoke(main, ["index", str(library), "--db", str(db), "--model", str(colour_model),
+                                   "--workers", str(workers)])
+    assert indexed.exit_code == 0, indexed.output
+    tops = []
+    for query in queries:
+        answer = runner.invoke(main, ["query", query, "--db", str(db), "--model", str(colour_model), "--paths", "--top", "1"])
+        assert answer.exit_code == 0, answer.output
+        tops.append(os.path.basename(answer.stdout.strip()))
+    return indexed, tops
+
+
+@pytest.fixture
+def without_heif(monkeypatch):
+    """This installation as if pillow-heif were not installed."""
+    monkeypatch.setattr(formats, "heif_available", lambda: False)
+    formats.indexed_extensions.cache_clear()
+    yield
+    formats.indexed_extensions.cache_clear()
+
+
+@needs_heif
+def test_heic_photos_are_indexed_and_found(colour_model, tmp_path):
+    library = tmp_path / "library"
+    write_heic(library / "IMG_0001.HEIC", COLOURS["red"])
+    write_heic(library / "IMG_0002.heif", COLOURS["green"])
+    write_photo(library / "blue.jpg", COLOURS["blue"])
+    # two workers: the spawned worker processes register the decoder themselves
+    indexed, tops = index_and_query(colour_model, tmp_path / "index.db", library, "red", "green", "blue", workers=2)
+    assert "3 new" in indexed.stderr and "warning" not in indexed.stderr, indexed.stderr
+    assert tops == ["IMG_0001.HEIC", "IMG_0002.heif", "blue.jpg"]
+
+
+@needs_heif
+def test_heic_orientation_is_applied_once(tmp_path):
+    # Landscape pixels tagged "rotate 90 degrees to display": the photo must come out portrait
+    # (pillow-heif applies the transform; exif_transpose must not rotate it back).
+    path = write_heic(tmp_path / "portrait.heic", (200, 10, 10), size=(400, 300), exif_orientation=6)
+    assert open_image(path, 224).size == (300, 400)
+
+
+def test_heic_without_its_decoder_is_skipped_with_one_note(colour_model, tmp_path, without_heif):
+    library = tmp_path / "library"
+    write_photo(library / "red.jpg", COLOURS["red"])
+    for name in ("IMG_0001.HEIC", "IMG_0002.heic", "IMG_0003.heif"):
+        (library / name).write_bytes(b"\x00\x00\x00\x18ftypheic" + os.urandom(64))  # never opened
+    indexed, tops = index_and_query(colour_model, tmp_path / "index.db", library, "red")
+    lines = indexed.stderr.splitlines()
+    assert "1 new" in lines[0] and "3 skipped" in lines[0] and "warning" not in indexed.stderr, indexed.stderr
+    assert lines[1:] == ["note: 3 files skipped: HEIC/HEIF photos need pillow-heif: pip install 'clipsearch[heic]'"]
+    assert tops == ["red.jpg"]
+    quiet = CliRunner().invoke(main, ["index", str(library), "--db", str(tmp_path / "index.db"), "--model",
+                                      str(colour_model), "--quiet"])
+    assert quiet.exit_code == 0 and quiet.output == "", quiet.output
+
+
+@needs_heif
+def test_installing_the_heic_decoder_later_indexes_what_was_skipped(colour_model, tmp_path, monkeypatch):
+    library = tmp_path / "library"
+    write_photo(library / "blue.jpg", COLOURS["blue"])
+    write_heic(library / "IMG_0001.HEIC", COLOURS["red"])
+    db = tmp_path / "index.db"
+    monkeypatch.setattr(formats, "heif_available", lambda: False)
+    formats.indexed_extensions.cache_clear()
+    try:
+        before, tops = index_and_query(colour_model, db, library, "red")
+    finally:
+        monkeypatch.undo()
+        formats.indexed_extensions.cache_clear()
+    assert "1 new" in before.stderr and "1 skipped" in before.stderr and tops == ["blue.jpg"]
+    after, tops = index_and_query(colour_model, db, library, "red")
+    assert "1 new" in after.stderr and "0 skipped" in after.stderr and "1 unchanged" in after.stderr, after.stderr
+    assert tops == ["IMG_0001.HEIC"]
+
+
+@pytest.mark.skipif(not formats.avif_available(), reason="this Pillow was built without libavif")
+def test_avif_photos_are_indexed_and_found(colour_model, tmp_path):
+    library = tmp_path / "library"
+    write_photo(library / "red.avif", COLOURS["red"])
+    write_photo(library / "green.jpg", COLOURS["green"])
+    indexed, tops = index_and_query(colour_model, tmp_path / "index.db", library, "red", "green")
+    assert "2 new" in indexed.stderr and "warning" not in indexed.stderr, indexed.stderr
+    assert tops == ["red.avif", "green.jpg"]
+
+
+def test_a_file_that_failed_before_is_counted_as_skipped_not_unchanged(colour_model, tmp_path):
+    library = tmp_path / "library"
+    write_photo(library / "red.jpg", COLOURS["red"])
+    (library / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    first, _ = index_and_query(colour_model, tmp_path / "index.db", library)
+    assert "1 new" in first.stderr and "1 failed" in first.stderr and "0 skipped" in first.stderr, first.stderr
+    again, _ = index_and_query(colour_model, tmp_path / "index.db", library)
+    assert "0 failed, 1 skipped, 1 unchanged" in again.stderr and "warning" not in again.stderr, again.stderr
