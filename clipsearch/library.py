@@ -98,6 +98,7 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
             "preprocessing": store.meta("pipeline"),
             "packed_vectors": "up to date" if packed and packed.seq == int(store.meta("seq", "0")) else "stale (refreshed on next query/index)",
         }
+        report["formats"] = formats_line()
         pending = _pending(store, folders)
         if pending is not None:
             report["pending"] = pending
@@ -114,6 +115,15 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
         return report
     finally:
         store.close()
+
+
+def formats_line() -> str:
+    """The extensions this installation indexes, and what to install for the others."""
+    from .formats import AVIF, HEIF, indexed_extensions, missing_decoder
+
+    line = " ".join(sorted(ext[1:].decode() for ext in indexed_extensions()))
+    hints = {missing_decoder(ext) for ext in AVIF | HEIF} - {None}
+    return "; ".join([line, *sorted(hints)])
 
 
 def _pending(store: Store, folders: list[str]) -> int | None:

@@ -64,6 +64,9 @@ def test_heic_photos_are_indexed_and_found(colour_model, tmp_path):
     indexed, tops = index_and_query(colour_model, tmp_path / "index.db", library, "red", "green", "blue", workers=2)
     assert "3 new" in indexed.stderr and "warning" not in indexed.stderr, indexed.stderr
     assert tops == ["IMG_0001.HEIC", "IMG_0002.heif", "blue.jpg"]
+    status = CliRunner().invoke(main, ["status", "--db", str(tmp_path / "index.db"), "--model", str(colour_model)])
+    formats_line = next(line for line in status.stdout.splitlines() if line.startswith("formats:"))
+    assert " heic heif hif " in formats_line and "pillow-heif" not in formats_line, formats_line
 
 
 @needs_heif
@@ -84,6 +87,8 @@ def test_heic_without_its_decoder_is_skipped_with_one_note(colour_model, tmp_pat
     assert "1 new" in lines[0] and "3 skipped" in lines[0] and "warning" not in indexed.stderr, indexed.stderr
     assert lines[1:] == ["note: 3 files skipped: HEIC/HEIF photos need pillow-heif: pip install 'clipsearch[heic]'"]
     assert tops == ["red.jpg"]
+    status = CliRunner().invoke(main, ["status", "--db", str(tmp_path / "index.db"), "--model", str(colour_model)])
+    assert "pip install 'clipsearch[heic]'" in status.stdout and " heic" not in status.stdout, status.stdout
     quiet = CliRunner().invoke(main, ["index", str(library), "--db", str(tmp_path / "index.db"), "--model",
                                       str(colour_model), "--quiet"])
     assert quiet.exit_code == 0 and quiet.output == "", quiet.output
