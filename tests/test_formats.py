@@ -64,6 +64,9 @@ def test_heic_photos_are_indexed_and_found(colour_model, tmp_path):
     indexed, tops = index_and_query(colour_model, tmp_path / "index.db", library, "red", "green", "blue", workers=2)
     assert "3 new" in indexed.stderr and "warning" not in indexed.stderr, indexed.stderr
     assert tops == ["IMG_0001.HEIC", "IMG_0002.heif", "blue.jpg"]
+    like = CliRunner().invoke(main, ["query", "--like", str(library / "IMG_0002.heif"), "--db", str(tmp_path / "index.db"),
+                                     "--model", str(colour_model), "--paths", "--top", "1"])
+    assert like.exit_code == 0 and like.stdout.strip().endswith("IMG_0002.heif"), like.output
     status = CliRunner().invoke(main, ["status", "--db", str(tmp_path / "index.db"), "--model", str(colour_model)])
     formats_line = next(line for line in status.stdout.splitlines() if line.startswith("formats:"))
     assert " heic heif hif " in formats_line and "pillow-heif" not in formats_line, formats_line
