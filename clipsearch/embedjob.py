@@ -55,9 +55,11 @@ def fingerprint_file(path: bytes) -> bytes | None:
         return None
 
 
-def init_worker(model_folder: str, threads: int, use_draft: bool) -> None:
+def init_worker(model_folder: str, threads: int, use_draft: bool, parent: int) -> None:
     global _encoder
-    _exit_with_parent(os.getppid())
+    # `parent` comes from the main process, not from os.getppid() here: a worker still booting
+    # when the main process was killed is already an orphan, and would watch the wrong parent.
+    _exit_with_parent(parent)
     from .encoders import ImageEncoder
     from .formats import enable_optional_decoders
     from .manifest import load_manifest

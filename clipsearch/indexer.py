@@ -94,7 +94,7 @@ class Embedder:
             # spawn, not fork: onnxruntime's thread pools do not survive a fork.
             self.pool = ProcessPoolExecutor(
                 max_workers=options.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=init_worker, initargs=(str(manifest.folder), options.threads or 1, options.use_draft))
+                initializer=init_worker, initargs=(str(manifest.folder), options.threads or 1, options.use_draft, os.getpid()))
 
     def submit(self, chunk) -> list[Result]:
         if self.pool is None:

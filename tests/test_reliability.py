@@ -298,3 +298,41 @@ def test_a_dead_worker_is_one_clear_error_wherever_the_pool_notices(tiny_model, 
                 time.sleep(0.05)
     finally:
         embedder.close(cancel=True)
+
+
+def processes_with_marker(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes() and alive(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_workers_still_starting_when_the_main_process_dies_exit_too(tiny_model, tmp_path):
+    """The main process killed while its workers are still booting: they initialise with an
+    orphan's parent id, and must still notice that the run they belong to is gone."""
+    marker = f"CLIPSEARCH_TEST_ORPHAN_{os.getpid()}_{time.time_ns()}"
+    script = (
+        "import os, sys\n"
+        "from clipsearch.indexer import Embedder, IndexOptions\n"
+        "from clipsearch.manifest import load_manifest\n"
+        "if __name__ == '__main__':\n"
+        "    embedder = Embedder(load_manifest(sys.argv[1]), IndexOptions(workers=2))\n"
+        "    embedder.pool.submit(int, 1)  # the pool starts its workers\n"
+        "    os._exit(0)  # and the main process is gone before they are up\n"
+    )
+    (tmp_path / "die_early.py").write_text(script)
+    subprocess.run([sys.executable, str(tmp_path / "die_early.py"), str(tiny_model)], cwd=REPO, check=True,
+                   env=dict(os.environ, **{marker: "1"}), timeout=60)
+    time.sleep(3)  # long enough for the workers to boot and initialise
+    deadline = time.time() + 10
+    while processes_with_marker(marker) and time.time() < deadline:
+        time.sleep(0.1)
+    left = processes_with_marker(marker)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "worker processes outlived a main process that died while they were starting"
