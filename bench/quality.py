@@ -80,15 +80,33 @@ def evaluate(images: Path, names: dict[str, str], model_dir: Path, work: Path, t
     options = IndexOptions() if workers is None else IndexOptions(workers=workers)
     index_paths([str(images)], db, manifest, options, lambda path, message: print(
         f"warning: {os.fsdecode(path)}: {message}", file=sys.stderr))
+    return score(db, manifest, names, template)
+
+
+def score(db: Path, manifest, names: dict[str, str], template: str) -> dict:
+    """Rank an indexed dataset (label = the image's folder name) for every class prompt."""
     store = Store(db, readonly=True)
-    folders = sorted({os.fsdecode(os.path.basename(row[0])) for row in store.query(
-        "SELECT DISTINCT dir FROM images WHERE deleted = 0 AND vector IS NOT NULL")})
-    class_of_folder = {folder: i for i, folder in enumerate(folders)}
     packed = read_header(packed_path(db))
-    label_by_id = {row_id: class_of_folder[os.fsdecode(os.path.basename(folder))]
-                   for row_id, folder in store.query("SELECT id, dir FROM images WHERE deleted = 0 AND vector IS NOT NULL")}
-    labels = np.array([label_by_id[i] for i in packed.ids], dtype=np.int32)
+    # Labels as numpy arrays, streamed from the cursor: a dict or a fetched list of 1.28M rows
+    # would cost a few hundred MB more at peak.
+    row_ids = np.empty(packed.count, dtype=np.int64)
+    row_dirs = np.empty(packed.count, dtype=np.int32)
+    dir_index: dict[bytes, int] = {}
+    count = 0
+    for row_id, folder in store.db.execute(
+            "SELECT id, dir FROM images WHERE deleted = 0 AND vector IS NOT NULL ORDER BY id"):
+        if count == packed.count:
+            raise SystemExit(f"{db}: more vectors than its packed file holds; run clipsearch index on it first")
+        row_ids[count], row_dirs[count] = row_id, dir_index.setdefault(folder, len(dir_index))
+        count += 1
     store.close()
+    folder_names = [os.fsdecode(os.path.basename(folder)) for folder in dir_index]
+    folders = sorted(set(folder_names))
+    class_of_dir = np.array([folders.index(name) for name in folder_names], dtype=np.int32)
+    position = np.minimum(np.searchsorted(row_ids[:count], packed.ids), max(count - 1, 0))
+    if count == 0 or not np.array_equal(row_ids[position], packed.ids):
+        raise SystemExit(f"{db}: its packed vector file is stale; run clipsearch index on it first")
+    labels = class_of_dir[row_dirs[position]]
     prompts = [template.format(names.get(folder, folder.replace("_", " "))) for folder in folders]
     text = TextEncoder(manifest).encode(prompts)
     scales = read_scales(packed)
