@@ -23,9 +23,22 @@ HEIF = frozenset({b".heic", b".heif", b".hif"})
 
 
 @functools.cache
+def heif_problem() -> str | None:
+    """Why HEIC cannot be decoded here, or None. Imports pillow-heif (16 ms, once per index
+    run) rather than only finding it: an installed but broken build (a wheel for another
+    libc, a missing shared library) must leave HEIC files out of the walk, not turn every
+    one of them into a remembered failure."""
+    if importlib.util.find_spec("pillow_heif") is None:
+        return "not installed"
+    try:
+        import pillow_heif  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any import failure means "no decoder"
+        return f"installed but does not load: {type(exc).__name__}: {exc}"
+    return None
+
+
 def heif_available() -> bool:
-    # find_spec, not import: the walk only needs to know (0.004 ms vs 16 ms to import).
-    return importlib.util.find_spec("pillow_heif") is not None
+    return heif_problem() is None
 
 
 @functools.cache
@@ -49,7 +62,9 @@ def missing_decoder(extension: bytes) -> str | None:
     """What to install to index files with this (lower-case) extension, if that is the reason
     they are skipped."""
     if extension in HEIF and not heif_available():
-        return "HEIC/HEIF photos need pillow-heif: pip install 'clipsearch[heic]'"
+        if heif_problem() == "not installed":
+            return "HEIC/HEIF photos need pillow-heif: pip install 'clipsearch[heic]'"
+        return f"HEIC/HEIF photos need a working pillow-heif; it is {heif_problem()}; reinstall it"
     if extension in AVIF and not avif_available():
         return "AVIF photos need a Pillow built with libavif (the PyPI wheels are)"
     return None

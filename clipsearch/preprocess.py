@@ -51,6 +51,8 @@ def open_image(path, image_size: int, use_draft: bool = True) -> Image.Image:
         raise ImageDecodeError("not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"cannot decode ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - see below
+        raise ImageDecodeError(f"cannot decode ({type(exc).__name__}: {exc})") from None
     try:
         width, height = img.size
         if width * height > MAX_PIXELS:
@@ -65,6 +67,10 @@ def open_image(path, image_size: int, use_draft: bool = True) -> Image.Image:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"cannot decode ({exc})") from None
+    except Exception as exc:  # noqa: BLE001
+        # Decoder plugins raise what they like on damaged files (fuzzing found Pillow's AVIF
+        # plugin raising RuntimeError); one bad photo must stay a per-file failure.
+        raise ImageDecodeError(f"cannot decode ({type(exc).__name__}: {exc})") from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

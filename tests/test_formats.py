@@ -12,7 +12,7 @@ from PIL import Image
 from clipsearch import formats
 from clipsearch.cli import main
 from clipsearch.preprocess import open_image
-from conftest import COLOURS, write_photo
+from conftest import COLOURS, run_cli, write_photo
 
 needs_heif = pytest.mark.skipif(not formats.heif_available(), reason="pillow-heif (the heic extra) not installed")
 
@@ -48,7 +48,7 @@ def index_and_query(colour_model, db, library, *queries, workers: int = 1):
 @pytest.fixture
 def without_heif(monkeypatch):
     """This installation as if pillow-heif were not installed."""
-    monkeypatch.setattr(formats, "heif_available", lambda: False)
+    monkeypatch.setattr(formats, "heif_problem", lambda: "not installed")
     formats.indexed_extensions.cache_clear()
     yield
     formats.indexed_extensions.cache_clear()
@@ -103,7 +103,7 @@ def test_installing_the_heic_decoder_later_indexes_what_was_skipped(colour_model
     write_photo(library / "blue.jpg", COLOURS["blue"])
     write_heic(library / "IMG_0001.HEIC", COLOURS["red"])
     db = tmp_path / "index.db"
-    monkeypatch.setattr(formats, "heif_available", lambda: False)
+    monkeypatch.setattr(formats, "heif_problem", lambda: "not installed")
     formats.indexed_extensions.cache_clear()
     try:
         before, tops = index_and_query(colour_model, db, library, "red")
@@ -134,3 +134,42 @@ def test_a_file_that_failed_before_is_counted_as_skipped_not_unchanged(colour_mo
     assert "1 new" in first.stderr and "1 failed" in first.stderr and "0 skipped" in first.stderr, first.stderr
     again, _ = index_and_query(colour_model, tmp_path / "index.db", library)
     assert "0 failed, 1 skipped, 1 unchanged" in again.stderr and "warning" not in again.stderr, again.stderr
+
+
+def test_a_broken_heic_decoder_leaves_heic_out_instead_of_failing_every_file(colour_model, tmp_path):
+    # An installed pillow-heif that cannot load (e.g. a wheel for another libc): shadowed here
+    # by a package of the same name whose import fails the way a missing library does.
+    broken = tmp_path / "site" / "pillow_heif"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('libheif.so.1: cannot open shared object file')\n")
+    library = tmp_path / "library"
+    write_photo(library / "red.jpg", COLOURS["red"])
+    (library / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + os.urandom(64))
+    db = tmp_path / "index.db"
+    env = {"PYTHONPATH": str(tmp_path / "site")}
+    result = run_cli("index", str(library), "--db", str(db), "--model", str(colour_model), "--workers", "2", env=env)
+    message = result.stderr.decode()
+    assert result.returncode == 0 and "Traceback" not in message and "warning" not in message, message
+    assert "1 new" in message and "1 skipped" in message, message
+    assert "note: 1 file skipped: HEIC/HEIF photos need a working pillow-heif; it is installed but does not load: " \
+           "ImportError: libheif.so.1" in message, message
+
+
+@pytest.mark.skipif(not formats.avif_available(), reason="this Pillow was built without libavif")
+def test_a_damaged_avif_is_one_warning_not_a_crash(colour_model, tmp_path):
+    # Pillow's AVIF plugin raises RuntimeError (not OSError) when the primary item is missing,
+    # as fuzzing found; it must be a per-file failure like any other damaged photo.
+    library = tmp_path / "library"
+    write_photo(library / "red.jpg", COLOURS["red"])
+    data = bytearray(write_photo(tmp_path / "good.avif", COLOURS["green"]).read_bytes())
+    item_id = data.index(b"pitm") + 8  # box type, then version + flags (4 bytes), then the 16-bit id
+    data[item_id : item_id + 2] = b"\xff\xff"
+    damaged = library / "damaged.avif"
+    damaged.write_bytes(bytes(data))
+    result = run_cli("index", str(library), "--db", str(tmp_path / "index.db"), "--model", str(colour_model),
+                     "--workers", "2")
+    message = result.stderr.decode()
+    assert result.returncode == 0 and "Traceback" not in message, message
+    warnings = [line for line in message.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(damaged) in warnings[0] and "RuntimeError" in warnings[0], message
+    assert "1 new" in message and "1 failed" in message, message
