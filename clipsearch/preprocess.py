@@ -21,6 +21,8 @@ measures its effect against a full decode.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -43,6 +45,15 @@ class ImageDecodeError(Exception):
 def open_image(path, image_size: int, use_draft: bool = True) -> Image.Image:
     """Open, draft-decode (JPEG), orient and convert one image to 8-bit RGB."""
     enable_optional_decoders()
+    # Pillow warns through Python's warnings (corrupt EXIF, DecompressionBombWarning, ...),
+    # which would print two-line messages even under --quiet. A file that still decodes is
+    # indexed; one we refuse gets our own one-line warning. Either way theirs adds nothing.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _open_image(path, image_size, use_draft)
+
+
+def _open_image(path, image_size: int, use_draft: bool) -> Image.Image:
     try:
         img = Image.open(path)
     except Image.DecompressionBombError as exc:

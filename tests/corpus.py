@@ -72,6 +72,15 @@ def build(root: Path) -> dict[bytes, str]:
     (root / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
                                     + _png_chunk(b"IDAT", zlib.compress(b"\0" * 100)) + _png_chunk(b"IEND", b""))
     put(root / "bomb.png", "failed")
+    # Just over Pillow's limit (under twice it): Pillow only warns, clipsearch refuses.
+    header = struct.pack(">IIBBBBB", 10000, 10000, 8, 2, 0, 0, 0)
+    (root / "almost-bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+                                           + _png_chunk(b"IDAT", zlib.compress(b"\0" * 100)) + _png_chunk(b"IEND", b""))
+    put(root / "almost-bomb.png", "failed")
+    # An orientation tag whose value is cut short: Pillow warns "Corrupt EXIF data", decodes fine.
+    Image.new("RGB", (64, 48), (128, 64, 0)).save(
+        root / "corrupt-exif.jpg", exif=b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\x00\x05\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06")
+    put(root / "corrupt-exif.jpg", "indexed")
 
     (root / "folder.jpg").mkdir()
     put(root / "folder.jpg", "skipped")

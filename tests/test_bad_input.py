@@ -37,6 +37,8 @@ def test_corpus_policies(tmp_path, colour_model, follow):
     err = result.stderr
     assert result.returncode == 0, err
     assert b"Traceback" not in err
+    # nothing but our own one-line messages (no Python warnings from the decoders, say)
+    assert all(line.startswith((b"warning: ", b"indexed: ")) for line in err.splitlines()), err
     expected_indexed = {p for p, k in policy.items() if k == "indexed"}
     expected_failed = {p for p, k in policy.items() if k == "failed"}
     if follow:

@@ -1,6 +1,8 @@
 """Preprocessing on real files: CLIP's pipeline reproduced, modes, EXIF, draft decoding, bombs."""
 from __future__ import annotations
 
+import io
+import random
 import struct
 import time
 import zlib
@@ -103,3 +105,39 @@ def test_truncated_jpeg_is_a_decode_error(tmp_path):
     path.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(ImageDecodeError):
         open_image(path, 224)
+
+
+def fuzz_formats() -> list[str]:
+    from clipsearch import formats
+
+    names = ["JPEG", "PNG", "GIF", "TIFF", "WEBP", "BMP"]
+    if formats.avif_available():
+        names.append("AVIF")
+    if formats.heif_available():
+        formats.enable_optional_decoders()
+        names.append("HEIF")
+    return names
+
+
+@pytest.mark.parametrize("fmt", fuzz_formats())
+def test_damaged_files_only_ever_raise_image_decode_error(fmt):
+    """Seeded mutations (flipped bytes, truncation) of a real file of each format: decoding
+    either works or raises ImageDecodeError, never anything that would stop an index run."""
+    photo = Image.fromarray(np.random.default_rng(1).integers(0, 255, (96, 128, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    photo.save(buffer, format=fmt)
+    original = buffer.getvalue()
+    rng = random.Random(fmt)
+    outcomes = {"decoded": 0, "refused": 0}
+    for _ in range(300):
+        data = bytearray(original)
+        if rng.random() < 0.5:
+            data = data[: rng.randint(8, len(data))]
+        for _ in range(rng.randint(0, 12)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            to_pixels(open_image(io.BytesIO(bytes(data)), 224), {"size": 224, "mean": [0.5] * 3, "std": [0.5] * 3})
+            outcomes["decoded"] += 1
+        except ImageDecodeError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 0, outcomes  # the mutations did damage something
