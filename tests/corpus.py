@@ -3,6 +3,7 @@ policy for every path: 'indexed', 'failed' (one warning, remembered), or 'skippe
 not an image for clipsearch)."""
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zlib
@@ -81,6 +82,25 @@ def build(root: Path) -> dict[bytes, str]:
     Image.new("RGB", (64, 48), (128, 64, 0)).save(
         root / "corrupt-exif.jpg", exif=b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\x00\x05\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06")
     put(root / "corrupt-exif.jpg", "indexed")
+    # Damaged TIFFs whose decoders print by themselves: libtiff on a garbled LZW strip, and
+    # Pillow's logger on an absurd samples-per-pixel count.
+    lzw = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(
+        lzw, format="TIFF", compression="tiff_lzw")
+    data = bytearray(lzw.getvalue())
+    data[len(data) // 4 : len(data) // 2] = np.random.default_rng(1).integers(0, 256, len(data) // 2 - len(data) // 4,
+                                                                              dtype=np.uint8).tobytes()
+    (root / "garbled-lzw.tif").write_bytes(bytes(data))
+    put(root / "garbled-lzw.tif", "failed")
+    plain = io.BytesIO()
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(plain, format="TIFF")
+    data = bytearray(plain.getvalue())
+    ifd = int.from_bytes(data[4:8], "little")
+    for entry in range(ifd + 2, ifd + 2 + 12 * int.from_bytes(data[ifd : ifd + 2], "little"), 12):
+        if int.from_bytes(data[entry : entry + 2], "little") == 277:  # SamplesPerPixel, a SHORT
+            data[entry + 8 : entry + 10] = (5000).to_bytes(2, "little")
+    (root / "many-samples.tif").write_bytes(bytes(data))
+    put(root / "many-samples.tif", "failed")
 
     (root / "folder.jpg").mkdir()
     put(root / "folder.jpg", "skipped")
