@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 FINGERPRINT_BLOCK = 64 * 1024
+# Files up to this size are read into memory once (fingerprint and decode from the same
+# bytes); larger ones are decoded from disk so a worker never holds a huge file whole.
+WHOLE_READ_LIMIT = 64 * 1024 * 1024
 
 _encoder = None  # the worker process's ImageEncoder, made once by init_worker
 
@@ -90,38 +93,23 @@ def set_encoder(encoder) -> None:
 
 
 def embed_chunk(files: list[tuple[bytes, int, int]]) -> list[Result]:
-    from PIL import Image
-
-    from .preprocess import ImageDecodeError, open_image, to_pixels
     from .vectors import quantize_rows
 
-    spec = _encoder.manifest.image
     results, pixels = [], []
     for path, size, mtime_ns in files:
         result = Result(path, size, mtime_ns)
         results.append(result)
         try:
             with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                data = f.read()
+                image = _read_and_decode(f, result)
         except FileNotFoundError:
             result.vanished = True
             continue
         except OSError as exc:
             result.error = f"cannot read ({exc.strerror})"
             continue
-        # Record what was actually read: a file rewritten since the walk gets its new stamp.
-        result.size, result.mtime_ns = len(data), st.st_mtime_ns
-        result.fingerprint = fingerprint(data)
-        if not data:
-            result.error = "empty file (0 bytes)"
-            continue
-        try:
-            pixels.append(to_pixels(open_image(io.BytesIO(data), int(spec["size"]), _encoder.use_draft), spec))
-        except ImageDecodeError as exc:
-            result.error = str(exc)
-        except (MemoryError, Image.DecompressionBombError, ValueError, OSError) as exc:
-            result.error = f"cannot decode ({type(exc).__name__}: {exc})"
+        if image is not None:
+            pixels.append(image)
     good = [r for r in results if r.error is None and not r.vanished]
     if good:
         unit = _encoder.encode_pixels(np.stack(pixels))
@@ -129,3 +117,39 @@ def embed_chunk(files: list[tuple[bytes, int, int]]) -> list[Result]:
         for result, row, scale in zip(good, q, scales):
             result.vector, result.scale = row.tobytes(), float(scale)
     return results
+
+
+def _read_and_decode(f, result: Result) -> np.ndarray | None:
+    """Fingerprint and preprocess one open file, recording what was actually read (a file
+    rewritten since the walk gets its new size and mtime). Sets `result.error` on failure."""
+    from PIL import Image
+
+    from .preprocess import ImageDecodeError, open_image, to_pixels
+
+    st = os.fstat(f.fileno())
+    if st.st_size <= WHOLE_READ_LIMIT:
+        # One read serves both the fingerprint and the decoder: the file is read exactly once.
+        data = f.read()
+        result.size, result.fingerprint, source = len(data), fingerprint(data), io.BytesIO(data)
+    else:
+        # A huge file (a big scan, a video misnamed .jpg) is not pulled into memory whole: the
+        # decoder reads it from disk, and most non-images are refused from their header.
+        head = f.read(FINGERPRINT_BLOCK)
+        f.seek(max(st.st_size - FINGERPRINT_BLOCK, 0))
+        digest = hashlib.sha256(st.st_size.to_bytes(8, "little"))
+        digest.update(head)
+        digest.update(f.read(FINGERPRINT_BLOCK))
+        f.seek(0)
+        result.size, result.fingerprint, source = st.st_size, digest.digest(), f
+    result.mtime_ns = st.st_mtime_ns
+    if not result.size:
+        result.error = "empty file (0 bytes)"
+        return None
+    spec = _encoder.manifest.image
+    try:
+        return to_pixels(open_image(source, int(spec["size"]), _encoder.use_draft), spec)
+    except ImageDecodeError as exc:
+        result.error = str(exc)
+    except (MemoryError, Image.DecompressionBombError, ValueError, OSError) as exc:
+        result.error = f"cannot decode ({type(exc).__name__}: {exc})"
+    return None
