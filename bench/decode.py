@@ -32,7 +32,7 @@ def samples(per_size: int) -> dict[str, list[Path]]:
     """{format: files}, the same pictures in every format."""
     from PIL import Image
 
-    formats.enable_optional_decoders(threads=1)
+    formats.prepare_decoders(threads=1)
     folder = CACHE / "decode-samples"
     folder.mkdir(parents=True, exist_ok=True)
     wanted = {"jpeg": ".jpg", "webp": ".webp"}

@@ -64,10 +64,10 @@ def init_worker(model_folder: str, threads: int, use_draft: bool, parent: int) -
     # when the main process was killed is already an orphan, and would watch the wrong parent.
     _exit_with_parent(parent)
     from .encoders import ImageEncoder
-    from .formats import enable_optional_decoders
+    from .formats import prepare_decoders
     from .manifest import load_manifest
 
-    enable_optional_decoders(threads)  # before any file is opened: one decoding thread per worker
+    prepare_decoders(threads)  # before any file is opened: one decoding thread per worker
     # The main process verified the files already; re-hashing per worker would waste seconds.
     manifest = load_manifest(model_folder)
     _encoder = ImageEncoder(manifest, threads=threads, background=True, use_draft=use_draft, verify=False)

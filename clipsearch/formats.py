@@ -1,5 +1,5 @@
-"""Which photo formats this installation can decode, by file extension, and switching on the
-optional decoders.
+"""Which photo formats this installation can decode, by file extension, and setting up the
+decoders in a process (optional ones switched on, their own stderr output silenced).
 
 Pillow always decodes JPEG, PNG, WebP, GIF, BMP and TIFF, and AVIF when it was built with
 libavif (its wheels are). HEIC/HEIF, the iPhone's format, needs pillow-heif (the `heic`
@@ -70,20 +70,52 @@ def missing_decoder(extension: bytes) -> str | None:
     return None
 
 
-_heif_registered = False
+_prepared = False
 
 
-def enable_optional_decoders(threads: int = 1) -> None:
-    """Register pillow-heif with Pillow in this process (once), if it is installed.
-
-    `threads` caps libheif's own decoding threads: index workers run one per core already."""
-    global _heif_registered
-    if _heif_registered or not heif_available():
+def prepare_decoders(threads: int = 1) -> None:
+    """Set up decoding in this process, once: pillow-heif registered with Pillow if it is
+    installed (`threads` caps libheif's own threads: index workers already run one per core),
+    and the decoders' own stderr output silenced."""
+    global _prepared
+    if _prepared:
         return
-    import pillow_heif
+    _prepared = True
+    if heif_available():
+        import pillow_heif
 
-    pillow_heif.options.DECODE_THREADS = max(1, threads)
-    # libheif applies the container's rotation/mirror boxes while decoding and pillow-heif then
-    # sets the EXIF orientation to 1, so the later exif_transpose does not rotate twice.
-    pillow_heif.register_heif_opener()
-    _heif_registered = True
+        pillow_heif.options.DECODE_THREADS = max(1, threads)
+        # libheif applies the container's rotation/mirror boxes while decoding and pillow-heif
+        # then sets the EXIF orientation to 1, so the later exif_transpose does not rotate twice.
+        pillow_heif.register_heif_opener()
+    _quiet_decoders()
+
+
+def _quiet_decoders() -> None:
+    """Stop the decoders printing to stderr themselves: bare lines that would reach cron mail
+    even under --quiet, about files Pillow then fails with an exception anyway (reported as
+    our one-line warning). Two sources: Pillow's `logging` calls ("More samples per pixel
+    than can be decoded", which Python's last-resort handler prints), and libtiff's C
+    handlers ("tempfile.tif: Using code not yet in table." for a damaged LZW strip), set to
+    none through ctypes on the copy this process loaded (found in /proc/self/maps, so Linux
+    only; elsewhere libtiff keeps printing)."""
+    import ctypes
+    import logging
+
+    pil_logger = logging.getLogger("PIL")
+    pil_logger.addHandler(logging.NullHandler())
+    pil_logger.propagate = False
+
+    from PIL import _imaging  # noqa: F401 - loads the libtiff Pillow links against
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "libtiff" in line and "/" in line}
+        for path in paths:
+            libtiff = ctypes.CDLL(path)
+            for name in ("TIFFSetWarningHandler", "TIFFSetErrorHandler"):
+                setter = getattr(libtiff, name)
+                setter.argtypes, setter.restype = [ctypes.c_void_p], ctypes.c_void_p
+                setter(None)
+    except (OSError, AttributeError):
+        pass  # no /proc or an unusual build: libtiff keeps printing, nothing else changes

@@ -26,7 +26,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-from .formats import enable_optional_decoders
+from .formats import prepare_decoders
 
 # Shortest side kept by draft decoding, as a multiple of the model input size: 1x means
 # libjpeg may scale down until the short side is just above the input size, and bicubic does
@@ -42,47 +42,9 @@ class ImageDecodeError(Exception):
     """The file is not an image we can decode; the message says why in a few words."""
 
 
-_decoders_quiet = False
-
-
-def quiet_decoders() -> None:
-    """Stop the decoders printing to stderr themselves: bare lines that would reach cron mail
-    even under --quiet, about files Pillow then fails with an exception anyway (reported as
-    our one-line warning). Two sources: Pillow's `logging` calls ("More samples per pixel
-    than can be decoded", which Python's last-resort handler prints), and libtiff's C
-    handlers ("tempfile.tif: Using code not yet in table." for a damaged LZW strip), set to
-    none through ctypes on the copy this process loaded (found in /proc/self/maps, so Linux
-    only; elsewhere libtiff keeps printing)."""
-    global _decoders_quiet
-    if _decoders_quiet:
-        return
-    _decoders_quiet = True
-    import ctypes
-    import logging
-
-    pil_logger = logging.getLogger("PIL")
-    pil_logger.addHandler(logging.NullHandler())
-    pil_logger.propagate = False
-
-    from PIL import _imaging  # noqa: F401 - loads the libtiff Pillow links against
-
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "libtiff" in line and "/" in line}
-        for path in paths:
-            libtiff = ctypes.CDLL(path)
-            for name in ("TIFFSetWarningHandler", "TIFFSetErrorHandler"):
-                setter = getattr(libtiff, name)
-                setter.argtypes, setter.restype = [ctypes.c_void_p], ctypes.c_void_p
-                setter(None)
-    except (OSError, AttributeError):
-        pass  # no /proc or an unusual build: libtiff keeps printing, nothing else changes
-
-
 def open_image(path, image_size: int, use_draft: bool = True) -> Image.Image:
     """Open, draft-decode (JPEG), orient and convert one image to 8-bit RGB."""
-    enable_optional_decoders()
-    quiet_decoders()
+    prepare_decoders()
     # Pillow warns through Python's warnings (corrupt EXIF, DecompressionBombWarning, ...),
     # which would print two-line messages even under --quiet. A file that still decodes is
     # indexed; one we refuse gets our own one-line warning. Either way theirs adds nothing.

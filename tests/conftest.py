@@ -77,3 +77,21 @@ def run_cli(*args, env=None, timeout=120, check=False) -> subprocess.CompletedPr
     if check and result.returncode != 0:
         raise AssertionError(f"clipsearch {' '.join(args)} failed: {result.stderr.decode(errors='replace')}")
     return result
+
+
+# Runs a command, then prints the largest peak RSS (KiB) in its process tree as a last line.
+_PEAK_RSS = ("import resource, subprocess, sys\n"
+             "code = subprocess.run(sys.argv[1:]).returncode\n"
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+             "sys.exit(code)\n")
+
+
+def run_cli_measured(*args, timeout=300) -> tuple[subprocess.CompletedProcess, float]:
+    """`run_cli`, plus the peak RSS in MB of the largest process of the run (the CLI or one of
+    its workers). Measured by a small wrapper: a child forked from this test process would
+    report the test's own memory as its peak."""
+    result = subprocess.run([sys.executable, "-c", _PEAK_RSS, sys.executable, "-m", "clipsearch", *args],
+                            capture_output=True, timeout=timeout, cwd=REPO)
+    stderr, _, peak_kib = result.stderr.rstrip(b"\n").rpartition(b"\n")
+    result.stderr = stderr + b"\n" if stderr else b""
+    return result, int(peak_kib) / 1024

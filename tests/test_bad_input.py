@@ -14,7 +14,7 @@ from PIL import Image
 from clipsearch.embedjob import embed_chunk, set_encoder
 from clipsearch.encoders import ImageEncoder
 from clipsearch.manifest import load_manifest
-from conftest import REPO, run_cli, write_photo
+from conftest import REPO, run_cli, run_cli_measured, write_photo
 import corpus
 
 
@@ -139,12 +139,6 @@ def test_nothing_cached_is_lost_when_files_turn_bad(tmp_path, colour_model):
     assert indexed_paths(db) == {bytes(p) for p in good[1:]}
 
 
-MEASURE = ("import resource, subprocess, sys\n"
-           "code = subprocess.run(sys.argv[1:]).returncode\n"
-           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
-           "sys.exit(code)\n")
-
-
 def test_huge_files_are_not_read_into_memory_whole(tmp_path, colour_model):
     root = tmp_path / "library"
     root.mkdir()
@@ -159,15 +153,14 @@ def test_huge_files_are_not_read_into_memory_whole(tmp_path, colour_model):
     Image.new("RGB", (width, height), (220, 20, 20)).save(root / "scan.bmp")
     assert (root / "scan.bmp").stat().st_size > WHOLE_READ_LIMIT
     db = tmp_path / "index.db"
-    args = ["-m", "clipsearch", "index", str(root), "--db", str(db), "--model", str(colour_model), "--workers", "1"]
-    result = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, *args], cwd=REPO, capture_output=True,
-                            timeout=300)
-    *lines, peak_kib = result.stderr.decode().splitlines()
+    result, peak_mb = run_cli_measured("index", str(root), "--db", str(db), "--model", str(colour_model),
+                                       "--workers", "1")
+    lines = result.stderr.decode().splitlines()
     assert result.returncode == 0, lines
     assert any("video-misnamed.jpg" in line and "not a recognised image format" in line for line in lines), lines
     assert indexed_paths(db) == {os.fsencode(root / "scan.bmp")}
     # the decoded 5000x4476 scan needs ~70 MB, the misnamed file 512 MB if it were read whole
-    assert int(peak_kib) / 1024 < 400, f"peak RSS {int(peak_kib) / 1024:.0f} MB"
+    assert peak_mb < 400, f"peak RSS {peak_mb:.0f} MB"
     (root / "scan.bmp").rename(root / "renamed-scan.bmp")
     again = run_cli("index", str(root), "--db", str(db), "--model", str(colour_model), "--workers", "1")
     assert b"1 moved" in again.stderr and b"0 new" in again.stderr, again.stderr

@@ -15,19 +15,12 @@ from PIL import Image
 from clipsearch.manifest import load_manifest
 from clipsearch.store import Store
 from clipsearch.vectors import quantize_rows
-from conftest import REPO
+from conftest import REPO, run_cli_measured
 
 pytestmark = pytest.mark.slow
 
 IMAGES = 20_000
 SYNTHETIC = 1_000_000
-# Runs a command and prints, as its last stderr line, the largest peak RSS (KiB) of the
-# command's process tree.
-MEASURE = ("import resource, subprocess, sys\n"
-           "code = subprocess.run(sys.argv[1:]).returncode\n"
-           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
-           "sys.exit(code)\n")
-
 
 def test_twenty_thousand_images_into_a_million_vector_cache(tmp_path, colour_model):
     manifest = load_manifest(colour_model)
@@ -53,16 +46,12 @@ def test_twenty_thousand_images_into_a_million_vector_cache(tmp_path, colour_mod
     store.close()
 
     started = time.perf_counter()
-    # Through a small wrapper: this test process holds ~270 MB of synthetic vectors, and a child
-    # forked from it would report that as its own peak RSS.
-    result = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "clipsearch", "index", str(root),
-                             "--db", str(db), "--model", str(colour_model)], cwd=REPO, capture_output=True, timeout=1800)
+    # this test process holds ~270 MB of synthetic vectors: measured apart from it
+    result, peak_mb = run_cli_measured("index", str(root), "--db", str(db), "--model", str(colour_model), timeout=1800)
     elapsed = time.perf_counter() - started
     assert result.returncode == 0, result.stderr
-    *output, peak = result.stderr.decode().strip().splitlines()
-    peak_mb = int(peak) / 1024
     print(f"\nindexed {IMAGES} images into a {SYNTHETIC}-vector cache in {elapsed:.1f} s, "
-          f"peak RSS of the largest process {peak_mb:.0f} MB; {output[-1]}")
+          f"peak RSS of the largest process {peak_mb:.0f} MB; {result.stderr.decode().strip().splitlines()[-1]}")
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert conn.execute("SELECT COUNT(*) FROM images WHERE deleted = 0 AND vector IS NOT NULL").fetchone() == (

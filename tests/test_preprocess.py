@@ -114,7 +114,7 @@ def fuzz_formats() -> list[str]:
     if formats.avif_available():
         names.append("AVIF")
     if formats.heif_available():
-        formats.enable_optional_decoders()
+        formats.prepare_decoders()
         names.append("HEIF")
     return names
 
