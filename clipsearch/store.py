@@ -220,7 +220,8 @@ class Store:
     # -- reads for the indexer ---------------------------------------------------------
 
     def rows_in_dir(self, folder: bytes) -> dict[bytes, "KnownRow"]:
-        rows = self.query("SELECT filepath, id, size, modified_at, deleted, error IS NOT NULL FROM images WHERE dir = ?", (folder,))
+        rows = self.query("SELECT filepath, id, size, modified_at, deleted, error IS NOT NULL FROM images "
+                          "WHERE dir = ?", (folder,))
         return {row[0]: KnownRow(*row[1:]) for row in rows}
 
     # `dir` is `root` or lies below it: an index range scan, since b"0" follows b"/" in byte order.
