@@ -12,7 +12,7 @@ from .indexer import Indexer, IndexOptions, Summary, count_pending
 from .lock import IndexLock
 from .manifest import Manifest
 from .store import Store
-from .walk import normalise_root
+from .walk import is_under, normalise_root
 
 
 def check_roots(paths: list[str]) -> list[bytes]:
@@ -81,8 +81,8 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
     try:
         counts = store.counts()
         last = store.last_run()
-        folders = sorted({root for row in store.query("SELECT roots FROM runs WHERE status = 'ok'")
-                          for root in json.loads(row[0])})
+        folders = library_folders(store)
+        missing = [folder for folder in folders if not os.path.isdir(folder)]
         packed = read_header(packed_path(db_path))
         report = {
             "database": str(db_path),
@@ -90,6 +90,7 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
                                      if p.is_file()) / 1e6, 1),
             "schema_version": store.version,
             "library_folders": folders,
+            **({"missing_folders": missing} if missing else {}),
             "indexed": counts["indexed"],
             "failed": counts["failed"],
             "deleted_kept_for_moves": counts["deleted_kept"],
@@ -99,7 +100,7 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
             "packed_vectors": "up to date" if packed and packed.seq == int(store.meta("seq", "0")) else "stale (refreshed on next query/index)",
         }
         report["formats"] = formats_line()
-        pending = _pending(store, folders)
+        pending = _pending(store, [folder for folder in folders if folder not in missing])
         if pending is not None:
             report["pending"] = pending
         if last:
@@ -126,8 +127,18 @@ def formats_line() -> str:
     return "; ".join([line, *sorted(hints)])
 
 
+def library_folders(store: Store) -> list[str]:
+    """The folders indexed so far that still hold cached photos, outermost only: a library
+    moved elsewhere, or a sub-folder also indexed on its own, is not listed twice."""
+    roots = sorted({root for row in store.query("SELECT roots FROM runs WHERE status = 'ok'")
+                    for root in json.loads(row[0])})
+    live = [root for root in roots if store.has_rows_under(os.fsencode(root))]
+    return [root for root in live if not is_under(os.fsencode(root), [os.fsencode(other) for other in live
+                                                                      if other != root])]
+
+
 def _pending(store: Store, folders: list[str]) -> int | None:
     """New or changed files under the library folders, by a stat-only walk (fast)."""
-    if not folders or not all(os.path.isdir(f) for f in folders):
+    if not folders:
         return None
     return sum(count_pending(store, os.fsencode(f), IndexOptions(workers=1)) for f in folders)

@@ -235,6 +235,10 @@ class Store:
         rows = self.query(f"SELECT DISTINCT dir FROM images WHERE deleted = 0 AND {self.UNDER}", self.under_params(root))
         return [row[0] for row in rows]
 
+    def has_rows_under(self, root: bytes) -> bool:
+        rows = self.query(f"SELECT 1 FROM images WHERE deleted = 0 AND {self.UNDER} LIMIT 1", self.under_params(root))
+        return bool(rows)
+
     def vector_ids_under(self, root: bytes) -> list[int]:
         rows = self.query(f"SELECT id FROM images WHERE deleted = 0 AND vector IS NOT NULL AND {self.UNDER} ORDER BY id",
                           self.under_params(root))

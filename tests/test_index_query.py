@@ -163,6 +163,24 @@ def test_status_reports_counts(cli, tmp_path):
     assert report["model_name"] == "colour-test-model" and report["library_folders"] == [str(tmp_path / "photos")]
 
 
+def test_status_lists_each_library_once_and_says_which_are_missing(cli, tmp_path):
+    colour_library(tmp_path / "vol1" / "photo", per_colour=1)
+    cli("index", str(tmp_path / "vol1" / "photo"), "--workers", "1")
+    cli("index", str(tmp_path / "vol1" / "photo" / "album0"), "--workers", "1")  # a sub-folder on its own
+    (tmp_path / "vol2").mkdir()
+    shutil.move(tmp_path / "vol1" / "photo", tmp_path / "vol2" / "photo")  # the library moves to a new disk
+    assert "8 moved" in cli("index", str(tmp_path / "vol2" / "photo"), "--workers", "1").stderr
+    write_photo(tmp_path / "usb" / "holiday.jpg", COLOURS["blue"])
+    cli("index", str(tmp_path / "usb"), "--workers", "1")
+    (tmp_path / "usb").rename(tmp_path / "usb-unplugged")
+    write_photo(tmp_path / "vol2" / "photo" / "new.jpg", COLOURS["red"])
+    report = json.loads(cli("status", "--json").stdout)
+    assert report["library_folders"] == [str(tmp_path / "usb"), str(tmp_path / "vol2" / "photo")]
+    assert report["missing_folders"] == [str(tmp_path / "usb")]
+    assert report["pending"] == 1 and report["indexed"] == 9
+    assert f"missing folders:         {tmp_path / 'usb'}" in cli("status").stdout
+
+
 def test_model_mismatch_is_refused(cli, tmp_path, tiny_model):
     colour_library(tmp_path / "photos", per_colour=1)
     cli("index", str(tmp_path / "photos"), "--workers", "1")
