@@ -44,18 +44,21 @@ def fingerprint(data: bytes) -> bytes:
 def fingerprint_file(path: bytes) -> bytes | None:
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(FINGERPRINT_BLOCK)
-            if size > 2 * FINGERPRINT_BLOCK:
-                f.seek(size - FINGERPRINT_BLOCK)
-                tail = f.read(FINGERPRINT_BLOCK)
-                digest = hashlib.sha256(size.to_bytes(8, "little"))
-                digest.update(head)
-                digest.update(tail)
-                return digest.digest()
-            return fingerprint(head + f.read())
+            return fingerprint_open(f, os.fstat(f.fileno()).st_size)
     except OSError:
         return None
+
+
+def fingerprint_open(f, size: int) -> bytes:
+    """`fingerprint` of an open file of `size` bytes, reading only its first and last 64 KiB."""
+    head = f.read(FINGERPRINT_BLOCK)
+    if size <= 2 * FINGERPRINT_BLOCK:
+        return fingerprint(head + f.read())
+    f.seek(size - FINGERPRINT_BLOCK)
+    digest = hashlib.sha256(size.to_bytes(8, "little"))
+    digest.update(head)
+    digest.update(f.read(FINGERPRINT_BLOCK))
+    return digest.digest()
 
 
 def init_worker(model_folder: str, threads: int, use_draft: bool, parent: int) -> None:
@@ -134,13 +137,8 @@ def _read_and_decode(f, result: Result) -> np.ndarray | None:
     else:
         # A huge file (a big scan, a video misnamed .jpg) is not pulled into memory whole: the
         # decoder reads it from disk, and most non-images are refused from their header.
-        head = f.read(FINGERPRINT_BLOCK)
-        f.seek(max(st.st_size - FINGERPRINT_BLOCK, 0))
-        digest = hashlib.sha256(st.st_size.to_bytes(8, "little"))
-        digest.update(head)
-        digest.update(f.read(FINGERPRINT_BLOCK))
+        result.size, result.fingerprint, source = st.st_size, fingerprint_open(f, st.st_size), f
         f.seek(0)
-        result.size, result.fingerprint, source = st.st_size, digest.digest(), f
     result.mtime_ns = st.st_mtime_ns
     if not result.size:
         result.error = "empty file (0 bytes)"
