@@ -18,7 +18,7 @@ from .errors import ClipsearchError
 
 EXIT_CODES = """Exit codes: 0 success (per-file warnings included), 1 unexpected error, 2 bad usage or
 path, 3 model folder problem, 4 database problem, 5 cache built with another model,
-75 another index run holds the lock, 130 interrupted."""
+6 a library folder that held photos is empty (not mounted?; its photos were kept), 75 another index run holds the lock, 130 interrupted."""
 
 
 class CommandError(click.ClickException):
@@ -109,9 +109,12 @@ def warn(path: bytes, message: str) -> None:
               help="If another index run holds the lock, wait this many seconds before giving up (exit 75).")
 @click.option("--commit-seconds", type=click.FloatRange(0), default=2.0, envvar="CLIPSEARCH_COMMIT_SECONDS",
               show_default=True, help="Commit finished work at least this often; a kill loses at most this much.")
+@click.option("--allow-empty", is_flag=True,
+              help="A folder that held photos and is now empty was emptied on purpose: remove its photos "
+                   "(without it they are kept and the run exits 6, as for a share that is not mounted).")
 @click.option("-q", "--quiet", is_flag=True, envvar="CLIPSEARCH_QUIET", help="Print only warnings and errors (for cron).")
 def index(paths, db_path, model_dir, workers, batch_size, threads, excludes, no_default_excludes, list_excludes,
-          follow_links, wait_seconds, commit_seconds, quiet):
+          follow_links, wait_seconds, commit_seconds, allow_empty, quiet):
     """Embed new and changed images under PATHS (default: the current folder) into the cache."""
     from .walk import DEFAULT_EXCLUDES
 
@@ -125,7 +128,8 @@ def index(paths, db_path, model_dir, workers, batch_size, threads, excludes, no_
         options = IndexOptions(
             workers=workers or default_workers(), batch_size=batch_size, threads=threads,
             excludes=(() if no_default_excludes else DEFAULT_EXCLUDES) + tuple(excludes),
-            follow_links=follow_links, commit_seconds=commit_seconds, count_first=not quiet and sys.stderr.isatty())
+            follow_links=follow_links, commit_seconds=commit_seconds, count_first=not quiet and sys.stderr.isatty(),
+            allow_empty=allow_empty)
         signal.signal(signal.SIGTERM, _interrupt)
         progress = None if quiet or not sys.stderr.isatty() else ProgressLine()
         summary = index_paths(list(paths) or ["."], db_path or default_db_path(), load_model(model_dir), options,
@@ -136,6 +140,10 @@ def index(paths, db_path, model_dir, workers, batch_size, threads, excludes, no_
             click.echo(f"indexed: {run_counts(summary.as_dict())}", err=True)
             for hint, count in summary.missing_decoders.items():
                 click.echo(f"note: {count} file{'s' if count > 1 else ''} skipped: {hint}", err=True)
+        if summary.kept_empty:
+            from .indexer import kept_empty_error
+
+            raise kept_empty_error(summary)
 
 
 def run_counts(run: dict) -> str:

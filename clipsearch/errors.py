@@ -26,6 +26,12 @@ class ModelMismatchError(ClipsearchError):
     exit_code = 5
 
 
+class EmptyFolderError(ClipsearchError):
+    """A library folder that held photos is empty: likely a share that is not mounted."""
+
+    exit_code = 6
+
+
 class LockedError(ClipsearchError):
     """Another `clipsearch index` holds the library lock."""
 

@@ -16,7 +16,7 @@ from typing import Callable
 
 from .config import available_cores
 from .embedjob import Result, embed_chunk, fingerprint_file, init_worker, set_encoder
-from .errors import ClipsearchError
+from .errors import ClipsearchError, EmptyFolderError
 from .manifest import Manifest
 from .walk import DEFAULT_EXCLUDES, Walker, is_under, parent_of
 
@@ -37,6 +37,7 @@ class IndexOptions:
     commit_seconds: float = 2.0
     use_draft: bool = True
     count_first: bool = False  # walk once to count pending work, for a progress bar with ETA
+    allow_empty: bool = False  # an empty folder that held photos was emptied on purpose: remove them
 
 
 @dataclass
@@ -51,6 +52,8 @@ class Summary:
     vanished: int = 0
     missing_decoders: dict[str, int] = field(default_factory=dict)
     pending_total: int | None = None
+    kept_empty: list[bytes] = field(default_factory=list)  # empty folders whose photos were kept
+    kept_empty_photos: int = 0
     started: float = field(default_factory=time.monotonic)
     embedded: int = 0
 
@@ -67,7 +70,15 @@ class Summary:
         return {"new": self.new, "updated": self.updated, "moved": self.moved, "removed": self.removed,
                 "failed": self.failed, "skipped": self.skipped, "unchanged": self.unchanged,
                 "vanished": self.vanished, "missing_decoders": dict(self.missing_decoders),
+                "kept_empty": [os.fsdecode(f) for f in self.kept_empty],
                 "elapsed_s": round(elapsed, 2), "images_per_s": round(self.embedded / elapsed, 2) if elapsed else 0.0}
+
+
+def kept_empty_error(summary: "Summary") -> EmptyFolderError:
+    folders = ", ".join(os.fsdecode(f) for f in summary.kept_empty)
+    return EmptyFolderError(
+        f"{folders}: empty, but the cache holds {summary.kept_empty_photos} photos from there; is the share or disk "
+        "mounted? They were kept. If you emptied it on purpose, run `clipsearch index --allow-empty` on it once")
 
 
 def worker_died() -> ClipsearchError:
@@ -77,12 +88,19 @@ def worker_died() -> ClipsearchError:
 
 
 class Embedder:
-    """Chunks in, results out, with a bounded number of chunks in flight."""
+    """Chunks in, results out, with a bounded number of chunks in flight. Worker processes
+    start with the first chunk: a run of renames and unchanged files never loads the model."""
 
     def __init__(self, manifest: Manifest, options: IndexOptions):
+        self.manifest, self.options = manifest, options
         self.pool = None
+        self.started = False
         self.inflight: deque = deque()
         self.max_inflight = max(2, 2 * options.workers)
+
+    def start(self) -> None:
+        self.started = True
+        manifest, options = self.manifest, self.options
         if options.workers <= 1:
             from .encoders import ImageEncoder
 
@@ -97,6 +115,8 @@ class Embedder:
                 initializer=init_worker, initargs=(str(manifest.folder), options.threads or 1, options.use_draft, os.getpid()))
 
     def submit(self, chunk) -> list[Result]:
+        if not self.started:
+            self.start()
         if self.pool is None:
             return embed_chunk(chunk)
         from concurrent.futures.process import BrokenProcessPool
@@ -141,6 +161,7 @@ class Indexer:
         self.summary = Summary()
         self.kinds: dict[bytes, str] = {}
         self.removed_this_run: set[int] = set()  # a move found later in the walk revives these
+        self.displaced: set[int] = set()  # rows pushed to the other name of a swap, not yet walked
         self.seq = 0
         self.last_commit = 0.0
 
@@ -181,43 +202,89 @@ class Indexer:
 
     def index_root(self, root: bytes, embedder: Embedder) -> None:
         visited: set[bytes] = set()
+        empty: list[bytes] = []  # folders with nothing inside: maybe a share that is not mounted
         chunk: list[tuple[bytes, int, int]] = []
         for folder in self.walker.walk(root):
             visited.add(folder.path)
+            if folder.empty:
+                empty.append(folder.path)
             known = self.store.rows_in_dir(folder.path)
+            done: set[bytes] = set()
             for entry in folder.files:
+                done.add(entry.path)
                 row = known.pop(entry.path, None)
                 if unchanged(row, entry):
-                    if row.failed:
-                        self.summary.skipped += 1
+                    self.count_unchanged(row)
+                    continue
+                if returned(row, entry):
+                    # Back where it was (counted as a move back): no fingerprint to read.
+                    self.write().revive(row.id, self.seq)
+                    if self.forget_removal(row.id) or row.failed:
+                        self.count_unchanged(row)
                     else:
-                        self.summary.unchanged += 1
+                        self.summary.moved += 1
                     continue
-                is_new = row is None or bool(row.deleted)
-                if is_new and self.try_move(entry):
+                if self.try_move(entry, row):
+                    # Rows of this folder may have changed places (a rename inside it, two
+                    # names swapped): what is left to compare comes from the database again.
+                    known = {path: row for path, row in self.store.rows_in_dir(folder.path).items() if path not in done}
                     continue
-                self.kinds[entry.path] = "new" if is_new else "updated"
+                self.kinds[entry.path] = "new" if row is None or row.deleted else "updated"
                 chunk.append((entry.path, entry.size, entry.mtime_ns))
                 if len(chunk) >= self.options.batch_size:
                     self.record(embedder.submit(chunk))
                     chunk = []
-            gone = [row.id for row in known.values() if not row.deleted]
-            if gone:
-                self.write().mark_deleted(gone, self.seq)
-                self.removed_this_run.update(gone)
-                self.summary.removed += len(gone)
+            if not folder.empty:
+                self.mark_gone([row.id for row in known.values() if not row.deleted])
             self.maybe_commit()
         if chunk:
             self.record(embedder.submit(chunk))
         for hint, count in self.walker.missing_decoders.items():
             self.summary.skipped += count
             self.summary.missing_decoders[hint] = self.summary.missing_decoders.get(hint, 0) + count
+        # What the cache still holds under an empty folder, once moves out of it were found.
+        held = {folder: self.store.live_count_under(folder) for folder in empty}
+        kept = [folder for folder, count in held.items() if count and not self.options.allow_empty]
+        for folder in kept:
+            if not is_under(folder, self.summary.kept_empty):
+                self.summary.kept_empty.append(folder)
+                self.summary.kept_empty_photos += held[folder]
         for folder in self.store.dirs_under(root):
-            if folder not in visited and not is_under(folder, self.walker.unreadable):
+            if folder not in visited and not is_under(folder, self.walker.unreadable + kept):
                 self.summary.removed += self.write().mark_dir_deleted(folder, self.seq)
+            elif folder in visited and folder in held and not is_under(folder, kept):
+                # An empty folder the user confirmed (--allow-empty), or whose photos moved.
+                self.mark_gone([row.id for row in self.store.rows_in_dir(folder).values() if not row.deleted])
+        self.maybe_commit()
 
-    def try_move(self, entry) -> bool:
-        """A new file with the content of a row whose file is gone takes over that row.
+    def count_unchanged(self, row) -> None:
+        if row.id in self.displaced:  # the other half of a swap: it was moved, not unchanged
+            self.displaced.discard(row.id)
+            self.summary.moved += 1
+        elif row.failed:
+            self.summary.skipped += 1
+        else:
+            self.summary.unchanged += 1
+
+    def mark_gone(self, row_ids: list[int]) -> None:
+        if row_ids:
+            self.write().mark_deleted(row_ids, self.seq)
+            self.removed_this_run.update(row_ids)
+            self.summary.removed += len(row_ids)
+
+    def forget_removal(self, row_id: int) -> bool:
+        """A row soft-deleted earlier in this run is back: it was not removed after all."""
+        if row_id in self.removed_this_run:
+            self.removed_this_run.discard(row_id)
+            self.summary.removed -= 1
+            return True
+        return False
+
+    def try_move(self, entry, row) -> bool:
+        """A new or changed file with the content of a row whose file is gone (or now holds
+        something else) takes over that row: renames, moves and swapped names are never
+        decoded again. `row` is the cache's row at the entry's path, if any.
+
         The fingerprint is read only when some row has the same size, and rows are then
         matched on (size, fingerprint) through an index: libraries of same-size files
         (scanner BMPs, uncompressed TIFFs) cost one lookup per file, not one stat per row."""
@@ -226,15 +293,23 @@ class Indexer:
         content = fingerprint_file(entry.path)
         if content is None:
             return False
-        for row_id, old_path, deleted in self.store.same_content(entry.size, content):
-            # A soft-deleted row at this very path counts too: the file came back.
-            if (old_path != entry.path or deleted) and (deleted or not os.path.lexists(old_path)):
-                self.write().move(row_id, entry.path, parent_of(entry.path), entry.mtime_ns, self.seq)
-                self.summary.moved += 1
-                if row_id in self.removed_this_run:
-                    self.removed_this_run.discard(row_id)
-                    self.summary.removed -= 1
-                return True
+        for row_id, old_path, deleted, modified_at in self.store.same_content(entry.size, content):
+            if row is not None and row_id == row.id and not deleted:
+                continue  # this very row, rewritten in place with the same head and tail: re-embed it
+            if not (deleted or old_path == entry.path or not holds(old_path, entry.size, modified_at)):
+                continue  # its file is still where it was: this is a copy, embedded on its own
+            store = self.write()
+            if row is not None and not row.deleted and row.id != row_id:
+                displaced = store.exchange(row_id, entry.path, parent_of(entry.path), entry.mtime_ns, row.id, self.seq)
+                if deleted or not os.path.lexists(displaced):
+                    self.mark_gone([row.id])
+                else:
+                    self.displaced.add(row.id)
+            else:
+                store.move(row_id, entry.path, parent_of(entry.path), entry.mtime_ns, self.seq)
+            self.summary.moved += 1
+            self.forget_removal(row_id)
+            return True
         return False
 
     def record(self, results: list[Result]) -> None:
@@ -263,6 +338,21 @@ class Indexer:
 def unchanged(row, entry) -> bool:
     """The cache already holds this file as it is now (indexed or failed): don't open it."""
     return row is not None and not row.deleted and row.size == entry.size and row.modified_at == entry.mtime_ns
+
+
+def returned(row, entry) -> bool:
+    """The file of a soft-deleted row is back at its path as it was (a share mounted again,
+    a folder moved out and back): the row is revived, and a remembered failure stays quiet."""
+    return row is not None and bool(row.deleted) and row.size == entry.size and row.modified_at == entry.mtime_ns
+
+
+def holds(path: bytes, size: int, mtime_ns: int) -> bool:
+    """The file at `path` is still the one a row with this size and mtime describes."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return st.st_size == size and st.st_mtime_ns == mtime_ns
 
 
 def count_pending(store, root: bytes, options: IndexOptions) -> int:

@@ -248,8 +248,13 @@ class Store:
         return bool(self.query("SELECT 1 FROM images WHERE size = ? AND fingerprint IS NOT NULL LIMIT 1", (size,)))
 
     def same_content(self, size: int, fingerprint: bytes) -> list[tuple]:
-        return self.query("SELECT id, filepath, deleted FROM images "
-                          "WHERE size = ? AND fingerprint = ? AND vector IS NOT NULL", (size, fingerprint))
+        """(id, filepath, deleted, modified_at) of the rows holding this content's vector."""
+        return self.query("SELECT id, filepath, deleted, modified_at FROM images "
+                          "WHERE size = ? AND fingerprint = ? AND vector IS NOT NULL ORDER BY deleted, id",
+                          (size, fingerprint))
+
+    def live_count_under(self, folder: bytes) -> int:
+        return self.query(f"SELECT COUNT(*) FROM images WHERE deleted = 0 AND {self.UNDER}", self.under_params(folder))[0][0]
 
     # -- writes (call inside atomic()) ------------------------------------------------
 
@@ -281,12 +286,29 @@ class Store:
         self.db.execute("UPDATE images SET filepath = ?, dir = ?, modified_at = ?, deleted = 0, deleted_at = NULL, "
                         "seq = ? WHERE id = ?", (filepath, folder, mtime_ns, seq, row_id))
 
+    def exchange(self, row_id: int, filepath: bytes, folder: bytes, mtime_ns: int, occupant_id: int,
+                 seq: int) -> bytes:
+        """`row_id` takes `filepath`, whose live row `occupant_id` takes `row_id`'s old path
+        (two files that swapped names keep both vectors). Returns that old path. Through a
+        placeholder path: filepath is UNIQUE at every step."""
+        old_path, old_folder = self.db.execute("SELECT filepath, dir FROM images WHERE id = ?", (row_id,)).fetchone()
+        self.db.execute("UPDATE images SET filepath = ? WHERE id = ?", (b"\0exchange:%d" % occupant_id, occupant_id))
+        self.move(row_id, filepath, folder, mtime_ns, seq)
+        self.db.execute("UPDATE images SET filepath = ?, dir = ?, seq = ? WHERE id = ?",
+                        (old_path, old_folder, seq, occupant_id))
+        return old_path
+
+    def revive(self, row_id: int, seq: int) -> None:
+        """A soft-deleted row whose file is back as it was (a share mounted again)."""
+        self.db.execute("UPDATE images SET deleted = 0, deleted_at = NULL, seq = ? WHERE id = ?", (seq, row_id))
+
     def mark_deleted(self, row_ids: list[int], seq: int) -> None:
         now = time.time()
         self.db.executemany("UPDATE images SET deleted = 1, deleted_at = ?, seq = ? WHERE id = ? AND deleted = 0",
                             [(now, seq, row_id) for row_id in row_ids])
 
     def mark_dir_deleted(self, folder: bytes, seq: int) -> int:
+        """Soft-delete the live rows of `folder` itself (not of its sub-folders)."""
         cursor = self.db.execute("UPDATE images SET deleted = 1, deleted_at = ?, seq = ? WHERE dir = ? AND deleted = 0",
                                  (time.time(), seq, folder))
         return cursor.rowcount

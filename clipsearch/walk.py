@@ -28,6 +28,9 @@ class FileEntry:
 class Folder:
     path: bytes
     files: list[FileEntry]
+    # Nothing at all inside, not even hidden or excluded names: what an unmounted share's
+    # mount point looks like (a folder emptied by a photo app keeps its @eaDir or #recycle).
+    empty: bool = False
 
 
 class Walker:
@@ -97,7 +100,7 @@ class Walker:
                     continue
                 files.append(FileEntry(entry.path, st.st_size, st.st_mtime_ns))
             stack.extend(reversed(subdirs))
-            yield Folder(folder, files)
+            yield Folder(folder, files, empty=not entries)
 
 
 def normalise_root(path: str) -> bytes:

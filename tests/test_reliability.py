@@ -322,6 +322,7 @@ def test_workers_still_starting_when_the_main_process_dies_exit_too(tiny_model, 
         "from clipsearch.manifest import load_manifest\n"
         "if __name__ == '__main__':\n"
         "    embedder = Embedder(load_manifest(sys.argv[1]), IndexOptions(workers=2))\n"
+        "    embedder.start()\n"
         "    embedder.pool.submit(int, 1)  # the pool starts its workers\n"
         "    os._exit(0)  # and the main process is gone before they are up\n"
     )
