@@ -44,8 +44,11 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
 
 
 class TextEncoder:
-    """Tokenizer + text graph. Ids are cut right after the longest end token in the batch:
-    the causal mask makes the result identical and short queries run ~4x faster."""
+    """Tokenizer + text graph, one graph run per text (as for images: the int8 graph's
+    activation scale covers the whole input tensor, so texts must not share a run). Ids are
+    cut right after the text's end token: in fp32 the causal mask makes that identical to
+    CLIP's padding to 77 and ~3x faster; under int8 it is no further from fp32 than padding
+    is (README "Export": measured on the probe texts)."""
 
     def __init__(self, manifest: Manifest, threads: int | None = None, prefetch=None):
         self.manifest = manifest
@@ -57,9 +60,9 @@ class TextEncoder:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from tokenizers import Tokenizer
+            from .tokens import load_tokenizer
 
-            self._tokenizer = Tokenizer.from_file(str(self.manifest.path("tokenizer.json")))
+            self._tokenizer = load_tokenizer(self.manifest.path("tokenizer.json"))
         return self._tokenizer
 
     @property
@@ -68,21 +71,27 @@ class TextEncoder:
             self._session = open_session(self.manifest.graph_path("text"), self.threads, fast_start=True)
         return self._session
 
-    def token_ids(self, texts: list[str]) -> np.ndarray:
+    def token_ids(self, texts: list[str]) -> list[np.ndarray]:
+        """Each text's ids up to and including its end token, as a [1, L] array."""
         end_id = int(self.manifest.text["end_token_id"])
         prefetched = self.prefetch.ids(texts) if self.prefetch is not None else None
         self.prefetch = None
         if prefetched is None:
-            prefetched = [enc.ids for enc in self.tokenizer.encode_batch(list(texts))]
-        ids = np.array(prefetched, dtype=np.int64)
-        ends = np.argmax(ids == end_id, axis=1)
-        return np.ascontiguousarray(ids[:, : int(ends.max()) + 1])
+            from .tokens import encode_texts
+
+            prefetched = encode_texts(self.tokenizer, list(texts))
+        rows = []
+        for row in prefetched:
+            ids = np.array(row, dtype=np.int64)
+            end = int(np.argmax(ids == end_id)) if end_id in row else len(ids) - 1
+            rows.append(np.ascontiguousarray(ids[None, : end + 1]))
+        return rows
 
     def encode(self, texts: list[str]) -> np.ndarray:
         graph = self.manifest.graph("text")
         session = self.session  # first: the graph loads while a prefetching child tokenizes
-        ids = self.token_ids(texts)
-        return l2_normalise(session.run([graph["output"]], {graph["input"]: ids})[0])
+        names, source = [graph["output"]], graph["input"]
+        return l2_normalise(np.concatenate([session.run(names, {source: ids})[0] for ids in self.token_ids(texts)]))
 
 
 class ImageEncoder:
@@ -105,9 +114,16 @@ class ImageEncoder:
         return self._session
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """One graph run per image: the int8 graph quantizes activations with one scale per
+        input tensor, so an image run in a batch would get a vector that depends on its
+        neighbours (cosine 0.99986 on random weights, far worse beside an extreme image).
+        Run alone, a photo gets the same vector in the indexer, in `--like` and on a cluster.
+        Measured cost (bench/index.py): see README "Indexing"."""
         graph = self.manifest.graph("vision")
         batch = np.ascontiguousarray(pixels, dtype=np.float32)
-        return l2_normalise(self.session.run([graph["output"]], {graph["input"]: batch})[0])
+        session, names, source = self.session, [graph["output"]], graph["input"]
+        return l2_normalise(np.concatenate([session.run(names, {source: batch[i : i + 1]})[0]
+                                            for i in range(len(batch))]))
 
     def encode_files(self, paths) -> np.ndarray:
         from .preprocess import load_pixels

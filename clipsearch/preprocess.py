@@ -69,7 +69,7 @@ def _open_image(path, image_size: int, use_draft: bool) -> Image.Image:
         if width * height > MAX_PIXELS:
             raise ImageDecodeError(f"refused: {width}x{height} exceeds the {MAX_PIXELS} pixel limit")
         if use_draft and img.format == "JPEG":
-            wanted = image_size * DRAFT_FACTOR
+            wanted = int(image_size * DRAFT_FACTOR)
             img.draft("RGB", (wanted, wanted))
         img.load()
         img = ImageOps.exif_transpose(img)
@@ -93,12 +93,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         top = float(arr.max()) if bits == 32 else 65535.0
         top = top if top > 255 else 255.0
-        img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
+        img = Image.fromarray(np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8), "L")
         return img.convert("RGB")
     if mode == "F":
         arr = np.nan_to_num(np.asarray(img, dtype=np.float32))
         lo, hi = float(arr.min()), float(arr.max())
-        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        scaled = np.rint((arr - lo) * (255.0 / (hi - lo))) if hi > lo else np.zeros_like(arr)
         return Image.fromarray(scaled.astype(np.uint8), "L").convert("RGB")
     if (mode == "P" and "transparency" in img.info) or mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         rgba = img.convert("RGBA")
@@ -110,10 +110,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def to_pixels(img: Image.Image, spec: dict) -> np.ndarray:
     """RGB PIL image -> normalised float32 [3, S, S] as the vision graph expects."""
     size = int(spec["size"])
+    resize = resize_side(spec)
     width, height = img.size
     short, long = (width, height) if width <= height else (height, width)
-    new_long = int(size * long / short)
-    new_size = (size, new_long) if width <= height else (new_long, size)
+    new_long = int(resize * long / short)
+    new_size = (resize, new_long) if width <= height else (new_long, resize)
     if img.size != new_size:
         img = img.resize(new_size, resample=Image.BICUBIC)
     left = int(round((new_size[0] - size) / 2.0))
@@ -124,8 +125,14 @@ def to_pixels(img: Image.Image, spec: dict) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
+def resize_side(spec: dict) -> int:
+    """The shortest side before the centre crop: the checkpoint's own (e.g. 80 for a 64 crop),
+    or the crop size, as in OpenAI's CLIP."""
+    return int(spec.get("shortest_side", spec["size"]))
+
+
 def load_pixels(path, spec: dict, use_draft: bool = True) -> np.ndarray:
-    return to_pixels(open_image(path, int(spec["size"]), use_draft), spec)
+    return to_pixels(open_image(path, resize_side(spec), use_draft), spec)
 
 
 def reference_image(size: int = 256) -> Image.Image:

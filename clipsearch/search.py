@@ -53,6 +53,10 @@ def query_vector(terms: list[Term], manifest, threads: int | None = None, prefet
         total += image_terms(images, manifest, threads)
     if not np.any(total):
         raise UsageError("the query terms cancel out; change their weights")
+    if len(terms) == 1 and terms[0].weight > 0:
+        # Already a unit vector: normalising again would move its last bits, and `--like
+        # photo.jpg` must be exactly that photo's vector in the cache.
+        return total / np.float32(terms[0].weight)
     return l2_normalise(total[None])[0]
 
 

@@ -15,7 +15,8 @@ from clipsearch.manifest import FORMAT_VERSION, Manifest, describe_files
 
 from . import fidelity
 from .folder import finish_folder
-from .checkpoint import CONTEXT_LENGTH, load_model, load_tokenizer, save_random_checkpoint
+from .checkpoint import (CONTEXT_LENGTH, PreprocessError, load_model, load_preprocess, load_tokenizer,
+                         save_random_checkpoint)
 from .graphs import (OPSET, TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT, export_towers, file_mb,
                      quantize)
 
@@ -80,19 +81,23 @@ def run_export(*, name: str, source: str, source_info: dict, out: Path, preproce
         clip, commit = load_model(source, revision)
         if commit:
             source_info = dict(source_info, commit=commit)
+        image_size = clip.config.vision_config.image_size
+        try:
+            image_spec = load_preprocess(source, revision, preprocess, image_size)
+        except PreprocessError as exc:
+            raise ExportError(f"{exc}; nothing was written") from None
         text_info = write_tokenizer(load_tokenizer(source, revision), work / "tokenizer.json")
         log("exporting fp32 ONNX graphs")
         fp32 = export_towers(clip, work, CONTEXT_LENGTH)
         log("quantizing to int8")
         int8 = {tower: work / f"{tower}.int8.onnx" for tower in fp32}
         quant = {tower: quantize(fp32[tower], int8[tower], weight_type, per_channel, reduce_range) for tower in fp32}
-        image_size = clip.config.vision_config.image_size
         data = {
             "format_version": FORMAT_VERSION,
             "name": name,
             "source": source_info,
             "embedding_dim": clip.config.projection_dim,
-            "image": dict({k: v for k, v in preprocess.items() if k != "image_size"}, size=image_size),
+            "image": image_spec,
             "text": text_info,
             "graphs": {"vision": {"file": "vision.onnx", "input": VISION_INPUT, "output": VISION_OUTPUT,
                                   "input_shape": ["batch", 3, image_size, image_size]},

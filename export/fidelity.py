@@ -14,6 +14,7 @@ from PIL import Image
 from clipsearch.encoders import ImageEncoder, TextEncoder, l2_normalise
 from clipsearch.manifest import Manifest
 from clipsearch.preprocess import load_pixels
+from clipsearch.tokens import encode_texts
 
 from .graphs import TextTower, VisionTower
 
@@ -89,7 +90,8 @@ def measure(clip, manifest: Manifest, fp32_files: dict[str, str]) -> dict:
     fp32_manifest = with_graphs(manifest, fp32_files["vision"], fp32_files["text"])
     with tempfile.TemporaryDirectory() as tmp:
         pixels = np.stack([load_pixels(p, manifest.image) for p in probe_images(Path(tmp))])
-    text_ids = TextEncoder(manifest).token_ids(PROBE_TEXTS)
+    # PyTorch gets CLIP's own form, padded to 77; the ONNX encoders cut after the end token.
+    text_ids = np.array(encode_texts(TextEncoder(manifest).tokenizer, PROBE_TEXTS), dtype=np.int64)
     with torch.no_grad():
         torch_image = VisionTower(clip)(torch.from_numpy(pixels)).numpy()
         torch_text = TextTower(clip)(torch.from_numpy(text_ids)).numpy()

@@ -104,3 +104,52 @@ def test_shipped_rank_graph_is_what_the_generator_writes():
     from export.rank_graph import TARGET, build
 
     assert TARGET.read_bytes() == build()
+
+
+def _checkpoint_with_processor(folder, **config):
+    from export.checkpoint import save_random_checkpoint
+
+    checkpoint = save_random_checkpoint(folder, seed=3, tiny=True)
+    processor = {"do_resize": True, "size": {"shortest_edge": 80}, "resample": 3, "do_center_crop": True,
+                 "crop_size": {"height": 64, "width": 64}, "do_rescale": True, "rescale_factor": 1 / 255,
+                 "do_normalize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+                 "image_processor_type": "CLIPImageProcessor"}
+    processor.update(config)
+    (checkpoint / "preprocessor_config.json").write_text(json.dumps(processor))
+    return checkpoint, processor
+
+
+def test_source_export_takes_the_checkpoints_own_preprocessing(tmp_path):
+    from PIL import Image
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    from clipsearch.preprocess import to_pixels
+
+    checkpoint, config = _checkpoint_with_processor(tmp_path / "half-normalised")
+    out = tmp_path / "model"
+    result = run_export("--source", str(checkpoint), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    image = load_manifest(out).image
+    assert image["mean"] == [0.5, 0.5, 0.5] and image["std"] == [0.5, 0.5, 0.5]
+    assert image["shortest_side"] == 80 and image["size"] == 64
+    processor = CLIPImageProcessorPil(size=config["size"], crop_size=config["crop_size"],
+                                      image_mean=config["image_mean"], image_std=config["image_std"])
+    for size in ((300, 200), (100, 150)):  # even crop margins: torchvision and transformers round odd ones apart
+        img = Image.open(write_photo(tmp_path / f"{size[0]}.png", (200, 90, 30), size=size, grain=25)).convert("RGB")
+        theirs = np.asarray(processor(images=img, return_tensors="np")["pixel_values"][0])
+        assert np.abs(to_pixels(img, image) - theirs).max() < 1e-4, size
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"resample": 2}, "bicubic"),
+    ({"size": {"height": 64, "width": 64}}, "shortest side"),
+    ({"crop_size": {"height": 64, "width": 48}}, "square"),
+    ({"crop_size": {"height": 32, "width": 32}}, "takes 64x64"),
+    ({"do_center_crop": False}, "centre crop"),
+])
+def test_source_export_refuses_preprocessing_the_runtime_cannot_reproduce(tmp_path, change, words):
+    checkpoint, _ = _checkpoint_with_processor(tmp_path / "odd", **change)
+    out = tmp_path / "model"
+    result = run_export("--source", str(checkpoint), "--out", str(out))
+    assert result.returncode == 1 and words in result.stderr and "nothing was written" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
 import subprocess
 import sys
 
@@ -13,6 +15,8 @@ from clipsearch.cli import main
 from clipsearch.encoders import ImageEncoder, TextEncoder, check_reference
 from clipsearch.errors import ModelError
 from clipsearch.manifest import load_manifest
+from clipsearch.search import Term, query_vector
+from clipsearch.vectors import quantize_rows
 from conftest import COLOURS, REPO, colour_library, run_cli, write_photo
 
 
@@ -25,27 +29,43 @@ def test_tiny_model_loads_and_reproduces_its_reference(tiny_model):
     assert np.allclose(np.linalg.norm(text, axis=1), 1.0, atol=1e-5)
 
 
-def test_text_ids_are_cut_after_the_end_token_without_changing_the_embedding(tiny_model):
+def test_text_ids_are_cut_after_each_texts_own_end_token(tiny_model):
     manifest = load_manifest(tiny_model)
     encoder = TextEncoder(manifest)
-    ids = encoder.token_ids(["a cat", "a much longer sentence about a cat on a mat"])
+    short, long = encoder.token_ids(["a cat", "a much longer sentence about a cat on a mat"])
     end = manifest.text["end_token_id"]
-    assert ids.shape[1] < 77 and ids[1, -1] == end and ids[0, 0] == manifest.text["start_token_id"]
+    assert short.shape == (1, 4) and short[0, -1] == end and short[0, 0] == manifest.text["start_token_id"]
+    assert long.shape[1] > 4 and long[0, -1] == end
     full = np.array([e.ids for e in encoder.tokenizer.encode_batch(["a cat"])], dtype=np.int64)
     assert full.shape == (1, 77)
     graph = manifest.graph("text")
     full_vec = encoder.session.run(None, {graph["input"]: full})[0]
-    cut_vec = encoder.session.run(None, {graph["input"]: ids[:1, :4]})[0]
+    cut_vec = encoder.session.run(None, {graph["input"]: short})[0]
     # Identical in fp32 (causal mask); int8's dynamic per-tensor activation scale also sees
     # the padding, so the two differ by quantization noise only.
     cosine = float(full_vec[0] @ cut_vec[0] / np.linalg.norm(full_vec) / np.linalg.norm(cut_vec))
     assert cosine > 0.999
 
 
-def test_long_text_is_truncated_keeping_the_end_token(tiny_model):
-    encoder = TextEncoder(load_manifest(tiny_model))
-    ids = encoder.token_ids(["word " * 200])
-    assert ids.shape == (1, 77) and ids[0, -1] == encoder.manifest.text["end_token_id"]
+def test_an_embedding_does_not_depend_on_what_else_is_in_the_batch(tiny_model):
+    """Bit-identical alone and beside other inputs, extreme ones included: the int8 graphs
+    quantize activations per input tensor, so inputs must never share a graph run."""
+    manifest = load_manifest(tiny_model)
+    size = int(manifest.image["size"])
+    rng = np.random.default_rng(0)
+    photo = rng.normal(0, 1, (3, size, size)).astype(np.float32)
+    neighbours = [np.full((3, size, size), 40.0, np.float32), rng.normal(0, 9, (3, size, size)).astype(np.float32),
+                  np.zeros((3, size, size), np.float32)]
+    image = ImageEncoder(manifest, threads=1)
+    alone = image.encode_pixels(photo[None])[0]
+    for other in neighbours:
+        assert np.array_equal(image.encode_pixels(np.stack([other, photo]))[1], alone)
+    assert np.array_equal(ImageEncoder(manifest).encode_pixels(np.stack([photo, *neighbours]))[0], alone)
+
+    text = TextEncoder(manifest)
+    alone = text.encode(["a kitten peeking from behind a corner"])[0]
+    beside = text.encode(["a kitten peeking from behind a corner", "!!!! " * 60, "x"])[0]
+    assert np.array_equal(alone, beside)
 
 
 def test_encoders_open_only_their_own_graph(tiny_model):
@@ -120,13 +140,32 @@ def test_missing_default_model_says_how_to_export(tmp_path):
 
 
 def test_tokenizer_prefetch_in_a_child_matches_and_falls_back(tiny_model):
-    from clipsearch.tokens import TokenPrefetch
+    from clipsearch.tokens import TokenPrefetch, encode_texts
 
     manifest = load_manifest(tiny_model)
-    texts = ["a kitten peeking from behind a corner", "東京の夜景 🎉"]
-    direct = [enc.ids for enc in TextEncoder(manifest).tokenizer.encode_batch(texts)]
+    texts = ["a kitten peeking from behind a corner", "東京の夜景 🎉", "Don\u2019t &amp; ﬁsh"]
+    direct = encode_texts(TextEncoder(manifest).tokenizer, texts)
+    assert direct[2] == encode_texts(TextEncoder(manifest).tokenizer, ["don't & fish"])[0]
     assert TokenPrefetch(manifest, texts).ids(texts) == direct
     encoder = TextEncoder(manifest, prefetch=TokenPrefetch(manifest, texts))
     assert np.allclose(encoder.encode(texts), TextEncoder(manifest).encode(texts), atol=1e-6)
     (tiny_model / "tokenizer.json").write_text("{}")  # the child fails; the caller gets None
     assert TokenPrefetch(manifest, texts).ids(texts) is None
+
+
+def test_like_query_vector_equals_the_cached_vector_of_that_photo(tiny_model, tmp_path):
+    """Indexed in batches of 8 by two worker processes with one thread each, then used as
+    `--like` in a query process with all cores: the same vector, to the bit."""
+    photos = [write_photo(tmp_path / "p" / f"{i}.jpg", (30 * i, 250 - 30 * i, 120), grain=4 + 10 * i, seed=i)
+              for i in range(8)]
+    db = tmp_path / "index.db"
+    result = CliRunner().invoke(main, ["index", str(tmp_path / "p"), "--db", str(db), "--model", str(tiny_model),
+                                       "--workers", "2", "--batch-size", "8"])
+    assert result.exit_code == 0, result.output
+    manifest = load_manifest(tiny_model)
+    with sqlite3.connect(db) as con:
+        cached = {os.fsdecode(p): (v, s) for p, v, s in con.execute("SELECT filepath, vector, scale FROM images")}
+    for photo in (photos[0], photos[5]):
+        vector = query_vector([Term("image", str(photo), 1.0)], manifest)
+        q, scale = quantize_rows(vector[None])
+        assert (q[0].tobytes(), float(scale[0])) == cached[str(photo)]
