@@ -109,12 +109,15 @@ def warn(path: bytes, message: str) -> None:
               help="If another index run holds the lock, wait this many seconds before giving up (exit 75).")
 @click.option("--commit-seconds", type=click.FloatRange(0), default=2.0, envvar="CLIPSEARCH_COMMIT_SECONDS",
               show_default=True, help="Commit finished work at least this often; a kill loses at most this much.")
+@click.option("--exact-decode", is_flag=True, envvar="CLIPSEARCH_EXACT_DECODE",
+              help="Decode JPEGs in full instead of at reduced DCT scale: slower, pixels exactly as CLIP's "
+                   "pipeline makes them (see README \"Preprocessing\") [env CLIPSEARCH_EXACT_DECODE].")
 @click.option("--allow-empty", is_flag=True,
               help="A folder that held photos and is now empty was emptied on purpose: remove its photos "
                    "(without it they are kept and the run exits 6, as for a share that is not mounted).")
 @click.option("-q", "--quiet", is_flag=True, envvar="CLIPSEARCH_QUIET", help="Print only warnings and errors (for cron).")
 def index(paths, db_path, model_dir, workers, batch_size, threads, excludes, no_default_excludes, list_excludes,
-          follow_links, wait_seconds, commit_seconds, allow_empty, quiet):
+          follow_links, wait_seconds, commit_seconds, exact_decode, allow_empty, quiet):
     """Embed new and changed images under PATHS (default: the current folder) into the cache."""
     from .walk import DEFAULT_EXCLUDES
 
@@ -129,7 +132,7 @@ def index(paths, db_path, model_dir, workers, batch_size, threads, excludes, no_
             workers=workers or default_workers(), batch_size=batch_size, threads=threads,
             excludes=(() if no_default_excludes else DEFAULT_EXCLUDES) + tuple(excludes),
             follow_links=follow_links, commit_seconds=commit_seconds, count_first=not quiet and sys.stderr.isatty(),
-            allow_empty=allow_empty)
+            use_draft=not exact_decode, allow_empty=allow_empty)
         signal.signal(signal.SIGTERM, _interrupt)
         progress = None if quiet or not sys.stderr.isatty() else ProgressLine()
         summary = index_paths(list(paths) or ["."], db_path or default_db_path(), load_model(model_dir), options,
@@ -220,7 +223,7 @@ def query(terms, top, within, negated, like, unlike, as_json, bare_paths, null_s
             if not os.path.isdir(within):
                 raise CommandError(f"{within}: --in needs an existing folder", 2)
             folder = normalise_root(within)
-        vector = query_vector(parsed, manifest, threads, prefetch)
+        vector = query_vector(parsed, manifest, threads, prefetch, store.meta("pipeline"))
         results = search(store, manifest, vector, top, folder)
         if not results:
             where = f" under {within}" if within is not None else ""

@@ -127,7 +127,7 @@ def _read_and_decode(f, result: Result) -> np.ndarray | None:
     rewritten since the walk gets its new size and mtime). Sets `result.error` on failure."""
     from PIL import Image
 
-    from .preprocess import ImageDecodeError, open_image, resize_side, to_pixels
+    from .preprocess import ImageDecodeError, load_pixels
 
     st = os.fstat(f.fileno())
     if st.st_size <= WHOLE_READ_LIMIT:
@@ -145,7 +145,7 @@ def _read_and_decode(f, result: Result) -> np.ndarray | None:
         return None
     spec = _encoder.manifest.image
     try:
-        return to_pixels(open_image(source, resize_side(spec), _encoder.use_draft), spec)
+        return load_pixels(source, spec, _encoder.use_draft)
     except ImageDecodeError as exc:
         result.error = str(exc)
     except (MemoryError, Image.DecompressionBombError, ValueError, OSError) as exc:

@@ -37,7 +37,7 @@ def index_paths(paths: list[str], db_path: Path, manifest: Manifest, options: In
             # Verify model files before any work: a damaged graph must not write vectors.
             manifest.graph_path("vision")
             store.check_model(manifest.model_id, manifest.name, claim=True)
-            record_pipeline(store)
+            record_pipeline(store, options.use_draft)
             run_id = store.start_run([os.fsdecode(r) for r in roots])
             indexer = Indexer(store, manifest, options, warn, progress)
             try:
@@ -55,15 +55,16 @@ def index_paths(paths: list[str], db_path: Path, manifest: Manifest, options: In
             store.close()
 
 
-def record_pipeline(store: Store) -> None:
+def record_pipeline(store: Store, use_draft: bool) -> None:
     """Remember which preprocessing made the vectors of this run. A newer pipeline does not
     force a re-index (its vectors differ from the old ones far less than int8 from fp32);
     files are re-embedded with it as they change."""
-    from .preprocess import PIPELINE_VERSION
+    from .preprocess import pipeline_version
 
-    if store.meta("pipeline") != PIPELINE_VERSION:
+    version = pipeline_version(use_draft)
+    if store.meta("pipeline") != version:
         with store.atomic():
-            store.set_meta("pipeline", PIPELINE_VERSION)
+            store.set_meta("pipeline", version)
 
 
 def refresh_packed(store: Store, manifest: Manifest) -> None:

@@ -15,26 +15,44 @@ Two additions CLIP's pipeline lacks, both needed for real photo libraries:
   CMYK, grayscale, bilevel and palette go through Pillow's conversions.
 
 Large JPEGs are decoded with Pillow's `draft()` (libjpeg DCT scaling) at the smallest
-1/2, 1/4 or 1/8 scale whose shortest side is still at least `DRAFT_FACTOR` x the model's
-image size; the final bicubic resize then does the rest. The bench (`bench/decode.py`)
-measures its effect against a full decode.
+1/2, 1/4 or 1/8 scale whose shortest side is still at least `DRAFT_FACTOR` (sources below
+`SMALL_SOURCE` px: `SMALL_SOURCE_FACTOR`) x the model's image size; the final bicubic resize
+of the region that holds the photo then does the rest, with the exact decode's geometry.
+`bench/draft.py` measures its effect against an exact decode by source size.
 """
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from .formats import prepare_decoders
 
-# Shortest side kept by draft decoding, as a multiple of the model input size: 1x means
-# libjpeg may scale down until the short side is just above the input size, and bicubic does
-# the rest. Measured on 12 MP and 2 MP photos (README "Preprocessing"): 21 ms/image vs 31 ms
-# at 2x and 42 ms at 4x, mean pixel difference to a full decode 0.0075 (normalised units),
-# fp32 embedding cosine to a full decode >= 0.99999, 30x closer than int8 is to fp32.
+# Shortest side kept by draft decoding, as a multiple of the model input size: 1x lets
+# libjpeg scale down until the short side is just above the input size, and bicubic does the
+# rest. Measured by source size (`bench/draft.py`, README "Preprocessing", mean pixel
+# difference to an exact decode in normalised units): at 1x the error is 0.013-0.034 for
+# sources below 1600 px (the scaled image lands close to 224 and libjpeg's scaling replaces
+# bicubic's anti-aliasing) and 2x brings it under 0.009 for 3-6 ms more per image; from 1600
+# px up 1x stays at 0.006-0.013 while 2x would cost 7-12 ms (8-23% of a photo's time).
 DRAFT_FACTOR = 1
-PIPELINE_VERSION = f"pil-bicubic-shortest-centercrop-exif-alpha-white-draft{DRAFT_FACTOR}x-v1"
+SMALL_SOURCE = 1600  # short side below which SMALL_SOURCE_FACTOR applies
+SMALL_SOURCE_FACTOR = 2
+PIPELINE_VERSION = (f"pil-bicubic-shortest-centercrop-exif-alpha-white-draft{DRAFT_FACTOR}x-"
+                    f"{SMALL_SOURCE_FACTOR}x-below{SMALL_SOURCE}-v2")
+EXACT_PIPELINE = "pil-bicubic-shortest-centercrop-exif-alpha-white-exact-v2"
+
+
+def pipeline_version(use_draft: bool) -> str:
+    """What the database records about how its vectors' pixels were made (`status` shows it;
+    `--like` decodes its image the same way)."""
+    return PIPELINE_VERSION if use_draft else EXACT_PIPELINE
+
+
+def draft_pipeline(version: str | None) -> bool:
+    return version != EXACT_PIPELINE
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit (~89.5 MP)
 
 
@@ -42,8 +60,24 @@ class ImageDecodeError(Exception):
     """The file is not an image we can decode; the message says why in a few words."""
 
 
+class Decoded(NamedTuple):
+    """A decoded, upright RGB image, the original photo's upright size, and the region of
+    `image` that holds the whole photo. Draft decoding at 1/s rounds the scaled size up
+    (a 2133x1600 JPEG at 1/4 is 534x400, not 533.25x400): resizing that region instead of the
+    whole image keeps the geometry, and so the centre crop, of an exact decode. Without it
+    the crop moved by a pixel (measured: mean pixel difference 0.10 instead of 0.01)."""
+
+    image: Image.Image
+    full_size: tuple[int, int]
+    box: tuple[float, float, float, float]
+
+
 def open_image(path, image_size: int, use_draft: bool = True) -> Image.Image:
     """Open, draft-decode (JPEG), orient and convert one image to 8-bit RGB."""
+    return decode_image(path, image_size, use_draft).image
+
+
+def decode_image(path, image_size: int, use_draft: bool = True) -> Decoded:
     prepare_decoders()
     # Pillow warns through Python's warnings (corrupt EXIF, DecompressionBombWarning, ...),
     # which would print two-line messages even under --quiet. A file that still decodes is
@@ -53,7 +87,7 @@ def open_image(path, image_size: int, use_draft: bool = True) -> Image.Image:
         return _open_image(path, image_size, use_draft)
 
 
-def _open_image(path, image_size: int, use_draft: bool) -> Image.Image:
+def _open_image(path, image_size: int, use_draft: bool) -> Decoded:
     try:
         img = Image.open(path)
     except Image.DecompressionBombError as exc:
@@ -68,12 +102,18 @@ def _open_image(path, image_size: int, use_draft: bool) -> Image.Image:
         width, height = img.size
         if width * height > MAX_PIXELS:
             raise ImageDecodeError(f"refused: {width}x{height} exceeds the {MAX_PIXELS} pixel limit")
+        box = None
         if use_draft and img.format == "JPEG":
-            wanted = int(image_size * DRAFT_FACTOR)
-            img.draft("RGB", (wanted, wanted))
+            factor = SMALL_SOURCE_FACTOR if min(width, height) < SMALL_SOURCE else DRAFT_FACTOR
+            wanted = int(image_size * factor)
+            drafted = img.draft("RGB", (wanted, wanted))
+            box = drafted[1] if drafted else None
         img.load()
+        orientation = img.getexif().get(0x0112, 1) if box else 1
+        stored_size = img.size
         img = ImageOps.exif_transpose(img)
-        return to_rgb(img)
+        full = (width, height) if img.size == stored_size else (height, width)  # else turned by 90 degrees
+        return Decoded(to_rgb(img), full, upright_box(box, stored_size, orientation) if box else (0, 0, *img.size))
     except ImageDecodeError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
@@ -107,15 +147,27 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def to_pixels(img: Image.Image, spec: dict) -> np.ndarray:
-    """RGB PIL image -> normalised float32 [3, S, S] as the vision graph expects."""
+def upright_box(box, size: tuple[int, int], orientation: int) -> tuple[float, float, float, float]:
+    """`box` (anchored at the top left of an image of `size`) after the EXIF `orientation`
+    turn or flip that `ImageOps.exif_transpose` applies: it is then anchored at another corner."""
+    w, h = size
+    bw, bh = box[2], box[3]
+    return {2: (w - bw, 0, w, bh), 3: (w - bw, h - bh, w, h), 4: (0, h - bh, bw, h), 5: (0, 0, bh, bw),
+            6: (h - bh, 0, h, bw), 7: (h - bh, w - bw, h, w), 8: (0, w - bw, bh, w)}.get(orientation, (0, 0, bw, bh))
+
+
+def to_pixels(img: Image.Image, spec: dict, full_size: tuple[int, int] | None = None, box=None) -> np.ndarray:
+    """RGB PIL image -> normalised float32 [3, S, S] as the vision graph expects. With a
+    draft-decoded image, `full_size` and `box` (see `Decoded`) keep the exact geometry."""
     size = int(spec["size"])
     resize = resize_side(spec)
-    width, height = img.size
+    width, height = full_size or img.size
     short, long = (width, height) if width <= height else (height, width)
     new_long = int(resize * long / short)
     new_size = (resize, new_long) if width <= height else (new_long, resize)
-    if img.size != new_size:
+    if box is not None and tuple(box) != (0, 0, *img.size):
+        img = img.resize(new_size, resample=Image.BICUBIC, box=box)
+    elif img.size != new_size:
         img = img.resize(new_size, resample=Image.BICUBIC)
     left = int(round((new_size[0] - size) / 2.0))
     top = int(round((new_size[1] - size) / 2.0))
@@ -132,7 +184,9 @@ def resize_side(spec: dict) -> int:
 
 
 def load_pixels(path, spec: dict, use_draft: bool = True) -> np.ndarray:
-    return to_pixels(open_image(path, resize_side(spec), use_draft), spec)
+    """Decode (a path or an open file) and preprocess: what the vision graph takes."""
+    decoded = decode_image(path, resize_side(spec), use_draft)
+    return to_pixels(decoded.image, spec, decoded.full_size, decoded.box)
 
 
 def reference_image(size: int = 256) -> Image.Image:

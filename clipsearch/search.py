@@ -38,7 +38,9 @@ def parse_terms(texts: list[str], like: list[str], unlike: list[str], negated: l
     return terms
 
 
-def query_vector(terms: list[Term], manifest, threads: int | None = None, prefetch=None):
+def query_vector(terms: list[Term], manifest, threads: int | None = None, prefetch=None, pipeline: str | None = None):
+    """The unit query vector. `pipeline` is the cache's (`store.meta("pipeline")`): query
+    images are decoded as its photos were, draft or exact."""
     import numpy as np
 
     from .encoders import TextEncoder, l2_normalise
@@ -50,7 +52,9 @@ def query_vector(terms: list[Term], manifest, threads: int | None = None, prefet
         total += np.asarray([t.weight for t in texts], dtype=np.float32) @ vectors
     images = [t for t in terms if t.kind == "image"]
     if images:
-        total += image_terms(images, manifest, threads)
+        from .preprocess import draft_pipeline
+
+        total += image_terms(images, manifest, threads, draft_pipeline(pipeline))
     if not np.any(total):
         raise UsageError("the query terms cancel out; change their weights")
     if len(terms) == 1 and terms[0].weight > 0:
@@ -60,7 +64,7 @@ def query_vector(terms: list[Term], manifest, threads: int | None = None, prefet
     return l2_normalise(total[None])[0]
 
 
-def image_terms(images: list[Term], manifest, threads: int | None):
+def image_terms(images: list[Term], manifest, threads: int | None, use_draft: bool = True):
     import numpy as np
 
     from .encoders import ImageEncoder
@@ -71,7 +75,7 @@ def image_terms(images: list[Term], manifest, threads: int | None):
         if not os.path.isfile(term.value):
             raise UsageError(f"{term.value}: no such image file for --like/--unlike")
         try:
-            pixels.append(load_pixels(term.value, manifest.image))
+            pixels.append(load_pixels(term.value, manifest.image, use_draft))
         except (ImageDecodeError, OSError) as exc:
             raise UsageError(f"{term.value}: cannot use as a query image ({exc})") from None
     vectors = ImageEncoder(manifest, threads).encode_pixels(np.stack(pixels))

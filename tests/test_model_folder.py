@@ -169,3 +169,28 @@ def test_like_query_vector_equals_the_cached_vector_of_that_photo(tiny_model, tm
         vector = query_vector([Term("image", str(photo), 1.0)], manifest)
         q, scale = quantize_rows(vector[None])
         assert (q[0].tobytes(), float(scale[0])) == cached[str(photo)]
+
+
+@pytest.mark.parametrize("how", ["option", "env"])
+def test_exact_decode_embeds_the_full_decode_and_like_follows_the_cache(tiny_model, tmp_path, monkeypatch, how):
+    from clipsearch.preprocess import load_pixels
+
+    photo = write_photo(tmp_path / "p" / "big.jpg", (90, 140, 200), size=(1600, 1200), grain=25)
+    db = tmp_path / "index.db"
+    args = ["index", str(tmp_path / "p"), "--db", str(db), "--model", str(tiny_model), "--workers", "1"]
+    if how == "option":
+        args.append("--exact-decode")
+    else:
+        monkeypatch.setenv("CLIPSEARCH_EXACT_DECODE", "1")
+    assert CliRunner().invoke(main, args).exit_code == 0
+    manifest = load_manifest(tiny_model)
+    encoder = ImageEncoder(manifest)
+    exact = quantize_rows(encoder.encode_pixels(load_pixels(photo, manifest.image, use_draft=False)[None]))
+    draft = quantize_rows(encoder.encode_pixels(load_pixels(photo, manifest.image, use_draft=True)[None]))
+    with sqlite3.connect(db) as con:
+        ((vector, scale),) = con.execute("SELECT vector, scale FROM images").fetchall()
+        (pipeline,) = con.execute("SELECT value FROM meta WHERE key = 'pipeline'").fetchone()
+    assert (vector, scale) == (exact[0][0].tobytes(), float(exact[1][0]))
+    assert vector != draft[0][0].tobytes() and "exact" in pipeline
+    like = quantize_rows(query_vector([Term("image", str(photo), 1.0)], manifest, pipeline=pipeline)[None])
+    assert like[0][0].tobytes() == vector

@@ -141,3 +141,36 @@ def test_damaged_files_only_ever_raise_image_decode_error(fmt):
         except ImageDecodeError:
             outcomes["refused"] += 1
     assert outcomes["refused"] > 0, outcomes  # the mutations did damage something
+
+
+def test_16_bit_images_are_rounded_to_8_bits_not_truncated(tmp_path):
+    # 40000 / 65535 * 255 = 155.65: rounding gives 156, truncation gave 155
+    Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)).save(tmp_path / "g16.png")
+    assert set(np.asarray(open_image(tmp_path / "g16.png", 16)).ravel()) == {156}
+    Image.fromarray(np.linspace(0, 1, 400, dtype=np.float32).reshape(20, 20), "F").save(tmp_path / "f.tiff")
+    values = np.asarray(open_image(tmp_path / "f.tiff", 16))[..., 0].ravel()
+    expected = np.rint(np.linspace(0, 1, 400) * 255)
+    assert np.abs(values.astype(int) - expected).max() <= 1 and values.max() == 255
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_draft_decoding_keeps_the_exact_geometry_in_every_orientation(tmp_path, orientation):
+    """A 2133x1600 JPEG drafted at 1/4 decodes to 534x400, not 533.25x400: resizing the whole
+    decoded image moved the crop by a pixel (mean difference ~0.1 on grainy photos). The
+    photo's own region is resized instead, whichever way EXIF turns it."""
+    path = tmp_path / f"o{orientation}.jpg"
+    write_photo(path, (90, 140, 200), size=(2133, 1600), grain=25)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.open(path).save(path, quality=90, exif=exif.tobytes())
+    fast, exact = load_pixels(path, SPEC, use_draft=True), load_pixels(path, SPEC, use_draft=False)
+    assert np.abs(fast - exact).mean() < 0.02, orientation
+
+
+def test_small_sources_keep_twice_the_input_size(tmp_path):
+    """667x500: drafting to 1/2 (250 px) left libjpeg's scaling doing bicubic's work; below
+    1600 px the decoder keeps a short side of at least 2 x 224, here the whole picture."""
+    path = write_photo(tmp_path / "small.jpg", (90, 140, 200), size=(667, 500), grain=25)
+    assert open_image(path, 224, use_draft=True).size == (667, 500)
+    fast, exact = load_pixels(path, SPEC, use_draft=True), load_pixels(path, SPEC, use_draft=False)
+    assert np.abs(fast - exact).mean() < 0.001
