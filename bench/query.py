@@ -6,6 +6,7 @@ results printed) and reads their peak RSS; prints the split of a cold start, dis
 image, and for 100,000 files on disk whose rows are already cached, how long a re-index takes.
 
     python bench/query.py [--sizes 100000,1281167] [--runs 7] [--reindex-files 100000]
+    python bench/query.py --sizes 100000 --reindex-files 0 --texts "a red car" "café au lait" --against ../old
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import CACHE, cpu_summary, full_model, median  # noqa: E402
+from bench.common import CACHE, REPO, cpu_summary, full_model, median  # noqa: E402
 from clipsearch.manifest import load_manifest  # noqa: E402
 from clipsearch.store import Store  # noqa: E402
 from clipsearch.vectors import quantize_rows, write_packed  # noqa: E402
@@ -82,18 +83,39 @@ def build_cache(db: Path, count: int, manifest) -> None:
     store.close()
 
 
-def cold_runs(db: Path, model: Path, runs: int) -> tuple[list[float], list[float]]:
+QUERY = "a kitten peeking from behind a corner"
+
+
+def cold_runs(db: Path, model: Path, runs: int, text: str = QUERY, checkout: Path = REPO) -> tuple[list[float], list[float]]:
+    """Whole `clipsearch query` processes of the clipsearch in `checkout` (`python -m` runs the
+    package of its working directory)."""
     walls, rss = [], []
-    cmd = [sys.executable, "-m", "clipsearch", "query", "a kitten peeking from behind a corner", "--db", str(db),
-           "--model", str(model)]
-    subprocess.run([sys.executable, "-c", WRAPPER, *cmd], check=True, capture_output=True)  # warm the page cache
+    cmd = [sys.executable, "-m", "clipsearch", "query", text, "--db", str(db), "--model", str(model)]
+    run = dict(check=True, capture_output=True, text=True, cwd=checkout)
+    subprocess.run([sys.executable, "-c", WRAPPER, *cmd], **run)  # warm the page cache
     for _ in range(runs):
-        out = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], check=True, capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], **run)
         wall, peak, lines = out.stdout.split()
         assert int(lines) == 10
         walls.append(float(wall))
         rss.append(float(peak))
     return walls, rss
+
+
+def compare_texts(db: Path, model: Path, runs: int, texts: list[str], other: Path | None) -> None:
+    """Cold queries per text, interleaved, and against another checkout (e.g. the previous
+    release in a `git worktree`) in the same run."""
+    checkouts = {"this": REPO, **({"other": other} if other else {})}
+    walls = {(t, c): [] for t in texts for c in checkouts}
+    for _ in range(runs):
+        for text in texts:
+            for name, path in checkouts.items():
+                walls[(text, name)] += cold_runs(db, model, 1, text, path)[0]
+    for text in texts:
+        line = ", ".join(f"{name} {median(walls[(text, name)]):.3f} s" for name in checkouts)
+        if other:
+            line += f" (this - other: {(median(walls[(text, 'this')]) - median(walls[(text, 'other')])) * 1000:+.0f} ms)"
+        print(f"  cold query {text!r}: {line}")
 
 
 def phases(db: Path, model: Path, runs: int) -> dict:
@@ -142,6 +164,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--sizes", default="100000,1281167")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--reindex-files", type=int, default=100_000)
+    parser.add_argument("--texts", nargs="+", default=None, help="also time cold queries of these texts")
+    parser.add_argument("--against", type=Path, default=None,
+                        help="with --texts: another checkout of clipsearch to time in the same run")
     args = parser.parse_args(argv)
     figures: dict = {}
     model = full_model(True)
@@ -158,6 +183,8 @@ def main(argv=None) -> dict:
         print("           split: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in split.items()))
         figures[size] = {"cold_s": median(walls), "rss_mb": median(rss), "bytes_per_image": disk / size,
                          "warm_rank_ms": split["rank_warm"] * 1000, "split": split}
+        if args.texts:
+            compare_texts(db, model, args.runs, args.texts, args.against)
     if args.reindex_files:
         seconds, line = reindex_unchanged(args.reindex_files, model, manifest)
         print(f"re-index of {args.reindex_files:,} unchanged files: {seconds:.2f} s (whole process) -> {line}")

@@ -98,7 +98,8 @@ def warn(path: bytes, message: str) -> None:
 @click.option("--workers", type=click.IntRange(1, 64), envvar="CLIPSEARCH_WORKERS", default=None,
               help="Decode+embed processes [env CLIPSEARCH_WORKERS; default: one per core, at most 8].")
 @click.option("--batch-size", type=click.IntRange(1, 256), envvar="CLIPSEARCH_BATCH_SIZE", default=8, show_default=True,
-              help="Images per vision-graph batch [env CLIPSEARCH_BATCH_SIZE].")
+              help="Photos per worker task (each photo still runs through the graph alone, so its vector "
+                   "never depends on its neighbours) [env CLIPSEARCH_BATCH_SIZE].")
 @threads_option
 @click.option("--exclude", "excludes", multiple=True, metavar="PATTERN",
               help="Skip folders/files whose name matches this glob; repeatable.")

@@ -63,9 +63,44 @@ def test_clean_text(text, cleaned):
     assert clean_text(text) == cleaned
 
 
-def test_plain_ascii_never_imports_ftfy():
+def test_texts_ftfy_cannot_change_never_import_it():
     code = ("import sys\nfrom clipsearch.tokens import clean_text\n"
             "assert clean_text('A kitten, 3:30 pm (16:9) -- \"quoted\"!') == 'a kitten, 3:30 pm (16:9) -- \"quoted\"!'\n"
+            "assert clean_text('Caf\u00e9 au lait in Z\u00fcrich') == 'caf\u00e9 au lait in z\u00fcrich'\n"
+            "assert clean_text('\u6771\u4eac\u30bf\u30ef\u30fc \U0001f431') == '\u6771\u4eac\u30bf\u30ef\u30fc \U0001f431'\n"
+            "assert clean_text('Don\u2019t \u201clook\u201d back') == \"don't \\\"look\\\" back\"\n"
             "assert 'ftfy' not in sys.modules\n"
-            "clean_text('caf\\u00e9')\nassert 'ftfy' in sys.modules\n")
+            "assert clean_text('Tom &amp; Jerry') == 'tom & jerry'\nassert 'ftfy' in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_texts_that_skip_ftfy_are_exactly_what_ftfy_would_give():
+    """The fast path's character classes, checked against ftfy itself on random texts made of
+    them (and of the characters that border them), not only on the corpus."""
+    import html
+    import random
+    import re
+
+    import ftfy
+
+    from clipsearch.tokens import _CURLY, _PLAIN
+
+    def reference(text: str) -> str:
+        return re.sub(r"\s+", " ", html.unescape(html.unescape(ftfy.fix_text(text)))).strip().lower()
+
+    rng = random.Random(0)
+    latin = [chr(c) for c in range(0xC0, 0x100)] + ["\u00a0", "\u00a9", "\u00b4", "\u00bf", "\u0080"]
+    ascii_ = [chr(c) for c in range(0x20, 0x7F)] + [" "] * 12 + ["\t", "\n"]
+    wide = ([chr(c) for c in range(0x3040, 0x3100)] + [chr(0x4E00 + rng.randrange(0x5200)) for _ in range(200)]
+            + [chr(0xAC00 + rng.randrange(11172)) for _ in range(100)] + ["\uff61", "\uff76", "\u3000", "\u3001"])
+    emoji = [chr(c) for c in range(0x1F300, 0x1FA00, 7)] + ["\u200d", "\ufe0f", "\u2764"]
+    quotes = [chr(c) for c in range(0x2010, 0x2030)] + ["\u02bc", "\u00e2", "\u20ac", "\u2122"]
+    checked = 0
+    for alphabet in (ascii_ + latin * 2, ascii_ + wide, ascii_ + emoji, ascii_ + latin + wide + emoji,
+                     ascii_ + quotes * 2, ascii_ + quotes + latin):
+        for _ in range(15000):
+            text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 10)))
+            if _PLAIN.fullmatch(text) or _CURLY.fullmatch(text):
+                checked += 1
+                assert clean_text(text) == reference(text), repr(text)
+    assert checked > 20000
