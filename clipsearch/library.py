@@ -83,7 +83,7 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
         counts = store.counts()
         last = store.last_run()
         folders = library_folders(store)
-        missing = [folder for folder in folders if not os.path.isdir(folder)]
+        missing = [folder for folder in folders if not mounted(folder)]
         packed = read_header(packed_path(db_path))
         report = {
             "database": str(db_path),
@@ -117,6 +117,16 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
         return report
     finally:
         store.close()
+
+
+def mounted(folder: str) -> bool:
+    """The folder is there and not empty: an unplugged disk or a share that is not mounted
+    leaves nothing, or an empty mount point (see `index`'s empty-folder rule)."""
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is not None
+    except OSError:
+        return False
 
 
 def formats_line() -> str:

@@ -46,6 +46,26 @@ def tiny_model(tmp_path) -> Path:
     return folder
 
 
+@pytest.fixture
+def cli(colour_model, tmp_path):
+    """The real CLI in-process (CliRunner) on one database with the colour model; asserts
+    the exit code (`expect`)."""
+    from click.testing import CliRunner
+
+    from clipsearch.cli import main
+
+    runner = CliRunner()
+    db = tmp_path / "index.db"
+
+    def invoke(*args, expect=0):
+        result = runner.invoke(main, [*args[:1], "--db", str(db), "--model", str(colour_model), *args[1:]])
+        assert result.exit_code == expect, (result.output, result.stderr)
+        return result
+
+    invoke.db, invoke.model = db, colour_model
+    return invoke
+
+
 def write_photo(path: Path, colour, size=(320, 240), grain: float = 8.0, seed: int = 0, fmt: str | None = None) -> Path:
     """A real photo-like file: a flat colour with sensor-like grain, saved in the format of
     its extension."""

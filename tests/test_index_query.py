@@ -14,20 +14,6 @@ from clipsearch.cli import main
 from conftest import COLOURS, colour_library, write_photo
 
 
-@pytest.fixture
-def cli(colour_model, tmp_path):
-    runner = CliRunner()
-    db = tmp_path / "index.db"
-
-    def invoke(*args, expect=0):
-        result = runner.invoke(main, [*args[:1], "--db", str(db), "--model", str(colour_model), *args[1:]])
-        assert result.exit_code == expect, (result.output, result.stderr if hasattr(result, "stderr") else "")
-        return result
-
-    invoke.db = db
-    return invoke
-
-
 def ranked_paths(result) -> list[str]:
     return [line.split("\t", 1)[1] for line in result.stdout.splitlines()]
 

@@ -3,30 +3,15 @@ index run the cache must hold exactly the photos on disk, under their current na
 pure renames must never decode a photo or load the vision graph."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from clipsearch.cli import main
 from conftest import COLOURS, write_photo
-
-
-@pytest.fixture
-def cli(colour_model, tmp_path):
-    runner = CliRunner()
-    db = tmp_path / "index.db"
-
-    def invoke(*args, expect=0):
-        result = runner.invoke(main, [*args[:1], "--db", str(db), "--model", str(colour_model), *args[1:]])
-        assert result.exit_code == expect, (result.output, result.stderr)
-        return result
-
-    invoke.db, invoke.model = db, colour_model
-    return invoke
 
 
 def summary_of(result) -> str:
@@ -152,6 +137,8 @@ def test_an_empty_library_root_keeps_its_photos_and_exits_6(cli, library):
     assert "is the share or disk mounted" in result.stderr and str(library) in result.stderr
     assert "--allow-empty" in result.stderr
     assert found_by_query(cli) == before  # nothing was removed
+    status = json.loads(cli("status", "--json").stdout)
+    assert status["missing_folders"] == [str(library)] and status["indexed"] == len(before)
 
     library.rmdir()
     hidden.rename(library)  # mounted again
