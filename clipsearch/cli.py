@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from .config import default_db_path, default_model_dir
-from .errors import ClipsearchError
+from .errors import ClipsearchError, LockedError
 
 EXIT_CODES = """Exit codes: 0 success (per-file warnings included), 1 unexpected error, 2 bad usage or
 path, 3 model folder problem, 4 database problem, 5 cache built with another model,
@@ -136,8 +136,13 @@ def index(paths, db_path, model_dir, workers, batch_size, threads, excludes, no_
             use_draft=not exact_decode, allow_empty=allow_empty)
         signal.signal(signal.SIGTERM, _interrupt)
         progress = None if quiet or not sys.stderr.isatty() else ProgressLine()
-        summary = index_paths(list(paths) or ["."], db_path or default_db_path(), load_model(model_dir), options,
-                              warn, progress, wait_seconds)
+        try:
+            summary = index_paths(list(paths) or ["."], db_path or default_db_path(), load_model(model_dir), options,
+                                  warn, progress, wait_seconds)
+        except LockedError:
+            if quiet:  # cron: a run still busy with a long first index is not news; exit 75 says it
+                sys.exit(LockedError.exit_code)
+            raise
         if progress:
             progress.clear()
         if not quiet:
@@ -184,13 +189,44 @@ class ProgressLine:
         click.echo("\r\x1b[K", err=True, nl=False)
 
 
-@main.command()
+class QueryCommand(click.Command):
+    """Query texts that start with a dash ("-1 degrees outside", "-5 C") are texts, not
+    unknown options: they become positional terms without needing `--`. A dash word that is
+    one of the command's options, or the value of one, keeps its meaning."""
+
+    def parse_args(self, ctx, args):
+        values: dict[str, int] = {}  # option name -> how many values follow it
+        for param in self.params:
+            if isinstance(param, click.Option):
+                for name in param.opts + param.secondary_opts:
+                    values[name] = 0 if param.is_flag or param.count else param.nargs
+        kept, texts, expect = [], [], 0
+        for i, arg in enumerate(args):
+            if arg == "--":
+                kept += args[i:]
+                break
+            if expect:
+                expect -= 1
+            elif arg.split("=", 1)[0] in values:
+                expect = 0 if "=" in arg else values[arg]
+            elif arg.startswith("-") and (any(c.isspace() for c in arg) or arg[1:2].isdigit() or arg[1:2] == "."):
+                texts.append(arg)
+                continue
+            kept.append(arg)
+        if texts:  # the sum of terms does not depend on their order
+            kept += texts if "--" in kept else ["--", *texts]
+        return super().parse_args(ctx, kept)
+
+
+@main.command(cls=QueryCommand)
 @click.argument("terms", nargs=-1)
 @click.option("--top", "-n", type=click.IntRange(1), default=10, show_default=True, envvar="CLIPSEARCH_TOP",
               help="How many results [env CLIPSEARCH_TOP].")
 @click.option("--in", "within", type=click.Path(path_type=str), default=None,
               help="Only results under this folder (default: the whole library).")
-@click.option("--not", "negated", multiple=True, metavar="TEXT", help="Subtract a text (W:TEXT for a weight; repeatable).")
+@click.option("-w", "--weighted", multiple=True, nargs=2, type=(float, str), metavar="W TEXT",
+              help="A text with weight W (negative subtracts); repeatable: -w 2 snow -w -0.5 people.")
+@click.option("--not", "negated", multiple=True, metavar="TEXT", help="Subtract a text (weight -1; repeatable).")
 @click.option("--like", multiple=True, metavar="IMAGE", help="Add an image to the query (repeatable).")
 @click.option("--unlike", multiple=True, metavar="IMAGE", help="Subtract an image from the query (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line: path, score.")
@@ -199,16 +235,17 @@ class ProgressLine:
 @db_option
 @model_option
 @threads_option
-def query(terms, top, within, negated, like, unlike, as_json, bare_paths, null_sep, db_path, model_dir, threads):
-    """Find the images that best match TERMS. A term is TEXT or W:TEXT with a weight W;
-    subtract with --not: clipsearch query "a beach" --not "0.5:people". (Negative weights
-    in TERMS need a `--` first: clipsearch query -- "a beach" "-0.5:people".)
+def query(terms, top, within, weighted, negated, like, unlike, as_json, bare_paths, null_sep, db_path, model_dir,
+          threads):
+    """Find the images that best match TERMS, each a text taken literally ("16:9 panorama",
+    "3:30 pm", "-1 degrees"). Weights only with -w/--weighted W TEXT; subtract with --not:
+    clipsearch query "a beach" -w 2 sunset --not people
     """
     with handle_errors():
         from .search import parse_terms
         from .tokens import TokenPrefetch
 
-        parsed = parse_terms(list(terms), list(like), list(unlike), list(negated))
+        parsed = parse_terms(list(terms), list(like), list(unlike), list(negated), list(weighted))
         manifest = load_model(model_dir)
         texts = [term.value for term in parsed if term.kind == "text"]
         prefetch = TokenPrefetch(manifest, texts) if texts else None

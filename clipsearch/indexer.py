@@ -87,6 +87,9 @@ def worker_died() -> ClipsearchError:
                            "fewer --workers if memory is short")
 
 
+_QUIET_TRACKER = "ignore::UserWarning:multiprocessing.resource_tracker"
+
+
 class Embedder:
     """Chunks in, results out, with a bounded number of chunks in flight. Worker processes
     start with the first chunk: a run of renames and unchanged files never loads the model."""
@@ -107,8 +110,15 @@ class Embedder:
             set_encoder(ImageEncoder(manifest, threads=options.threads, background=True, use_draft=options.use_draft))
         else:
             import multiprocessing
+            import sys
             from concurrent.futures import ProcessPoolExecutor
 
+            # multiprocessing's resource tracker (started with the pool, with this process's
+            # -W options) frees the pool's semaphores when this process is killed, and then
+            # warns about them on our stderr in two lines that cron would mail: keep the
+            # clean-up, drop the warning.
+            if _QUIET_TRACKER not in sys.warnoptions:
+                sys.warnoptions.append(_QUIET_TRACKER)
             # spawn, not fork: onnxruntime's thread pools do not survive a fork.
             self.pool = ProcessPoolExecutor(
                 max_workers=options.workers, mp_context=multiprocessing.get_context("spawn"),

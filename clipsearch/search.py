@@ -1,21 +1,19 @@
 """`clipsearch query`: turn query terms into one vector and rank the cache with it.
 
 A query is a weighted sum of terms, each a text or an image; the sum is L2-normalised.
-Terms are written `TEXT` or `W:TEXT` (weight W, may be negative: `-1:dog`); `--not TEXT`
-subtracts; images come from `--like IMAGE` (+1) / `--unlike IMAGE` (-1). Only the towers a query needs are opened.
+Texts are always taken literally ("16:9 panorama", "3:30 pm", "-1 degrees"); a weight is
+only ever given explicitly, `--weighted W TEXT` (W may be negative); `--not TEXT` subtracts;
+images come from `--like IMAGE` (+1) / `--unlike IMAGE` (-1). Only the towers a query needs
+are opened.
 """
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
 from .errors import UsageError
 
 # numpy is imported inside the functions: `query` forks its tokenizer child before numpy loads.
-
-_WEIGHT = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)):(.*)$", re.S)
-
 
 @dataclass(frozen=True)
 class Term:
@@ -24,14 +22,15 @@ class Term:
     weight: float = 1.0
 
 
-def parse_terms(texts: list[str], like: list[str], unlike: list[str], negated: list[str] = ()) -> list[Term]:
+def parse_terms(texts: list[str], like: list[str], unlike: list[str], negated: list[str] = (),
+                weighted: list[tuple[float, str]] = ()) -> list[Term]:
     terms = []
-    for text, sign in [(t, 1.0) for t in texts] + [(t, -1.0) for t in negated]:
-        match = _WEIGHT.match(text)
-        weight, body = (float(match.group(1)), match.group(2)) if match else (1.0, text)
-        if not body.strip():
+    for weight, text in [(1.0, t) for t in texts] + [(-1.0, t) for t in negated] + list(weighted):
+        if not text.strip():
             raise UsageError(f"query term {text!r} is empty; give some words to search for")
-        terms.append(Term("text", body, sign * weight))
+        if weight == 0:
+            raise UsageError(f"--weighted 0 {text!r} does nothing; give a weight other than 0")
+        terms.append(Term("text", text, float(weight)))
     terms += [Term("image", path, 1.0) for path in like] + [Term("image", path, -1.0) for path in unlike]
     if not terms:
         raise UsageError("nothing to search for: give TEXT, or --like IMAGE")

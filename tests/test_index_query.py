@@ -115,10 +115,11 @@ def test_combined_and_image_queries(cli, tmp_path):
     library = colour_library(tmp_path / "photos")
     cli("index", str(tmp_path / "photos"), "--workers", "1")
     # In this model white and black are opposite directions: weights decide which wins.
-    assert set(ranked_paths(cli("query", "black", "2:white", "--top", "2"))) == {str(p) for p in library["white"]}
-    assert set(ranked_paths(cli("query", "--top", "2", "--", "white", "-2:white"))) == {str(p) for p in library["black"]}
-    assert set(ranked_paths(cli("query", "white", "--not", "2:white", "--top", "2"))) == {str(p) for p in library["black"]}
+    assert set(ranked_paths(cli("query", "black", "-w", "2", "white", "--top", "2"))) == {str(p) for p in library["white"]}
+    assert set(ranked_paths(cli("query", "white", "--weighted", "-2", "white", "--top", "2"))) == {str(p) for p in library["black"]}
+    assert set(ranked_paths(cli("query", "black", "--not", "white", "--top", "2"))) == {str(p) for p in library["black"]}
     assert "cancel out" in cli("query", "white", "--not", "white", expect=2).output
+    assert "weight other than 0" in cli("query", "-w", "0", "white", expect=2).output
     probe = write_photo(tmp_path / "probe.png", COLOURS["magenta"])
     assert set(ranked_paths(cli("query", "--like", str(probe), "--top", "2"))) == {str(p) for p in library["magenta"]}
 
@@ -217,3 +218,37 @@ def test_a_folder_that_cannot_be_read_keeps_its_cached_vectors(cli, tmp_path, mo
     monkeypatch.undo()
     everything = set(ranked_paths(cli("query", "red", "--top", "50")))
     assert everything == {str(p) for paths in library.values() for p in paths}
+
+
+def scores(result) -> list[str]:
+    return [line.split("\t", 1)[0] for line in result.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("text", ["16:9 white", "3:30 pm white", "2:white", "-1 degrees white", "-0.5:white",
+                                  ".5 white", "-white in the snow"])
+def test_query_texts_are_taken_literally(cli, tmp_path, text):
+    """Digits, colons and leading dashes are part of the text, never a weight or an option:
+    the query ranks exactly as the same text given with an explicit weight of 1."""
+    colour_library(tmp_path / "photos")
+    cli("index", str(tmp_path / "photos"), "--workers", "1")
+    literal = cli("query", "red", text, "--top", "16")
+    assert literal.stdout == cli("query", "red", "-w", "1", text, "--top", "16").stdout
+    assert literal.stdout == cli("query", "--top", "16", "red", "--", text).stdout
+    assert len(literal.stdout.splitlines()) == 16  # --top after the text still applies
+
+
+def test_a_weight_prefix_no_longer_changes_the_query(cli, tmp_path):
+    colour_library(tmp_path / "photos")
+    cli("index", str(tmp_path / "photos"), "--workers", "1")
+    literal = cli("query", "red", "3:white", "--top", "16", "--json").stdout
+    weighted = cli("query", "red", "-w", "3", "white", "--top", "16", "--json").stdout
+    assert literal != weighted
+
+
+def test_options_after_a_dash_text_and_option_values_keep_their_meaning(cli, tmp_path):
+    library = colour_library(tmp_path / "photos")
+    cli("index", str(tmp_path / "photos"), "--workers", "1")
+    assert len(ranked_paths(cli("query", "-1 degrees red", "--top", "2"))) == 2
+    assert set(cli("query", "red", "-n", "2", "-0").stdout_bytes.rstrip(b"\0").split(b"\0")) == \
+        {bytes(p) for p in library["red"]}
+    assert "No such option" in cli("query", "red", "--tpo", "2", expect=2).output

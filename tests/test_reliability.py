@@ -32,6 +32,21 @@ def start_index(root, db, model, *extra):
                              str(model), *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def read_until_closed(stream, seconds: float) -> bytes:
+    """What a pipe still delivers until every process holding its write end has exited."""
+    import selectors
+
+    data, deadline = b"", time.time() + seconds
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        while time.time() < deadline and selector.select(max(0.0, deadline - time.time())):
+            chunk = os.read(stream.fileno(), 65536)
+            if not chunk:
+                return data
+            data += chunk
+    raise AssertionError(f"the stream stayed open {seconds} s after the run was killed: {data!r}")
+
+
 def check_db(db: Path, dim: int) -> int:
     """Integrity, no duplicate paths, no half-written vector. Returns the count of vectors."""
     with sqlite3.connect(db) as conn:
@@ -91,6 +106,10 @@ def test_sigkill_at_random_moments_loses_nothing_committed(big_library, tiny_mod
         while any(alive(w) for w in workers) and time.time() < deadline:
             time.sleep(0.1)
         assert not [w for w in workers if alive(w)], "worker processes outlived a killed index run"
+        # Whatever outlives the run (multiprocessing's resource tracker) must not write to
+        # the run's stderr: cron would mail its two-line "leaked semaphore" warning.
+        stray = read_until_closed(proc.stderr, 15)
+        assert b"Warning" not in stray and b"resource_tracker" not in stray, stray
         if not db.exists():
             continue
         committed = check_db(db, 32)
@@ -337,3 +356,20 @@ def test_workers_still_starting_when_the_main_process_dies_exit_too(tiny_model, 
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, "worker processes outlived a main process that died while they were starting"
+
+
+def test_quiet_run_finding_another_run_in_progress_is_silent(colour_model, tmp_path):
+    """Cron ticks during a long first index: exit 75 each time, but nothing for cron to mail."""
+    from click.testing import CliRunner
+
+    from clipsearch.cli import main
+    from clipsearch.lock import IndexLock
+
+    write_photo(tmp_path / "p" / "a.jpg", (200, 10, 10))
+    db = tmp_path / "index.db"
+    args = ["index", str(tmp_path / "p"), "--db", str(db), "--model", str(colour_model)]
+    with IndexLock(db):
+        quiet = CliRunner().invoke(main, [*args, "-q"])
+        loud = CliRunner().invoke(main, args)
+    assert quiet.exit_code == 75 and quiet.output == ""
+    assert loud.exit_code == 75 and "another clipsearch index" in loud.output
