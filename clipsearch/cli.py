@@ -75,7 +75,7 @@ def threads_option(f):
                         help="onnxruntime threads [env CLIPSEARCH_THREADS].")(f)
 
 
-@click.group(epilog=EXIT_CODES)
+@click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="clipsearch")
 def main():
     """Semantic photo search on small CPUs. Index once, then query in well under a second."""
@@ -264,15 +264,39 @@ def query(terms, top, within, weighted, negated, like, unlike, as_json, bare_pat
         vector = query_vector(parsed, manifest, threads, prefetch, store.meta("pipeline"))
         results = search(store, manifest, vector, top, folder)
         if not results:
-            where = f" under {within}" if within is not None else ""
-            click.echo(f"clipsearch: no indexed images{where} in {store.path}; run `clipsearch index PATH` first",
-                       err=True)
+            click.echo(f"clipsearch: {no_results_reason(within, store.path)}", err=True)
+        elif manifest.untrained:
+            click.echo(f"note: {manifest.untrained}", err=True)
         try:
             write_results(results, as_json, bare_paths, null_sep)
         except BrokenPipeError:  # the reader (e.g. `head`) has all it wanted
             sys.stdout = open(os.devnull, "w")
         global _fast_exit
         _fast_exit = True
+
+
+def no_results_reason(within: str | None, db_path) -> str:
+    if within is not None:
+        from .walk import DEFAULT_EXCLUDES, Walker
+
+        skipped = [part for part in Path(os.path.abspath(within)).parts if Walker(DEFAULT_EXCLUDES).excluded(os.fsencode(part))]
+        if skipped:
+            return (f"no indexed images under {within}: {skipped[0]} folders are never indexed "
+                    f"(see `clipsearch index --list-excludes`); search its parent folder instead")
+        return f"no indexed images under {within} in {db_path}; run `clipsearch index {within}` first"
+    return f"no indexed images in {db_path}; run `clipsearch index PATH` first"
+
+
+def json_path(path: bytes) -> dict:
+    """A file name as valid JSON: UTF-8 names as they are; any other name as text with its
+    undecodable bytes shown as U+FFFD, plus its exact bytes in base64 (`path_b64`): lone
+    surrogates, what os.fsdecode gives, are rejected by strict JSON readers."""
+    try:
+        return {"path": path.decode("utf-8")}
+    except UnicodeDecodeError:
+        import base64
+
+        return {"path": path.decode("utf-8", "replace"), "path_b64": base64.b64encode(path).decode("ascii")}
 
 
 def write_results(results, as_json: bool, bare_paths: bool, null_sep: bool) -> None:
@@ -283,7 +307,7 @@ def write_results(results, as_json: bool, bare_paths: bool, null_sep: bool) -> N
         elif bare_paths:
             out.write(path + b"\n")
         elif as_json:
-            out.write(json.dumps({"path": os.fsdecode(path), "score": round(score, 6)}).encode() + b"\n")
+            out.write(json.dumps(json_path(path) | {"score": round(score, 6)}).encode() + b"\n")
         else:
             out.write(f"{score:.4f}\t".encode() + path + b"\n")
     out.flush()
@@ -325,3 +349,5 @@ def check_model(model_dir, threads):
             diff = check_reference(manifest, tower, threads)
             click.echo(f"{tower}: ok (max diff {diff:.1e} from the export)")
         click.echo(f"model {manifest.name} ({manifest.model_id}) at {manifest.folder}: ok")
+        if manifest.untrained:
+            click.echo(f"note: {manifest.untrained}")

@@ -25,7 +25,9 @@ def check_roots(paths: list[str]) -> list[bytes]:
         if not os.access(path, os.R_OK | os.X_OK):
             raise UsageError(f"{path}: folder is not readable by this user; fix its permissions")
         roots.append(normalise_root(path))
-    return roots
+    # `index A A` or `index A A/sub` walks A once, not every file twice.
+    unique = sorted(set(roots))
+    return [root for root in unique if not is_under(root, [other for other in unique if other != root])]
 
 
 def index_paths(paths: list[str], db_path: Path, manifest: Manifest, options: IndexOptions,
@@ -114,6 +116,8 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
             loaded = load_manifest(Path(model_dir))
             report["loaded_model"] = f"{loaded.name} ({loaded.model_id})" + (
                 "" if report["model_id"] in (None, loaded.model_id) else " DIFFERENT from the cache's model")
+            if loaded.untrained:
+                report["warning"] = loaded.untrained
         return report
     finally:
         store.close()
@@ -141,7 +145,8 @@ def formats_line() -> str:
 def library_folders(store: Store) -> list[str]:
     """The folders indexed so far that still hold cached photos, outermost only: a library
     moved elsewhere, or a sub-folder also indexed on its own, is not listed twice."""
-    roots = sorted({root for row in store.query("SELECT roots FROM runs WHERE status = 'ok'")
+    # Interrupted runs count: after a first run stopped halfway, its folder is the library.
+    roots = sorted({root for row in store.query("SELECT roots FROM runs WHERE status IN ('ok', 'interrupted')")
                     for root in json.loads(row[0])})
     live = [root for root in roots if store.has_rows_under(os.fsencode(root))]
     return [root for root in live if not is_under(os.fsencode(root), [os.fsencode(other) for other in live

@@ -30,6 +30,14 @@ class Manifest:
         return self.data["model_id"]
 
     @property
+    def untrained(self) -> str | None:
+        """A warning when the weights are random (`python -m export --random-weights`): such
+        a folder works like a real one, and nothing else would tell the scores are noise."""
+        if self.data.get("source", {}).get("kind") == "random":
+            return f"model {self.name} is untrained (random weights): rankings are meaningless"
+        return None
+
+    @property
     def embedding_dim(self) -> int:
         return int(self.data["embedding_dim"])
 

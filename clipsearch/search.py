@@ -71,6 +71,8 @@ def image_terms(images: list[Term], manifest, threads: int | None, use_draft: bo
 
     pixels = []
     for term in images:
+        if os.path.isdir(term.value):
+            raise UsageError(f"{term.value}: is a folder; --like/--unlike take one image file each")
         if not os.path.isfile(term.value):
             raise UsageError(f"{term.value}: no such image file for --like/--unlike")
         try:

@@ -205,7 +205,7 @@ class IntegerScorer:
 def top_k(query: np.ndarray, store, dim: int, k: int, allowed_ids: np.ndarray | None = None,
           scorer: IntegerScorer | None = None) -> list[tuple[int, float]]:
     """Best k (id, score) by cosine, optionally among `allowed_ids` (sorted int64). Scores
-    are exact float32 dot products of the stored int8 rows (times their scales) and `query`."""
+    are exact float32 cosines of the stored int8 rows and `query` (`cosines`)."""
     query = np.asarray(query, dtype=np.float32)
     packed, delta = current_packed(store, dim)
     changed = np.array(sorted(row[0] for row in delta), dtype=np.int64)
@@ -226,19 +226,30 @@ def top_k(query: np.ndarray, store, dim: int, k: int, allowed_ids: np.ndarray | 
             approx[~keep[start : start + rows]] = -np.inf
             picked = np.argpartition(-approx, shortlist - 1)[:shortlist] if rows > shortlist else np.arange(rows)
             picked = picked[np.isfinite(approx[picked])]
-            exact = (query @ block[:, picked].astype(np.float32)) * scales[start + picked]
-            _collect(exact, packed.ids[start + picked], k, best_ids, best_scores)
+            _collect(cosines(query, block[:, picked].T), packed.ids[start + picked], k, best_ids, best_scores)
     live = [row for row in delta if not row[1] and row[2] is not None
             and (allowed_ids is None or _member(np.array([row[0]]), allowed_ids)[0])]
     if live:
         matrix = np.frombuffer(b"".join(row[2] for row in live), dtype=np.int8).reshape(len(live), dim)
-        scores = (matrix.astype(np.float32) @ query) * np.array([row[3] for row in live], dtype=np.float32)
-        _collect(scores, np.array([row[0] for row in live], dtype=np.int64), k, best_ids, best_scores)
+        _collect(cosines(query, matrix), np.array([row[0] for row in live], dtype=np.int64), k, best_ids, best_scores)
     if not best_ids:
         return []
     ids, scores = np.concatenate(best_ids), np.concatenate(best_scores)
     order = np.argsort(-scores, kind="stable")[:k]
     return [(int(ids[i]), float(scores[i])) for i in order if np.isfinite(scores[i])]
+
+
+def cosines(query: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Exact cosines of a unit query and int8 rows [N, D] (their scales cancel out). A row
+    that is the query itself, quantized (`--like` of an indexed photo), scores exactly 1:
+    int8 rounding alone left it at 0.9999x, or above 1 without the norm, and a resized copy
+    could outrank the very file."""
+    rows_f = rows.astype(np.float32)
+    norms = np.linalg.norm(rows_f, axis=1)
+    scores = (rows_f @ query) / np.where(norms > 0, norms, 1.0)
+    same = np.all(rows == quantize_rows(query[None])[0][0], axis=1)
+    scores[same] = 1.0
+    return np.minimum(scores, 1.0)
 
 
 def _collect(scores: np.ndarray, ids: np.ndarray, k: int, best_ids: list, best_scores: list) -> None:

@@ -252,3 +252,19 @@ def test_options_after_a_dash_text_and_option_values_keep_their_meaning(cli, tmp
     assert set(cli("query", "red", "-n", "2", "-0").stdout_bytes.rstrip(b"\0").split(b"\0")) == \
         {bytes(p) for p in library["red"]}
     assert "No such option" in cli("query", "red", "--tpo", "2", expect=2).output
+
+
+def test_like_ranks_the_identical_photo_first_with_score_1(tiny_model, tmp_path):
+    from PIL import Image
+
+    photo = write_photo(tmp_path / "p" / "original.jpg", (120, 90, 200), size=(640, 480), grain=30, seed=4)
+    Image.open(photo).resize((320, 240)).save(tmp_path / "p" / "smaller copy.jpg", quality=95)
+    for i in range(6):
+        write_photo(tmp_path / "p" / f"other{i}.jpg", (30 * i, 200, 40 * i), size=(400, 300), seed=10 + i)
+    runner, db = CliRunner(), tmp_path / "index.db"
+    common = ["--db", str(db), "--model", str(tiny_model)]
+    assert runner.invoke(main, ["index", str(tmp_path / "p"), *common, "--workers", "1"]).exit_code == 0
+    result = runner.invoke(main, ["query", "--like", str(photo), "--json", "--top", "8", *common])
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert rows[0] == {"path": str(photo), "score": 1.0}
+    assert all(row["score"] <= 1.0 for row in rows) and rows[1]["score"] < 1.0

@@ -98,7 +98,8 @@ def test_integer_pass_over_several_blocks_finds_the_exact_top_k(tmp_path):
     store.check_model("m", "m", claim=True)
     fill(store, vectors)
     q, scales = quantize_rows(vectors)
-    stored = q.astype(np.float32) * scales[:, None]  # what the cache holds
+    stored = q.astype(np.float32)  # what the cache holds, as directions: scores are cosines
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
     for _ in range(5):
         query = unit(rng, 1)[0]
         exact = stored @ query
