@@ -12,7 +12,8 @@ from pathlib import Path
 from .errors import ModelError
 
 FORMAT_VERSION = 1
-EXPORT_HINT = "run `python -m export` (see README) or point --model / CLIPSEARCH_MODEL at a model folder"
+EXPORT_HINT = ("make a model folder with `python -m export` on any machine with PyTorch (see README) and copy it "
+               "here, or point --model / CLIPSEARCH_MODEL at one; this machine itself never needs PyTorch")
 
 
 @dataclass(frozen=True)

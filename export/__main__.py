@@ -6,10 +6,40 @@ import argparse
 import sys
 from pathlib import Path
 
+import os
+
 from clipsearch.config import models_dir
 
-from .build import ExportError, print_summary, run_export
 from .catalogue import catalogue_entry
+
+NO_TORCH = ("export: needs PyTorch, transformers and onnx ({missing}); install them with "
+            "`pip install torch==2.13.0 && pip install -e '.[export]'` in this project, or export on another "
+            "machine and copy the model folder here (the runtime itself never needs PyTorch)")
+
+
+def installed(module: str) -> bool:
+    # Looked up, not imported: importing transformers now would fix the hub settings too early.
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # present in sys.modules as None: blocked
+        return False
+
+
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the model hub cannot be reached, or None. Asked once, quickly: transformers would
+    otherwise retry for ~30 s and print a dozen lines before giving up."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+    except OSError as exc:
+        return f"{url.hostname}: {exc.strerror or exc}"
+    return None
 
 
 def parse_args(argv=None):
@@ -41,6 +71,10 @@ def quiet_libraries() -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    missing = [name for name in ("torch", "transformers", "onnx") if not installed(name)]
+    if missing:
+        print(NO_TORCH.format(missing=", ".join(missing) + " not installed"), file=sys.stderr)
+        return 2
     quiet_libraries()
     name, entry = catalogue_entry(args.model)
     revision = args.revision or entry.get("revision")
@@ -58,7 +92,13 @@ def main(argv=None) -> int:
         name = path.name if args.model is None else name
     else:
         source, source_info = entry["hub_id"], {"kind": "hub", "hub_id": entry["hub_id"], "revision": revision}
+        unreachable = None if os.environ.get("HF_HUB_OFFLINE") else hub_unreachable()
+        if unreachable:
+            # Use the local cache if it has the checkpoint, without transformers' retries.
+            os.environ["HF_HUB_OFFLINE"] = "1"
     out = args.out or models_dir() / name
+    from .build import ExportError, print_summary, run_export
+
     try:
         fid = run_export(name=name, source=source, source_info=source_info, out=out, preprocess=entry["preprocess"],
                          revision=revision, keep_fp32=args.keep_fp32, weight_type=args.weight_type,
@@ -67,8 +107,13 @@ def main(argv=None) -> int:
         print(f"export: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"export: {exc}. For the hub source this machine must reach the model hub; "
-              "use --source DIR with a downloaded checkpoint, or --random-weights to try the pipeline.", file=sys.stderr)
+        if random_seed is None and not args.source:
+            reason = f"cannot reach the model hub ({unreachable}) and {source} is not in the local cache" \
+                if unreachable else f"cannot load {source} from the model hub ({str(exc).splitlines()[0].rstrip('.')})"
+        else:
+            reason = str(exc).splitlines()[0].rstrip(".")
+        print(f"export: {reason}; use --source DIR with a downloaded checkpoint, or --random-weights to try "
+              "the pipeline", file=sys.stderr)
         return 1
     print_summary(out, fid)
     print(out)

@@ -100,6 +100,19 @@ def test_hub_export_without_network_fails_with_advice(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+def test_unreachable_hub_fails_fast_in_one_line(tmp_path):
+    import time
+
+    started = time.monotonic()
+    result = run_export("--out", str(tmp_path / "m"), env={"HF_ENDPOINT": "http://127.0.0.1:9",
+                                                            "HF_HOME": str(tmp_path / "hf")})
+    assert result.returncode == 1 and "Retrying" not in result.stderr and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("export: loading")]
+    assert len(errors) == 1 and "cannot reach the model hub (127.0.0.1" in errors[0] and "--source" in errors[0]
+    assert time.monotonic() - started < 25  # transformers alone retried for ~30 s
+    assert not (tmp_path / "m").exists()
+
+
 def test_shipped_rank_graph_is_what_the_generator_writes():
     from export.rank_graph import TARGET, build
 
