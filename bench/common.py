@@ -2,6 +2,7 @@
 cached), peak RSS, medians, and phone-like JPEGs."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import resource
 import statistics
@@ -15,14 +16,31 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("CLIPSEARCH_BENCH_CACHE", Path.home() / ".cache" / "clipsearch-bench"))
 
 
-def full_model(int8: bool = True) -> Path:
-    """The full-size ViT-B/32 random-weight export (int8 folder, and its -fp32 sibling)."""
-    folder = CACHE / "random-vit-b-32"
-    if not (folder / "manifest.json").exists() or not (CACHE / "random-vit-b-32-fp32" / "manifest.json").exists():
-        print(f"bench: exporting a full-size random-weight model to {folder} (once)", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "export", "--random-weights", "--seed", "0", "--out", str(folder),
-                        "--keep-fp32"], check=True, cwd=REPO)
-    return folder if int8 else CACHE / "random-vit-b-32-fp32"
+def full_model(int8: bool = True, required: bool = True) -> Path | None:
+    """The model folder the benchmarks use: `CLIPSEARCH_BENCH_MODEL` (any model folder, e.g.
+    one copied to a NAS; its `-fp32` twin from `python -m export --keep-fp32` beside it for the
+    fp32 comparisons), else the full-size ViT-B/32 random-weight export in the bench cache,
+    made once (that needs PyTorch). Without `required`, a missing fp32 twin gives None and
+    the caller leaves its fp32 comparison out; anything else missing ends the run in one line."""
+    env = os.environ.get("CLIPSEARCH_BENCH_MODEL")
+    folder = Path(env).expanduser() if env else CACHE / "random-vit-b-32"
+    wanted = folder if int8 else folder.with_name(folder.name + "-fp32")
+    if (wanted / "manifest.json").is_file():
+        return wanted
+    if env or (folder / "manifest.json").is_file():
+        if not int8 and not required:
+            return None
+        sys.exit(f"bench: {wanted}: no model folder there" + ("" if int8 else
+                 "; the fp32 comparison needs the twin that `python -m export --keep-fp32` writes"))
+    if importlib.util.find_spec("torch") is None:
+        sys.exit(f"bench: no model folder at {folder} and no PyTorch here to export one: set "
+                 "CLIPSEARCH_BENCH_MODEL=DIR to a model folder (DIR-fp32 beside it for fp32 comparisons)")
+    print(f"bench: exporting a full-size random-weight model to {folder} (once)", file=sys.stderr)
+    result = subprocess.run([sys.executable, "-m", "export", "--random-weights", "--seed", "0", "--out", str(folder),
+                             "--keep-fp32"], cwd=REPO)
+    if result.returncode != 0:
+        sys.exit(f"bench: exporting the bench model failed (exit {result.returncode}); see the lines above")
+    return wanted
 
 
 def peak_rss_mb() -> float:

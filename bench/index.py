@@ -59,7 +59,8 @@ def per_image_costs(folder: Path, manifest, sample: int = 16) -> tuple[float, fl
         load_pixels(path, manifest.image, use_draft=False)
         full.append(time.perf_counter() - start)
     encoder = ImageEncoder(manifest, threads=1)
-    batch = np.random.default_rng(0).normal(size=(8, 3, 224, 224)).astype(np.float32)
+    size = int(manifest.image["size"])
+    batch = np.random.default_rng(0).normal(size=(8, 3, size, size)).astype(np.float32)
     graph = manifest.graph("vision")
     encoder.encode_pixels(batch)
     runs, batched = [], []
@@ -93,9 +94,13 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     cores = available_cores()
     folder = photo_folder(args.photos)
-    int8, fp32 = load_manifest(full_model(True)), load_manifest(full_model(False))
+    int8 = load_manifest(full_model(True))
+    fp32_folder = full_model(False, required=False)
+    # rclip's design; with only an int8 folder at hand, the same with int8 graphs.
+    baseline = load_manifest(fp32_folder) if fp32_folder else int8
     configs = {
-        "baseline (fp32, full decode, 1 proc, batch 8)": (fp32, IndexOptions(workers=1, batch_size=8, threads=cores, use_draft=False)),
+        f"baseline ({'fp32' if fp32_folder else 'int8'}, full decode, 1 proc, batch 8)":
+            (baseline, IndexOptions(workers=1, batch_size=8, threads=cores, use_draft=False)),
         f"defaults (int8, draft, {default_workers()} workers x 1 thread, batch 8)": (int8, IndexOptions()),
         f"int8, draft, 1 proc x {cores} threads, batch 8": (int8, IndexOptions(workers=1, threads=cores)),
     }

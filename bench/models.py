@@ -37,10 +37,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=available_cores())
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    folders = {"int8": load_manifest(full_model(True)), "fp32": load_manifest(full_model(False))}
+    fp32 = full_model(False, required=False)
+    folders = {"int8": load_manifest(full_model(True)), **({"fp32": load_manifest(fp32)} if fp32 else {})}
     print(f"machine: {cpu_summary()}; threads {args.threads}, batch {args.batch}, medians of {args.repeats}")
+    if fp32 is None:
+        print("# no -fp32 twin beside the model folder: fp32 comparisons left out")
     rng = np.random.default_rng(0)
-    pixels = rng.normal(size=(args.batch, 3, 224, 224)).astype(np.float32)
+    size = int(folders["int8"].image["size"])
+    pixels = rng.normal(size=(args.batch, 3, size, size)).astype(np.float32)
     results = {}
     for precision, manifest in folders.items():
         sizes = {t: sum(p.stat().st_size for p in manifest.folder.glob(f"{t}.onnx*")) / 1e6 for t in ("vision", "text")}
@@ -62,6 +66,9 @@ def main(argv=None) -> dict:
     for precision, r in results.items():
         print(f"{precision:6} {r['img_s']:9.1f} {r['text_ms']:8.1f} {r['text77_ms']:10.1f} {r['load_v']:14.0f} "
               f"{r['load_t']:12.0f} {r['vision']:9.1f} {r['text']:8.1f}")
+    if "fp32" not in results:
+        print(f"peak RSS of this process: {peak_rss_mb():.0f} MB")
+        return dict(results, peak_rss_mb=peak_rss_mb())
     i8, f32 = results["int8"], results["fp32"]
     print(f"ratio int8/fp32: images/s x{i8['img_s'] / f32['img_s']:.2f}, text latency x{f32['text_ms'] / i8['text_ms']:.2f} "
           f"faster, vision load x{f32['load_v'] / i8['load_v']:.2f} faster, size x{f32['vision'] / i8['vision']:.2f} smaller")
@@ -90,10 +97,10 @@ def text_cut_vs_padded(int8, fp32, threads: int):
     encoder = TextEncoder(int8, threads=threads)
     graph = int8.graph("text")
     cut = encoder.encode(TEXTS)
-    pad_id = int(int8.text["pad_token_id"])
+    pad_id, context = int(int8.text["pad_token_id"]), int(int8.text["context_length"])
     rows = []
     for ids in encoder.token_ids(TEXTS):
-        full = np.full((1, 77), pad_id, dtype=np.int64)
+        full = np.full((1, context), pad_id, dtype=np.int64)
         full[0, : ids.shape[1]] = ids[0]
         rows.append(encoder.session.run(None, {graph["input"]: full})[0])
     padded = l2_normalise(np.concatenate(rows))

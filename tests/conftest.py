@@ -21,6 +21,36 @@ COLOURS = {
 }
 
 
+def _files_under(folder: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*")} if folder.is_dir() else {}
+
+
+def pytest_configure(config):
+    """Before any fixture (module-scoped ones included): clipsearch's data dir is a temporary
+    folder for the whole session, and the user's real one is watched."""
+    import tempfile
+
+    import platformdirs
+
+    for key in [k for k in os.environ if k.startswith("CLIPSEARCH_")]:
+        del os.environ[key]
+    config.real_data_dir = Path(platformdirs.user_data_dir("clipsearch", appauthor=False))
+    config.real_data_before = _files_under(config.real_data_dir)
+    os.environ["CLIPSEARCH_HOME"] = tempfile.mkdtemp(prefix="clipsearch-test-home-")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fails the run if anything was written into the user's real data dir."""
+    config = session.config
+    if not hasattr(config, "real_data_dir"):
+        return
+    shutil.rmtree(os.environ.get("CLIPSEARCH_HOME", ""), ignore_errors=True)
+    changed = sorted(set(_files_under(config.real_data_dir).items()) - set(config.real_data_before.items()))
+    if changed:
+        print(f"\nFAILED: the tests wrote into the real data dir {config.real_data_dir}: {[p for p, _ in changed][:5]}")
+        session.exitstatus = 1
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
     """Every test gets its own data dir; no CLIPSEARCH_* from the developer's shell leaks in."""
