@@ -204,6 +204,10 @@ class QueryCommand(click.Command):
         for i, arg in enumerate(args):
             if arg == "--":
                 kept += args[i:]
+                stray = [a for a in args[i + 1:] if a.split("=", 1)[0] in values]
+                if stray:  # POSIX: after `--` everything is text; say so, it is rarely meant
+                    click.echo(f"note: after --, {' '.join(stray)} is search text, not an option; "
+                               "put options before --", err=True)
                 break
             if expect:
                 expect -= 1

@@ -252,6 +252,8 @@ def test_options_after_a_dash_text_and_option_values_keep_their_meaning(cli, tmp
     assert set(cli("query", "red", "-n", "2", "-0").stdout_bytes.rstrip(b"\0").split(b"\0")) == \
         {bytes(p) for p in library["red"]}
     assert "No such option" in cli("query", "red", "--tpo", "2", expect=2).output
+    late = cli("query", "--", "red", "--top", "2")
+    assert "after --, --top is search text" in late.stderr and len(late.stdout.splitlines()) == 10
 
 
 def test_like_ranks_the_identical_photo_first_with_score_1(tiny_model, tmp_path):
