@@ -93,8 +93,7 @@ def score(db: Path, manifest, names: dict[str, str], template: str) -> dict:
     row_dirs = np.empty(packed.count, dtype=np.int32)
     dir_index: dict[bytes, int] = {}
     count = 0
-    for row_id, folder in store.db.execute(
-            "SELECT id, dir FROM images WHERE deleted = 0 AND vector IS NOT NULL ORDER BY id"):
+    for row_id, folder in store.live_vector_dirs():
         if count == packed.count:
             raise SystemExit(f"{db}: more vectors than its packed file holds; run clipsearch index on it first")
         row_ids[count], row_dirs[count] = row_id, dir_index.setdefault(folder, len(dir_index))

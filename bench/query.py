@@ -72,9 +72,7 @@ def build_cache(db: Path, count: int, manifest) -> None:
         q, scales = quantize_rows(unit)
         with store.atomic():
             seq = store.next_seq()
-            store.db.executemany(
-                "INSERT INTO images (filepath, dir, modified_at, size, fingerprint, vector, scale, seq, indexed_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            store.insert_rows(
                 ((f"/volume1/photo/{(start + i) // 1000:04d}/IMG_{start + i:07d}.jpg".encode(),
                   f"/volume1/photo/{(start + i) // 1000:04d}".encode(), 1_700_000_000_000_000_000 + start + i,
                   3_000_000 + start + i, os.urandom(32), q[i].tobytes(), float(scales[i]), seq, time.time())
@@ -150,8 +148,7 @@ def reindex_unchanged(files: int, model: Path, manifest) -> tuple[float, str]:
                     st = entry.stat()
                     rows.append((entry.path, os.fsencode(folder), st.st_mtime_ns, st.st_size, b"f", vector, 1.0, seq,
                                  time.time()))
-            store.db.executemany("INSERT INTO images (filepath, dir, modified_at, size, fingerprint, vector, scale, "
-                                 "seq, indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            store.insert_rows(rows)
     store.close()
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "clipsearch", "index", str(root), "--db", str(db), "--model",

@@ -179,14 +179,14 @@ class Indexer:
 
     def write(self):
         """The open write transaction, started on first use; committed by `maybe_commit`."""
-        if not self.store.db.in_transaction:
+        if not self.store.in_transaction:
             self.store.begin()
             self.seq = self.store.next_seq()
             self.last_commit = time.monotonic()
         return self.store
 
     def maybe_commit(self, force: bool = False) -> None:
-        if self.store.db.in_transaction and (force or time.monotonic() - self.last_commit >= self.options.commit_seconds):
+        if self.store.in_transaction and (force or time.monotonic() - self.last_commit >= self.options.commit_seconds):
             self.store.commit()
 
     # -- the run ---------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 model, index, refresh the packed vectors, record the run. Also the `status` report."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -73,7 +72,7 @@ def refresh_packed(store: Store, manifest: Manifest) -> None:
     from .vectors import packed_path, read_header, write_packed
 
     packed = read_header(packed_path(store.path))
-    if packed is None or packed.seq != int(store.meta("seq", "0")) or packed.model_id != store.meta("model_id"):
+    if packed is None or packed.seq != store.current_seq() or packed.model_id != store.meta("model_id"):
         write_packed(store, manifest.embedding_dim)
 
 
@@ -100,7 +99,7 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
             "model_name": store.meta("model_name"),
             "model_id": store.meta("model_id"),
             "preprocessing": store.meta("pipeline"),
-            "packed_vectors": "up to date" if packed and packed.seq == int(store.meta("seq", "0")) else "stale (refreshed on next query/index)",
+            "packed_vectors": "up to date" if packed and packed.seq == store.current_seq() else "stale (refreshed on next query/index)",
         }
         report["formats"] = formats_line()
         pending = _pending(store, [folder for folder in folders if folder not in missing])
@@ -145,9 +144,7 @@ def formats_line() -> str:
 def library_folders(store: Store) -> list[str]:
     """The folders indexed so far that still hold cached photos, outermost only: a library
     moved elsewhere, or a sub-folder also indexed on its own, is not listed twice."""
-    # Interrupted runs count: after a first run stopped halfway, its folder is the library.
-    roots = sorted({root for row in store.query("SELECT roots FROM runs WHERE status IN ('ok', 'interrupted')")
-                    for root in json.loads(row[0])})
+    roots = sorted(set(store.run_roots()))
     live = [root for root in roots if store.has_rows_under(os.fsencode(root))]
     return [root for root in live if not is_under(os.fsencode(root), [os.fsencode(other) for other in live
                                                                       if other != root])]

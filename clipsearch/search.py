@@ -94,7 +94,5 @@ def search(store, manifest, vector, top: int, within: bytes | None = None) -> li
     best = top_k(vector, store, manifest.embedding_dim, top, allowed)
     if not best:
         return []
-    ids = [row_id for row_id, _ in best]
-    placeholders = ",".join("?" * len(ids))
-    paths = dict(store.query(f"SELECT id, filepath FROM images WHERE id IN ({placeholders})", ids))
+    paths = store.paths_of([row_id for row_id, _ in best])
     return [(paths[row_id], score) for row_id, score in best if row_id in paths]

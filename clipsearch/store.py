@@ -1,6 +1,6 @@
-"""The SQLite vector cache: schema and its upgrades, transactions, and every query the
-indexer and search make. The database is the single source of truth; `vectors.py` keeps a
-derived packed copy for fast ranking.
+"""The SQLite vector cache: schema and its upgrades, transactions, and every SQL statement
+clipsearch (and its benchmarks) run. The database is the single source of truth;
+`vectors.py` keeps a derived packed copy for fast ranking, read through `live_vectors`.
 
 Paths are stored as raw bytes (`os.fsencode`): photo libraries contain names that are not
 valid UTF-8, and SQLite TEXT cannot hold them. Vectors are stored as int8 with one float
@@ -177,6 +177,23 @@ class Store:
             raise
         self.commit()
 
+    @property
+    def in_transaction(self) -> bool:
+        return self.db.in_transaction
+
+    @contextlib.contextmanager
+    def snapshot(self):
+        """One read transaction around the block: everything read in it is one state."""
+        try:
+            self.db.execute("BEGIN")
+        except sqlite3.DatabaseError as exc:
+            raise self.explain(exc) from None
+        try:
+            yield self
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("COMMIT")
+
     def query(self, sql: str, params=()) -> list:
         try:
             return self.db.execute(sql, params).fetchall()
@@ -210,6 +227,10 @@ class Store:
                 f"{self.path}: the cache was built with model {self.meta('model_name')} ({stored}), not with the loaded "
                 f"{model_name} ({model_id}); use --model with that folder, or a separate --db for this model "
                 f"(or delete the database to re-index everything with it)")
+
+    def current_seq(self) -> int:
+        """The change counter: every write stamps its rows with a new value."""
+        return int(self.meta("seq", "0"))
 
     def next_seq(self) -> int:
         """Bump the change counter; call inside a transaction and stamp changed rows with it."""
@@ -256,7 +277,40 @@ class Store:
     def live_count_under(self, folder: bytes) -> int:
         return self.query(f"SELECT COUNT(*) FROM images WHERE deleted = 0 AND {self.UNDER}", self.under_params(folder))[0][0]
 
+    # -- reads for ranking and reports -------------------------------------------------
+
+    def live_vectors(self, batch: int):
+        """(id, scale, vector) of every live vector, by id, in batches (call in `snapshot`)."""
+        cursor = self.db.execute("SELECT id, scale, vector FROM images WHERE deleted = 0 AND vector IS NOT NULL "
+                                 "ORDER BY id")
+        while rows := cursor.fetchmany(batch):
+            yield rows
+
+    def live_vector_dirs(self):
+        """(id, folder) of every live vector, by id, streamed (labels for bench/quality.py)."""
+        yield from self.db.execute("SELECT id, dir FROM images WHERE deleted = 0 AND vector IS NOT NULL ORDER BY id")
+
+    def changed_since(self, seq: int) -> list[tuple]:
+        """(id, deleted, vector, scale) of the rows written after change counter `seq`."""
+        return self.query("SELECT id, deleted, vector, scale FROM images WHERE seq > ?", (seq,))
+
+    def paths_of(self, row_ids: list[int]) -> dict[int, bytes]:
+        placeholders = ",".join("?" * len(row_ids))
+        return dict(self.query(f"SELECT id, filepath FROM images WHERE id IN ({placeholders})", row_ids))
+
+    def run_roots(self) -> list[str]:
+        """The folders of every finished or interrupted run (an interrupted first run's folder
+        is already the library)."""
+        return [root for (roots,) in self.query("SELECT roots FROM runs WHERE status IN ('ok', 'interrupted')")
+                for root in json.loads(roots)]
+
     # -- writes (call inside atomic()) ------------------------------------------------
+
+    def insert_rows(self, rows) -> None:
+        """Bulk rows (filepath, dir, modified_at, size, fingerprint, vector, scale, seq, indexed_at):
+        how the benchmarks fill a cache of a million synthetic photos."""
+        self.db.executemany("INSERT INTO images (filepath, dir, modified_at, size, fingerprint, vector, scale, seq, "
+                            "indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def put_vector(self, filepath: bytes, folder: bytes, size: int, mtime_ns: int, fingerprint: bytes,
                    vector: bytes, scale: float, seq: int) -> None:

@@ -65,17 +65,12 @@ class Packed:
 def write_packed(store, dim: int) -> Packed:
     """Rebuild the packed file from the database in one read snapshot, atomically."""
     path = packed_path(store.path)
-    store.db.execute("BEGIN")  # one snapshot: seq and rows agree
-    tmp = None
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
     try:
-        seq = int(store.meta("seq", "0"))
-        model_id = store.meta("model_id", "")
-        rows = store.db.execute("SELECT id, scale, vector FROM images WHERE deleted = 0 AND vector IS NOT NULL "
-                                "ORDER BY id")
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-        ids, scales, count = [], [], 0
-        with os.fdopen(fd, "w+b") as f, tempfile.TemporaryFile(dir=path.parent) as matrix_file:
-            while batch := rows.fetchmany(BLOCK_ROWS):
+        with store.snapshot(), os.fdopen(fd, "w+b") as f, tempfile.TemporaryFile(dir=path.parent) as matrix_file:
+            seq, model_id = store.current_seq(), store.meta("model_id", "")  # agree with the rows read below
+            ids, scales, count = [], [], 0
+            for batch in store.live_vectors(BLOCK_ROWS):
                 ids.extend(r[0] for r in batch)
                 scales.extend(r[1] for r in batch)
                 block = np.frombuffer(b"".join(r[2] for r in batch), dtype=np.int8).reshape(len(batch), dim)
@@ -94,11 +89,9 @@ def write_packed(store, dim: int) -> Packed:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if tmp is not None and os.path.exists(tmp):
+        if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    finally:
-        store.db.execute("COMMIT")
     return read_header(path)
 
 
@@ -134,12 +127,12 @@ def current_packed(store, dim: int, rebuild_fraction: float = 0.05) -> tuple[Pac
     if packed is None or packed.model_id != model_id or packed.dim != dim:
         packed = _try_rebuild(store, dim)
     since = packed.seq if packed is not None else -1
-    delta = store.query("SELECT id, deleted, vector, scale FROM images WHERE seq > ?", (since,))
+    delta = store.changed_since(since)
     if packed is not None and len(delta) > max(2000, rebuild_fraction * packed.count):
         rebuilt = _try_rebuild(store, dim)
         if rebuilt is not None:
             packed = rebuilt
-            delta = store.query("SELECT id, deleted, vector, scale FROM images WHERE seq > ?", (packed.seq,))
+            delta = store.changed_since(packed.seq)
     return packed, delta
 
 

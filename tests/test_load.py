@@ -38,11 +38,9 @@ def test_twenty_thousand_images_into_a_million_vector_cache(tmp_path, colour_mod
         q, scales = quantize_rows(unit / np.linalg.norm(unit, axis=1, keepdims=True))
         with store.atomic():
             seq = store.next_seq()
-            store.db.executemany(
-                "INSERT INTO images (filepath, dir, modified_at, size, vector, scale, seq, indexed_at) "
-                "VALUES (?, ?, 1, 1, ?, ?, ?, 0)",
-                ((f"/elsewhere/{(start + i) // 1000}/{start + i}.jpg".encode(), f"/elsewhere/{(start + i) // 1000}".encode(),
-                  q[i].tobytes(), float(scales[i]), seq) for i in range(100_000)))
+            store.insert_rows(
+                (f"/elsewhere/{(start + i) // 1000}/{start + i}.jpg".encode(), f"/elsewhere/{(start + i) // 1000}".encode(),
+                 1, 1, None, q[i].tobytes(), float(scales[i]), seq, 0) for i in range(100_000))
     store.close()
 
     started = time.perf_counter()
