@@ -60,14 +60,18 @@ def run() -> None:
     os._exit(code)
 
 
+# --db and --model fall back to config.py, the one reader of CLIPSEARCH_DB / CLIPSEARCH_MODEL.
 def db_option(f):
-    return click.option("--db", "db_path", type=click.Path(path_type=Path), envvar="CLIPSEARCH_DB",
-                        default=None, help="Cache database [env CLIPSEARCH_DB; default <CLIPSEARCH_HOME>/index.db].")(f)
+    return click.option("--db", "db_path", type=click.Path(path_type=Path), default=None,
+                        callback=lambda ctx, param, value: value or default_db_path(),
+                        help="Cache database [env CLIPSEARCH_DB; default <CLIPSEARCH_HOME>/index.db].")(f)
 
 
 def model_option(f):
-    return click.option("--model", "model_dir", type=click.Path(path_type=Path), envvar="CLIPSEARCH_MODEL",
-                        default=None, help="Model folder from `python -m export` [env CLIPSEARCH_MODEL].")(f)
+    return click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+                        callback=lambda ctx, param, value: value or default_model_dir(),
+                        help="Model folder [env CLIPSEARCH_MODEL; default <CLIPSEARCH_HOME>/models/openai-vit-b-32, "
+                             "else the only model folder there].")(f)
 
 
 def threads_option(f):
@@ -81,10 +85,10 @@ def main():
     """Semantic photo search on small CPUs. Index once, then query in well under a second."""
 
 
-def load_model(model_dir: Path | None):
+def load_model(model_dir: Path):
     from .manifest import load_manifest
 
-    return load_manifest(model_dir or default_model_dir())
+    return load_manifest(model_dir)
 
 
 def warn(path: bytes, message: str) -> None:
@@ -137,7 +141,7 @@ def index(paths, db_path, model_dir, workers, batch_size, threads, excludes, no_
         signal.signal(signal.SIGTERM, _interrupt)
         progress = None if quiet or not sys.stderr.isatty() else ProgressLine()
         try:
-            summary = index_paths(list(paths) or ["."], db_path or default_db_path(), load_model(model_dir), options,
+            summary = index_paths(list(paths) or ["."], db_path, load_model(model_dir), options,
                                   warn, progress, wait_seconds)
         except LockedError:
             if quiet:  # cron: a run still busy with a long first index is not news; exit 75 says it
@@ -258,7 +262,7 @@ def query(terms, top, within, weighted, negated, like, unlike, as_json, bare_pat
         from .store import Store
         from .walk import normalise_root
 
-        store = Store(db_path or default_db_path(), readonly=True)
+        store = Store(db_path, readonly=True)
         store.check_model(manifest.model_id, manifest.name, claim=False)
         folder = None
         if within is not None:
@@ -326,7 +330,7 @@ def status(db_path, model_dir, as_json):
     with handle_errors():
         from .library import status_report
 
-        report = status_report(db_path or default_db_path(), model_dir or default_model_dir())
+        report = status_report(db_path, model_dir)
         if as_json:
             click.echo(json.dumps(report, indent=2))
             return

@@ -270,3 +270,16 @@ def test_like_ranks_the_identical_photo_first_with_score_1(tiny_model, tmp_path)
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert rows[0] == {"path": str(photo), "score": 1.0}
     assert all(row["score"] <= 1.0 for row in rows) and rows[1]["score"] < 1.0
+
+
+def test_db_and_model_come_from_the_environment_and_options_override_it(colour_model, tmp_path, monkeypatch):
+    colour_library(tmp_path / "photos")
+    monkeypatch.setenv("CLIPSEARCH_DB", str(tmp_path / "env.db"))
+    monkeypatch.setenv("CLIPSEARCH_MODEL", str(colour_model))
+    runner = CliRunner()
+    assert runner.invoke(main, ["index", str(tmp_path / "photos"), "--workers", "1"]).exit_code == 0
+    assert (tmp_path / "env.db").exists()
+    assert len(runner.invoke(main, ["query", "red"]).stdout.splitlines()) == 10
+    assert json.loads(runner.invoke(main, ["status", "--json"]).stdout)["database"] == str(tmp_path / "env.db")
+    other = runner.invoke(main, ["query", "red", "--db", str(tmp_path / "none.db")])
+    assert other.exit_code == 4 and "none.db" in other.output
