@@ -31,6 +31,8 @@ def check_roots(paths: list[str]) -> list[bytes]:
 
 def index_paths(paths: list[str], db_path: Path, manifest: Manifest, options: IndexOptions,
                 warn, progress=None, wait_seconds: float = 0.0) -> Summary:
+    from .vectors import refresh_packed
+
     roots = check_roots(paths)
     with IndexLock(db_path, wait_seconds):
         store = Store(db_path)
@@ -49,7 +51,7 @@ def index_paths(paths: list[str], db_path: Path, manifest: Manifest, options: In
                 raise
             with store.atomic():
                 store.purge_deleted()
-            refresh_packed(store, manifest)
+            refresh_packed(store, manifest.embedding_dim)
             store.finish_run(run_id, "ok", summary.as_dict())
             return summary
         finally:
@@ -68,16 +70,8 @@ def record_pipeline(store: Store, use_draft: bool) -> None:
             store.set_meta("pipeline", version)
 
 
-def refresh_packed(store: Store, manifest: Manifest) -> None:
-    from .vectors import packed_path, read_header, write_packed
-
-    packed = read_header(packed_path(store.path))
-    if packed is None or packed.seq != store.current_seq() or packed.model_id != store.meta("model_id"):
-        write_packed(store, manifest.embedding_dim)
-
-
 def status_report(db_path: Path, model_dir: Path) -> dict:
-    from .vectors import packed_path, read_header
+    from .vectors import packed_status
 
     store = Store(db_path, readonly=True)
     try:
@@ -85,7 +79,6 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
         last = store.last_run()
         folders = library_folders(store)
         missing = [folder for folder in folders if not mounted(folder)]
-        packed = read_header(packed_path(db_path))
         report = {
             "database": str(db_path),
             "database_mb": round(sum(p.stat().st_size for p in db_path.parent.glob(db_path.name + "*")
@@ -99,7 +92,7 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
             "model_name": store.meta("model_name"),
             "model_id": store.meta("model_id"),
             "preprocessing": store.meta("pipeline"),
-            "packed_vectors": "up to date" if packed and packed.seq == store.current_seq() else "stale (refreshed on next query/index)",
+            "packed_vectors": packed_status(store),
         }
         report["formats"] = formats_line()
         pending = _pending(store, [folder for folder in folders if folder not in missing])

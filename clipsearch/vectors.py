@@ -119,12 +119,39 @@ def read_header(path: Path) -> Packed | None:
         return None
 
 
+# -- freshness: the one place that decides whether the packed file can be used ---------------
+
+def usable(packed: Packed | None, store, dim: int | None = None) -> bool:
+    """Whole and made from this database's model (and `dim`): rows changed since can be
+    overlaid from the database."""
+    return (packed is not None and packed.model_id == store.meta("model_id", "")
+            and (dim is None or packed.dim == dim))
+
+
+def up_to_date(packed: Packed | None, store, dim: int | None = None) -> bool:
+    """Usable, and no row changed since it was written."""
+    return usable(packed, store, dim) and packed.seq == store.current_seq()
+
+
+def refresh_packed(store, dim: int) -> None:
+    """After an index run: rewrite the packed file unless it is up to date."""
+    if not up_to_date(read_header(packed_path(store.path)), store, dim):
+        write_packed(store, dim)
+
+
+def packed_status(store) -> str:
+    """What `status` says about the packed file."""
+    packed = read_header(packed_path(store.path))
+    if up_to_date(packed, store):
+        return "up to date"
+    return "stale (refreshed on next query/index)" if packed is not None else "missing (written on next query/index)"
+
+
 def current_packed(store, dim: int, rebuild_fraction: float = 0.05) -> tuple[Packed | None, list]:
     """The packed file plus the rows changed since it was written (id, deleted, vector, scale).
     Rebuilds it when missing, foreign or when the overlay would be large, if the folder is writable."""
     packed = read_header(packed_path(store.path))
-    model_id = store.meta("model_id", "")
-    if packed is None or packed.model_id != model_id or packed.dim != dim:
+    if not usable(packed, store, dim):
         packed = _try_rebuild(store, dim)
     since = packed.seq if packed is not None else -1
     delta = store.changed_since(since)
