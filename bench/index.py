@@ -78,7 +78,7 @@ def worker_startup(manifest, repeats: int = 3) -> float:
     """Seconds for a fresh process to become a ready worker (interpreter, imports, model
     session): what the pool pays once per run before the first image."""
     code = ("import os, sys\nfrom clipsearch import embedjob\n"
-            "embedjob.init_worker(sys.argv[1], 1, True, os.getppid())\nembedjob._encoder.session\n")
+            "embedjob.init_worker(sys.argv[1], 1, True, os.getppid())\nembedjob._process_worker.encoder.session\n")
     runs = []
     for _ in range(repeats):
         start = time.perf_counter()

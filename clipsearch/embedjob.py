@@ -1,8 +1,9 @@
 """What one indexing worker does with a chunk of files: read each file once, fingerprint
-it, decode and preprocess it, then embed the whole chunk in one vision-graph batch.
+it, decode and preprocess it, then embed each photo (`EmbedWorker`).
 
-Runs in worker processes (decoding holds the GIL for much of its time), or in-process with
-one worker. Results are plain bytes and tuples, cheap to pickle back to the main process."""
+Runs in worker processes (decoding holds the GIL for much of its time), each holding one
+`EmbedWorker` made by `init_worker`, or in the main process with one worker, which holds its
+own. Results are plain bytes and tuples, cheap to pickle back to the main process."""
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,7 @@ FINGERPRINT_BLOCK = 64 * 1024
 # bytes); larger ones are decoded from disk so a worker never holds a huge file whole.
 WHOLE_READ_LIMIT = 64 * 1024 * 1024
 
-_encoder = None  # the worker process's ImageEncoder, made once by init_worker
+_process_worker = None  # this worker process's EmbedWorker, made once by init_worker
 
 
 @dataclass
@@ -62,7 +63,7 @@ def fingerprint_open(f, size: int) -> bytes:
 
 
 def init_worker(model_folder: str, threads: int, use_draft: bool, parent: int) -> None:
-    global _encoder
+    global _process_worker
     # `parent` comes from the main process, not from os.getppid() here: a worker still booting
     # when the main process was killed is already an orphan, and would watch the wrong parent.
     _exit_with_parent(parent)
@@ -73,7 +74,7 @@ def init_worker(model_folder: str, threads: int, use_draft: bool, parent: int) -
     prepare_decoders(threads)  # before any file is opened: one decoding thread per worker
     # The main process verified the files already; re-hashing per worker would waste seconds.
     manifest = load_manifest(model_folder)
-    _encoder = ImageEncoder(manifest, threads=threads, background=True, use_draft=use_draft, verify=False)
+    _process_worker = EmbedWorker(ImageEncoder(manifest, threads=threads, background=True, verify=False), use_draft)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -90,39 +91,46 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def set_encoder(encoder) -> None:
-    global _encoder
-    _encoder = encoder
-
-
 def embed_chunk(files: list[tuple[bytes, int, int]]) -> list[Result]:
-    from .vectors import quantize_rows
-
-    results, pixels = [], []
-    for path, size, mtime_ns in files:
-        result = Result(path, size, mtime_ns)
-        results.append(result)
-        try:
-            with open(path, "rb") as f:
-                image = _read_and_decode(f, result)
-        except FileNotFoundError:
-            result.vanished = True
-            continue
-        except OSError as exc:
-            result.error = f"cannot read ({exc.strerror})"
-            continue
-        if image is not None:
-            pixels.append(image)
-    good = [r for r in results if r.error is None and not r.vanished]
-    if good:
-        unit = _encoder.encode_pixels(np.stack(pixels))
-        q, scales = quantize_rows(unit)
-        for result, row, scale in zip(good, q, scales):
-            result.vector, result.scale = row.tobytes(), float(scale)
-    return results
+    """The task a worker process runs: its EmbedWorker embeds the chunk."""
+    return _process_worker.embed(files)
 
 
-def _read_and_decode(f, result: Result) -> np.ndarray | None:
+class EmbedWorker:
+    """Holds what embedding photos needs, the vision encoder, the image spec and the draft
+    choice, and turns a chunk of (path, size, mtime) into Results."""
+
+    def __init__(self, encoder, use_draft: bool = True):
+        self.encoder, self.spec, self.use_draft = encoder, encoder.manifest.image, use_draft
+
+    def embed(self, files: list[tuple[bytes, int, int]]) -> list[Result]:
+        from .vectors import quantize_rows
+
+        results, pixels = [], []
+        for path, size, mtime_ns in files:
+            result = Result(path, size, mtime_ns)
+            results.append(result)
+            try:
+                with open(path, "rb") as f:
+                    image = _read_and_decode(f, result, self.spec, self.use_draft)
+            except FileNotFoundError:
+                result.vanished = True
+                continue
+            except OSError as exc:
+                result.error = f"cannot read ({exc.strerror})"
+                continue
+            if image is not None:
+                pixels.append(image)
+        good = [r for r in results if r.error is None and not r.vanished]
+        if good:
+            unit = self.encoder.encode_pixels(np.stack(pixels))
+            q, scales = quantize_rows(unit)
+            for result, row, scale in zip(good, q, scales):
+                result.vector, result.scale = row.tobytes(), float(scale)
+        return results
+
+
+def _read_and_decode(f, result: Result, spec: dict, use_draft: bool) -> np.ndarray | None:
     """Fingerprint and preprocess one open file, recording what was actually read (a file
     rewritten since the walk gets its new size and mtime). Sets `result.error` on failure."""
     from PIL import Image
@@ -143,9 +151,8 @@ def _read_and_decode(f, result: Result) -> np.ndarray | None:
     if not result.size:
         result.error = "empty file (0 bytes)"
         return None
-    spec = _encoder.manifest.image
     try:
-        return load_pixels(source, spec, _encoder.use_draft)
+        return load_pixels(source, spec, use_draft)
     except ImageDecodeError as exc:
         result.error = str(exc)
     except (MemoryError, Image.DecompressionBombError, ValueError, OSError) as exc:

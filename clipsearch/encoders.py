@@ -95,15 +95,15 @@ class TextEncoder:
 
 
 class ImageEncoder:
-    """Preprocessing + vision graph."""
+    """The vision graph: preprocessed pixels in, unit vectors out (decoding and preprocessing
+    are `preprocess.py`'s, the indexing worker's is `embedjob.EmbedWorker`)."""
 
     def __init__(self, manifest: Manifest, threads: int | None = None, background: bool = False,
-                 use_draft: bool = True, verify: bool = True):
+                 verify: bool = True):
         self.manifest = manifest
         self.verify = verify
         self.threads = threads
         self.background = background
-        self.use_draft = use_draft
         self._session = None
 
     @property
@@ -124,12 +124,6 @@ class ImageEncoder:
         session, names, source = self.session, [graph["output"]], graph["input"]
         return l2_normalise(np.concatenate([session.run(names, {source: batch[i : i + 1]})[0]
                                             for i in range(len(batch))]))
-
-    def encode_files(self, paths) -> np.ndarray:
-        from .preprocess import load_pixels
-
-        pixels = np.stack([load_pixels(p, self.manifest.image, self.use_draft) for p in paths])
-        return self.encode_pixels(pixels)
 
 
 def check_reference(manifest: Manifest, tower: str, threads: int | None = None, tolerance: float = 1e-3) -> float:

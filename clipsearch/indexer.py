@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .config import available_cores
-from .embedjob import Result, embed_chunk, fingerprint_file, init_worker, set_encoder
+from .embedjob import EmbedWorker, Result, embed_chunk, fingerprint_file, init_worker
 from .errors import ClipsearchError, EmptyFolderError
 from .manifest import Manifest
 from .walk import DEFAULT_EXCLUDES, Walker, is_under, parent_of
@@ -97,6 +97,7 @@ class Embedder:
     def __init__(self, manifest: Manifest, options: IndexOptions):
         self.manifest, self.options = manifest, options
         self.pool = None
+        self.local: EmbedWorker | None = None  # with one worker: embeds in this process
         self.started = False
         self.inflight: deque = deque()
         self.max_inflight = max(2, 2 * options.workers)
@@ -107,7 +108,7 @@ class Embedder:
         if options.workers <= 1:
             from .encoders import ImageEncoder
 
-            set_encoder(ImageEncoder(manifest, threads=options.threads, background=True, use_draft=options.use_draft))
+            self.local = EmbedWorker(ImageEncoder(manifest, threads=options.threads, background=True), options.use_draft)
         else:
             import multiprocessing
             import sys
@@ -128,7 +129,7 @@ class Embedder:
         if not self.started:
             self.start()
         if self.pool is None:
-            return embed_chunk(chunk)
+            return self.local.embed(chunk)
         from concurrent.futures.process import BrokenProcessPool
 
         try:

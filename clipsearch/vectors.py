@@ -202,15 +202,9 @@ class IntegerScorer:
     candidates; each block's best CANDIDATES rows are re-scored in float32."""
 
     def __init__(self):
-        import onnxruntime as ort
+        from .encoders import open_session
 
-        from .config import available_cores
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = available_cores()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(Path(__file__).with_name("rank.onnx")), sess_options=options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = open_session(Path(__file__).with_name("rank.onnx"), threads=None)
         self.zero = np.array(64, dtype=np.uint8)
 
     def prepare(self, query: np.ndarray) -> tuple[np.ndarray, float]:

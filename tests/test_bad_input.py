@@ -11,7 +11,7 @@ import sys
 import pytest
 from PIL import Image
 
-from clipsearch.embedjob import embed_chunk, set_encoder
+from clipsearch.embedjob import EmbedWorker
 from clipsearch.encoders import ImageEncoder
 from clipsearch.manifest import load_manifest
 from conftest import REPO, run_cli, run_cli_measured, write_photo
@@ -113,7 +113,7 @@ def test_a_folder_that_turns_unreadable_keeps_its_cached_photos(tmp_path, colour
 def test_file_deleted_or_rewritten_during_the_run(tmp_path, colour_model):
     """The worker reads each file once: a vanished file is reported, a rewritten one is stored
     with the size and mtime of the bytes actually embedded (so the next run sees no change)."""
-    set_encoder(ImageEncoder(load_manifest(colour_model)))
+    worker = EmbedWorker(ImageEncoder(load_manifest(colour_model)))
     gone = write_photo(tmp_path / "gone.jpg", (1, 2, 3))
     stat_gone = gone.stat()
     gone.unlink()
@@ -121,7 +121,7 @@ def test_file_deleted_or_rewritten_during_the_run(tmp_path, colour_model):
     old = rewritten.stat()
     write_photo(rewritten, (0, 0, 200), size=(500, 300))
     os.utime(rewritten, ns=(old.st_atime_ns, old.st_mtime_ns + 5_000_000_000))
-    results = embed_chunk([(bytes(gone), stat_gone.st_size, stat_gone.st_mtime_ns),
+    results = worker.embed([(bytes(gone), stat_gone.st_size, stat_gone.st_mtime_ns),
                            (bytes(rewritten), old.st_size, old.st_mtime_ns)])
     assert results[0].vanished and results[0].vector is None
     new = rewritten.stat()

@@ -87,8 +87,8 @@ def test_source_folder_export_matches_pytorch(tmp_path):
     unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
     fp32 = load_manifest(tmp_path / "model-fp32")
     assert np.abs(TextEncoder(fp32).encode(texts) - unit(ref_text)).max() < 1e-4
-    assert np.abs(ImageEncoder(fp32).encode_files(photos) - unit(ref_image)).max() < 1e-4
-    int8_text, int8_image = TextEncoder(manifest).encode(texts), pixels.encode_files(photos)
+    assert np.abs(ImageEncoder(fp32).encode_pixels(px) - unit(ref_image)).max() < 1e-4
+    int8_text, int8_image = TextEncoder(manifest).encode(texts), pixels.encode_pixels(px)
     assert np.min(np.sum(int8_text * unit(ref_text), axis=1)) > 0.99
     assert np.min(np.sum(int8_image * unit(ref_image), axis=1)) > 0.99
 
