@@ -250,49 +250,18 @@ def query(terms, top, within, weighted, negated, like, unlike, as_json, bare_pat
     clipsearch query "a beach" -w 2 sunset --not people
     """
     with handle_errors():
-        from .search import parse_terms
-        from .tokens import TokenPrefetch
+        from .search import run_query
 
-        parsed = parse_terms(list(terms), list(like), list(unlike), list(negated), list(weighted))
-        manifest = load_model(model_dir)
-        texts = [term.value for term in parsed if term.kind == "text"]
-        prefetch = TokenPrefetch(manifest, texts) if texts else None
-
-        from .search import query_vector, search
-        from .store import Store
-        from .walk import normalise_root
-
-        store = Store(db_path, readonly=True)
-        store.check_model(manifest.model_id, manifest.name, claim=False)
-        folder = None
-        if within is not None:
-            if not os.path.isdir(within):
-                raise CommandError(f"{within}: --in needs an existing folder", 2)
-            folder = normalise_root(within)
-        vector = query_vector(parsed, manifest, threads, prefetch, store.meta("pipeline"))
-        results = search(store, manifest, vector, top, folder)
-        if not results:
-            click.echo(f"clipsearch: {no_results_reason(within, store.path)}", err=True)
-        elif manifest.untrained:
-            click.echo(f"note: {manifest.untrained}", err=True)
+        answer = run_query(terms, db_path, model_dir, top, weighted=weighted, negated=negated, like=like,
+                           unlike=unlike, within=within, threads=threads)
+        for note in answer.notes:
+            click.echo(note, err=True)
         try:
-            write_results(results, as_json, bare_paths, null_sep)
+            write_results(answer.results, as_json, bare_paths, null_sep)
         except BrokenPipeError:  # the reader (e.g. `head`) has all it wanted
             sys.stdout = open(os.devnull, "w")
         global _fast_exit
         _fast_exit = True
-
-
-def no_results_reason(within: str | None, db_path) -> str:
-    if within is not None:
-        from .walk import DEFAULT_EXCLUDES, Walker
-
-        skipped = [part for part in Path(os.path.abspath(within)).parts if Walker(DEFAULT_EXCLUDES).excluded(os.fsencode(part))]
-        if skipped:
-            return (f"no indexed images under {within}: {skipped[0]} folders are never indexed "
-                    f"(see `clipsearch index --list-excludes`); search its parent folder instead")
-        return f"no indexed images under {within} in {db_path}; run `clipsearch index {within}` first"
-    return f"no indexed images in {db_path}; run `clipsearch index PATH` first"
 
 
 def json_path(path: bytes) -> dict:

@@ -9,7 +9,7 @@ are opened.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import UsageError
 
@@ -96,3 +96,57 @@ def search(store, manifest, vector, top: int, within: bytes | None = None) -> li
         return []
     paths = store.paths_of([row_id for row_id, _ in best])
     return [(paths[row_id], score) for row_id, score in best if row_id in paths]
+
+
+@dataclass
+class Answer:
+    results: list[tuple[bytes, float]]
+    notes: list[str] = field(default_factory=list)  # for stderr: why nothing was found, an untrained model
+
+
+def run_query(texts: list[str], db_path, model_dir, top: int = 10, *, weighted=(), negated=(), like=(), unlike=(),
+              within: str | None = None, threads: int | None = None) -> Answer:
+    """A whole query, as `clipsearch query` (and a server) runs it: terms, model, cache, scope,
+    vector, ranking. The tokenizer is forked off first, before numpy and onnxruntime load
+    (`tokens.py`): keep heavy imports below that line."""
+    from .manifest import load_manifest
+    from .tokens import TokenPrefetch
+
+    terms = parse_terms(list(texts), list(like), list(unlike), list(negated), list(weighted))
+    manifest = load_manifest(model_dir)
+    prefetch_texts = [term.value for term in terms if term.kind == "text"]
+    prefetch = TokenPrefetch(manifest, prefetch_texts) if prefetch_texts else None
+
+    from .store import Store
+    from .walk import normalise_root
+
+    store = Store(db_path, readonly=True)
+    try:
+        store.check_model(manifest.model_id, manifest.name, claim=False)
+        folder = None
+        if within is not None:
+            if not os.path.isdir(within):
+                raise UsageError(f"{within}: --in needs an existing folder")
+            folder = normalise_root(within)
+        vector = query_vector(terms, manifest, threads, prefetch, store.meta("pipeline"))
+        results = search(store, manifest, vector, top, folder)
+    finally:
+        store.close()
+    if not results:
+        return Answer(results, [no_results_reason(within, store.path)])
+    return Answer(results, [f"note: {manifest.untrained}"] if manifest.untrained else [])
+
+
+def no_results_reason(within: str | None, db_path) -> str:
+    if within is not None:
+        from pathlib import Path
+
+        from .walk import DEFAULT_EXCLUDES, Walker
+
+        skipped = [part for part in Path(os.path.abspath(within)).parts
+                   if Walker(DEFAULT_EXCLUDES).excluded(os.fsencode(part))]
+        if skipped:
+            return (f"clipsearch: no indexed images under {within}: {skipped[0]} folders are never indexed "
+                    f"(see `clipsearch index --list-excludes`); search its parent folder instead")
+        return f"clipsearch: no indexed images under {within} in {db_path}; run `clipsearch index {within}` first"
+    return f"clipsearch: no indexed images in {db_path}; run `clipsearch index PATH` first"
