@@ -11,6 +11,7 @@ import os
 from clipsearch.config import models_dir
 
 from .catalogue import catalogue_entry
+from .errors import ExportError
 
 NO_TORCH = ("export: needs PyTorch, transformers and onnx ({missing}); install them with "
             "`pip install torch==2.13.0 && pip install -e '.[export]'` in this project, or export on another "
@@ -76,7 +77,11 @@ def main(argv=None) -> int:
         print(NO_TORCH.format(missing=", ".join(missing) + " not installed"), file=sys.stderr)
         return 2
     quiet_libraries()
-    name, entry = catalogue_entry(args.model)
+    try:
+        name, entry = catalogue_entry(args.model)
+    except ExportError as exc:
+        print(f"export: {exc}", file=sys.stderr)
+        return 2
     revision = args.revision or entry.get("revision")
     random_seed = None
     if args.random_weights:
@@ -97,7 +102,7 @@ def main(argv=None) -> int:
             # Use the local cache if it has the checkpoint, without transformers' retries.
             os.environ["HF_HUB_OFFLINE"] = "1"
     out = args.out or models_dir() / name
-    from .build import ExportError, print_summary, run_export
+    from .build import print_summary, run_export
 
     try:
         fid = run_export(name=name, source=source, source_info=source_info, out=out, preprocess=entry["preprocess"],

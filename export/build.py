@@ -14,14 +14,13 @@ from pathlib import Path
 from clipsearch.manifest import FORMAT_VERSION, Manifest, describe_files
 
 from . import fidelity
+from .errors import ExportError
 from .folder import finish_folder
 from .checkpoint import (CONTEXT_LENGTH, PreprocessError, load_model, load_preprocess, load_tokenizer,
                          save_random_checkpoint)
 from .graphs import (OPSET, TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT, export_towers, file_mb,
                      quantize)
 
-class ExportError(Exception):
-    pass
 
 
 def _compact_tokenizer_json(path: Path) -> None:

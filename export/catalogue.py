@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .errors import ExportError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CATALOGUE_PATH = REPO_ROOT / "models" / "catalogue.json"
 VOCAB_PATH = REPO_ROOT / "models" / "vocab" / "bpe_simple_vocab_16e6.txt.gz"
@@ -21,4 +23,4 @@ def catalogue_entry(name: str | None) -> tuple[str, dict]:
         return name, catalogue["models"][name]
     except KeyError:
         known = ", ".join(sorted(catalogue["models"]))
-        raise SystemExit(f"export: unknown model {name!r}; known models: {known}") from None
+        raise ExportError(f"unknown model {name!r}; known models: {known}") from None

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from conftest import write_photo
+from helpers import write_photo
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -14,7 +14,7 @@ from PIL import Image
 from clipsearch.embedjob import EmbedWorker
 from clipsearch.encoders import ImageEncoder
 from clipsearch.manifest import load_manifest
-from conftest import REPO, run_cli, run_cli_measured, write_photo
+from helpers import REPO, run_cli, run_cli_measured, write_photo
 import corpus
 
 

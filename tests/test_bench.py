@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import DATA, REPO
+from helpers import DATA, REPO
 
 BLOCK_TORCH = "import runpy, sys\nsys.modules['torch'] = None\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n"
 

@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 
 from clipsearch.encoders import ImageEncoder, TextEncoder  # noqa: E402
 from clipsearch.manifest import load_manifest  # noqa: E402
-from conftest import DATA, REPO, write_photo  # noqa: E402
+from helpers import DATA, REPO, write_photo  # noqa: E402
 
 pytestmark = pytest.mark.export
 
@@ -166,3 +166,10 @@ def test_source_export_refuses_preprocessing_the_runtime_cannot_reproduce(tmp_pa
     result = run_export("--source", str(checkpoint), "--out", str(out))
     assert result.returncode == 1 and words in result.stderr and "nothing was written" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_an_unknown_catalogue_name_is_one_line():
+    result = run_export("--model", "no-such-model")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("export: unknown model 'no-such-model'; known models: datacomp-vit-b-32, "
+                                     "laion2b-vit-b-32, openai-vit-b-32")

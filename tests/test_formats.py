@@ -12,7 +12,7 @@ from PIL import Image
 from clipsearch import formats
 from clipsearch.cli import main
 from clipsearch.preprocess import open_image
-from conftest import COLOURS, run_cli, write_photo
+from helpers import COLOURS, run_cli, write_photo
 
 needs_heif = pytest.mark.skipif(not formats.heif_available(), reason="pillow-heif (the heic extra) not installed")
 

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from clipsearch.cli import main
-from conftest import COLOURS, colour_library, write_photo
+from helpers import COLOURS, colour_library, write_photo
 
 
 def ranked_paths(result) -> list[str]:

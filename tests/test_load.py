@@ -15,7 +15,7 @@ from PIL import Image
 from clipsearch.manifest import load_manifest
 from clipsearch.store import Store
 from clipsearch.vectors import quantize_rows
-from conftest import REPO, run_cli_measured
+from helpers import REPO, run_cli_measured
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from clipsearch.errors import ModelError
 from clipsearch.manifest import load_manifest
 from clipsearch.search import Term, query_vector
 from clipsearch.vectors import quantize_rows
-from conftest import COLOURS, REPO, colour_library, run_cli, write_photo
+from helpers import COLOURS, REPO, colour_library, run_cli, write_photo
 
 
 def test_tiny_model_loads_and_reproduces_its_reference(tiny_model):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COLOURS, write_photo
+from helpers import COLOURS, write_photo
 
 
 def summary_of(result) -> str:

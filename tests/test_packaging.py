@@ -6,7 +6,7 @@ import subprocess
 import sys
 import zipfile
 
-from conftest import REPO
+from helpers import REPO
 
 
 def test_the_wheel_holds_the_runtime_and_no_top_level_export_package(tmp_path):

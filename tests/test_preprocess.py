@@ -13,7 +13,7 @@ from PIL import Image
 
 from clipsearch.manifest import load_manifest
 from clipsearch.preprocess import ImageDecodeError, load_pixels, open_image, to_pixels
-from conftest import DATA, write_photo
+from helpers import DATA, write_photo
 
 SPEC = load_manifest(DATA / "tiny-model").image | {"size": 224}
 

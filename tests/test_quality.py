@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import COLOURS, REPO, write_photo
+from helpers import COLOURS, REPO, write_photo
 
 
 def run_quality(*args):

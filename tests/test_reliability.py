@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli, write_photo
+from helpers import REPO, run_cli, write_photo
 
 PHOTOS = 600
 

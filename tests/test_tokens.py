@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from clipsearch.tokens import clean_text, encode_texts, load_tokenizer
-from conftest import DATA, REPO
+from helpers import DATA, REPO
 
 REFERENCE = json.loads((DATA / "tokenizer-reference.json").read_text())
 END = 49407
