@@ -54,6 +54,9 @@ def pipeline_version(use_draft: bool) -> str:
 def draft_pipeline(version: str | None) -> bool:
     return version != EXACT_PIPELINE
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit (~89.5 MP)
+# Largest resized picture made before the centre crop (6 MB of RGB): panoramas up to 40:1 take
+# the exact resize-then-crop path; thinner strips resample the crop only.
+WHOLE_RESIZE_LIMIT = 2_000_000
 
 
 class ImageDecodeError(Exception):
@@ -165,13 +168,23 @@ def to_pixels(img: Image.Image, spec: dict, full_size: tuple[int, int] | None = 
     short, long = (width, height) if width <= height else (height, width)
     new_long = int(resize * long / short)
     new_size = (resize, new_long) if width <= height else (new_long, resize)
-    if box is not None and tuple(box) != (0, 0, *img.size):
-        img = img.resize(new_size, resample=Image.BICUBIC, box=box)
-    elif img.size != new_size:
-        img = img.resize(new_size, resample=Image.BICUBIC)
     left = int(round((new_size[0] - size) / 2.0))
     top = int(round((new_size[1] - size) / 2.0))
-    img = img.crop((left, top, left + size, top + size))
+    if new_size[0] * new_size[1] > WHOLE_RESIZE_LIMIT:
+        # A thin strip (1 x 100000 px passes the pixel limit) resized whole asked for 224 x
+        # 22.4M pixels: a worker grew to 9 GB. Resample only the crop: the same sampling grid,
+        # work and memory bounded by the output; pixels may differ from the whole resize by a
+        # level or two (the box's float position), so ordinary photos keep the exact path.
+        x0, y0, x1, y1 = box if box is not None else (0, 0, *img.size)
+        per_x, per_y = (x1 - x0) / new_size[0], (y1 - y0) / new_size[1]  # source pixels per resized pixel
+        crop = (x0 + left * per_x, y0 + top * per_y, x0 + (left + size) * per_x, y0 + (top + size) * per_y)
+        img = img.resize((size, size), resample=Image.BICUBIC, box=crop)
+    else:
+        if box is not None and tuple(box) != (0, 0, *img.size):
+            img = img.resize(new_size, resample=Image.BICUBIC, box=box)
+        elif img.size != new_size:
+            img = img.resize(new_size, resample=Image.BICUBIC)
+        img = img.crop((left, top, left + size, top + size))
     arr = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
     arr = (arr - np.asarray(spec["mean"], dtype=np.float32)) / np.asarray(spec["std"], dtype=np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))

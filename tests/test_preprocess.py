@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import io
+import os
 import random
 import struct
+import subprocess
+import sys
 import time
 import zlib
 
@@ -13,7 +16,7 @@ from PIL import Image
 
 from clipsearch.manifest import load_manifest
 from clipsearch.preprocess import ImageDecodeError, load_pixels, open_image, to_pixels
-from helpers import DATA, write_photo
+from helpers import DATA, REPO, write_photo
 
 SPEC = load_manifest(DATA / "tiny-model").image | {"size": 224}
 
@@ -174,3 +177,39 @@ def test_small_sources_keep_twice_the_input_size(tmp_path):
     assert open_image(path, 224, use_draft=True).size == (667, 500)
     fast, exact = load_pixels(path, SPEC, use_draft=True), load_pixels(path, SPEC, use_draft=False)
     assert np.abs(fast - exact).mean() < 0.001
+
+
+THIN_STRIP = """
+import resource, sys
+import numpy as np
+from PIL import Image
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # 2 GB of address space
+from clipsearch.preprocess import load_pixels
+spec = {"size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+for path in sys.argv[1:]:
+    assert load_pixels(path, spec).shape == (3, 224, 224)
+print("ok")
+"""
+
+
+def test_thin_strips_cost_memory_bounded_by_the_output(tmp_path):
+    """1 x 60000 and 60000 x 1 pass the pixel limit; resized whole they asked for 224 x 13.4M
+    pixels (9 GB): under a 2 GB address-space limit they must still preprocess."""
+    strips = []
+    for size in ((1, 60000), (60000, 1), (3, 45000)):
+        path = tmp_path / f"strip{size[0]}x{size[1]}.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+        strips.append(str(path))
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", THIN_STRIP, *strips], capture_output=True, text=True, cwd=REPO,
+                            env=env, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_a_wide_panorama_keeps_the_exact_resize(tmp_path):
+    """Up to 40:1 the whole picture is resized and then cropped, as CLIP's pipeline does."""
+    path = write_photo(tmp_path / "pano.png", (90, 140, 200), size=(8000, 250), grain=30)
+    img = Image.open(path).convert("RGB")
+    resized = img.resize((7168, 224), resample=Image.BICUBIC).crop((3472, 0, 3696, 224))
+    expected = (np.asarray(resized, dtype=np.float32) / 255.0 - np.float32(SPEC["mean"])) / np.float32(SPEC["std"])
+    assert np.abs(load_pixels(path, SPEC) - expected.transpose(2, 0, 1)).max() < 1e-5  # same pixels, float rounding
