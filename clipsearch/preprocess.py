@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps
 
-from .formats import prepare_decoders
+from .formats import photo_formats, prepare_decoders
 
 # Shortest side kept by draft decoding, as a multiple of the model input size: 1x lets
 # libjpeg scale down until the short side is just above the input size, and bicubic does the
@@ -92,7 +92,7 @@ def decode_image(path, image_size: int, use_draft: bool = True) -> Decoded:
 
 def _open_image(path, image_size: int, use_draft: bool) -> Decoded:
     try:
-        img = Image.open(path)
+        img = Image.open(path, formats=photo_formats())
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"refused: too many pixels ({exc})") from None
     except Image.UnidentifiedImageError:

@@ -164,3 +164,13 @@ def test_huge_files_are_not_read_into_memory_whole(tmp_path, colour_model):
     (root / "scan.bmp").rename(root / "renamed-scan.bmp")
     again = run_cli("index", str(root), "--db", str(db), "--model", str(colour_model), "--workers", "1")
     assert b"1 moved" in again.stderr and b"0 new" in again.stderr, again.stderr
+
+
+def test_postscript_named_jpg_is_never_handed_to_ghostscript(tmp_path):
+    """Pillow's EPS plugin would run Ghostscript (`{} loop` hangs it); only photo formats are tried."""
+    from clipsearch.preprocess import ImageDecodeError, open_image
+
+    eps = tmp_path / "poster.jpg"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n{} loop\nshowpage\n")
+    with pytest.raises(ImageDecodeError, match="not a recognised image format"):
+        open_image(eps, 224)
