@@ -221,6 +221,7 @@ def top_k(query: np.ndarray, store, dim: int, k: int, allowed_ids: np.ndarray | 
     """Best k (id, score) by cosine, optionally among `allowed_ids` (sorted int64). Scores
     are exact float32 cosines of the stored int8 rows and `query` (`cosines`)."""
     query = np.asarray(query, dtype=np.float32)
+    query_int8 = quantize_rows(query[None])[0][0]
     packed, delta = current_packed(store, dim)
     changed = np.array(sorted(row[0] for row in delta), dtype=np.int64)
     best_ids, best_scores = [], []
@@ -240,12 +241,13 @@ def top_k(query: np.ndarray, store, dim: int, k: int, allowed_ids: np.ndarray | 
             approx[~keep[start : start + rows]] = -np.inf
             picked = np.argpartition(-approx, shortlist - 1)[:shortlist] if rows > shortlist else np.arange(rows)
             picked = picked[np.isfinite(approx[picked])]
-            _collect(cosines(query, block[:, picked].T), packed.ids[start + picked], k, best_ids, best_scores)
+            _collect(cosines(query, block[:, picked].T, query_int8), packed.ids[start + picked], k, best_ids, best_scores)
     live = [row for row in delta if not row[1] and row[2] is not None
             and (allowed_ids is None or _member(np.array([row[0]]), allowed_ids)[0])]
     if live:
         matrix = np.frombuffer(b"".join(row[2] for row in live), dtype=np.int8).reshape(len(live), dim)
-        _collect(cosines(query, matrix), np.array([row[0] for row in live], dtype=np.int64), k, best_ids, best_scores)
+        _collect(cosines(query, matrix, query_int8), np.array([row[0] for row in live], dtype=np.int64), k, best_ids,
+                 best_scores)
     if not best_ids:
         return []
     ids, scores = np.concatenate(best_ids), np.concatenate(best_scores)
@@ -253,15 +255,15 @@ def top_k(query: np.ndarray, store, dim: int, k: int, allowed_ids: np.ndarray | 
     return [(int(ids[i]), float(scores[i])) for i in order if np.isfinite(scores[i])]
 
 
-def cosines(query: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def cosines(query: np.ndarray, rows: np.ndarray, query_int8: np.ndarray) -> np.ndarray:
     """Exact cosines of a unit query and int8 rows [N, D] (their scales cancel out). A row
     that is the query itself, quantized (`--like` of an indexed photo), scores exactly 1:
     int8 rounding alone left it at 0.9999x, or above 1 without the norm, and a resized copy
-    could outrank the very file."""
+    could outrank the very file. `query_int8`: the query quantized, computed once per ranking."""
     rows_f = rows.astype(np.float32)
     norms = np.linalg.norm(rows_f, axis=1)
     scores = (rows_f @ query) / np.where(norms > 0, norms, 1.0)
-    same = np.all(rows == quantize_rows(query[None])[0][0], axis=1)
+    same = np.all(rows == query_int8, axis=1)
     scores[same] = 1.0
     return np.minimum(scores, 1.0)
 
