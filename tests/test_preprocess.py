@@ -213,3 +213,44 @@ def test_a_wide_panorama_keeps_the_exact_resize(tmp_path):
     resized = img.resize((7168, 224), resample=Image.BICUBIC).crop((3472, 0, 3696, 224))
     expected = (np.asarray(resized, dtype=np.float32) / 255.0 - np.float32(SPEC["mean"])) / np.float32(SPEC["std"])
     assert np.abs(load_pixels(path, SPEC) - expected.transpose(2, 0, 1)).max() < 1e-5  # same pixels, float rounding
+
+
+@pytest.mark.parametrize("mode", ["I;16", "RGBA"])
+def test_big_16_bit_and_alpha_pictures_convert_in_bounded_memory(tmp_path, mode):
+    """16-bit scaling and compositing over white made several full-size copies (an 89 MP
+    16-bit PNG took a worker to 2.2 GB); band by band a 36 MP one fits in 640 MB of address
+    space, pixels unchanged (`test_modes_become_rgb` and friends)."""
+    rows = np.linspace(0, 1, 6000, dtype=np.float32)[:, None] * np.ones((1, 6000), dtype=np.float32)
+    if mode == "I;16":
+        img = Image.fromarray((rows * 65535).astype(np.uint16))
+    else:
+        img = Image.fromarray(np.dstack([(rows * 255).astype(np.uint8)] * 4), "RGBA")
+    path = tmp_path / "big.png"
+    img.save(path, compress_level=1)
+    assert Image.open(path).mode == mode
+    script = THIN_STRIP.replace("2 << 30, 2 << 30", "640 << 20, 640 << 20")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, cwd=REPO,
+                            env=env, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_banded_conversion_gives_the_pixels_of_a_whole_conversion():
+    """Band edges must not show: each mode converted band by band equals one whole conversion."""
+    from clipsearch import preprocess
+
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 65535, (700, 333), dtype=np.uint16)),
+              Image.fromarray(rng.integers(0, 1 << 20, (700, 333), dtype=np.int32), "I"),
+              Image.fromarray(np.where(rng.random((700, 333)) < 0.01, np.nan, rng.normal(0, 5, (700, 333)))
+                              .astype(np.float32), "F"),
+              Image.fromarray(rng.integers(0, 255, (700, 333, 4), dtype=np.uint8), "RGBA")]
+    for img in images:
+        banded = preprocess.to_rgb(img)
+        whole_rows = preprocess.BAND_ROWS
+        try:
+            preprocess.BAND_ROWS = 10_000
+            whole = preprocess.to_rgb(img)
+        finally:
+            preprocess.BAND_ROWS = whole_rows
+        assert np.array_equal(np.asarray(banded), np.asarray(whole)), img.mode
