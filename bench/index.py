@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import CACHE, REPO, cpu_summary, full_model, median, phone_photo  # noqa: E402
 from clipsearch.config import available_cores  # noqa: E402
 from clipsearch.encoders import ImageEncoder  # noqa: E402
-from clipsearch.indexer import IndexOptions, default_workers  # noqa: E402
+from clipsearch.indexer import IndexOptions  # noqa: E402
+from clipsearch.workers import default_workers  # noqa: E402
 from clipsearch.library import index_paths  # noqa: E402
 from clipsearch.manifest import load_manifest  # noqa: E402
 from clipsearch.preprocess import load_pixels  # noqa: E402

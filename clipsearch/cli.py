@@ -100,7 +100,15 @@ def warn(path: bytes, message: str) -> None:
 @db_option
 @model_option
 @click.option("--workers", type=click.IntRange(1, 64), envvar="CLIPSEARCH_WORKERS", default=None,
-              help="Decode+embed processes [env CLIPSEARCH_WORKERS; default: one per core, at most 8].")
+              help="Decode+embed processes [env CLIPSEARCH_WORKERS; default: one per core, at most 8, "
+                   "and no more than available memory holds at 400 MB each].")
+@click.option("--file-timeout", type=click.FloatRange(0.1), envvar="CLIPSEARCH_FILE_TIMEOUT", default=120.0,
+              show_default=True, metavar="SECONDS",
+              help="A file that keeps its worker busy longer is stopped, tried once more, then remembered as "
+                   "failed [env CLIPSEARCH_FILE_TIMEOUT].")
+@click.option("--worker-memory", type=click.IntRange(128), envvar="CLIPSEARCH_WORKER_MEMORY", default=None, metavar="MB",
+              help="A worker growing past this on one file is stopped; the file is tried once more, then remembered "
+                   "as failed [env CLIPSEARCH_WORKER_MEMORY; default: its share of available memory, 1024-2048].")
 @click.option("--batch-size", type=click.IntRange(1, 256), envvar="CLIPSEARCH_BATCH_SIZE", default=8, show_default=True,
               help="Photos per worker task (each photo still runs through the graph alone, so its vector "
                    "never depends on its neighbours) [env CLIPSEARCH_BATCH_SIZE].")
@@ -121,7 +129,7 @@ def warn(path: bytes, message: str) -> None:
               help="A folder that held photos and is now empty was emptied on purpose: remove its photos "
                    "(without it they are kept and the run exits 6, as for a share that is not mounted).")
 @click.option("-q", "--quiet", is_flag=True, envvar="CLIPSEARCH_QUIET", help="Print only warnings and errors (for cron).")
-def index(paths, db_path, model_dir, workers, batch_size, threads, excludes, no_default_excludes, list_excludes,
+def index(paths, db_path, model_dir, workers, file_timeout, worker_memory, batch_size, threads, excludes, no_default_excludes, list_excludes,
           follow_links, wait_seconds, commit_seconds, exact_decode, allow_empty, quiet):
     """Embed new and changed images under PATHS (default: the current folder) into the cache."""
     from .walk import DEFAULT_EXCLUDES
@@ -130,11 +138,13 @@ def index(paths, db_path, model_dir, workers, batch_size, threads, excludes, no_
         click.echo("\n".join(DEFAULT_EXCLUDES + ("(and every name starting with '.')",)))
         return
     with handle_errors():
-        from .indexer import IndexOptions, default_workers
+        from .indexer import IndexOptions
+        from .workers import default_workers
         from .library import index_paths
 
         options = IndexOptions(
             workers=workers or default_workers(), batch_size=batch_size, threads=threads,
+            file_timeout=file_timeout, worker_memory=worker_memory,
             excludes=(() if no_default_excludes else DEFAULT_EXCLUDES) + tuple(excludes),
             follow_links=follow_links, commit_seconds=commit_seconds, count_first=not quiet and sys.stderr.isatty(),
             use_draft=not exact_decode, allow_empty=allow_empty)
@@ -309,6 +319,8 @@ def status(db_path, model_dir, as_json):
                 value = f"{run['started']}, {run['status']}" + (f": {run_counts(run)}" if "new" in run else "")
             elif isinstance(value, list):
                 value = ", ".join(value) or "-"
+            elif isinstance(value, dict):
+                value = ", ".join(f"{count} {kind}" for kind, count in value.items()) or "-"
             click.echo(f"{key.replace('_', ' ') + ':':24} {value}")
 
 

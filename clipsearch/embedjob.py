@@ -1,9 +1,9 @@
-"""What one indexing worker does with a chunk of files: read each file once, fingerprint
-it, decode and preprocess it, then embed each photo (`EmbedWorker`).
+"""What one indexing worker does with a file: read it once, fingerprint it, decode and
+preprocess it, then embed it (`EmbedWorker`).
 
-Runs in worker processes (decoding holds the GIL for much of its time), each holding one
-`EmbedWorker` made by `init_worker`, or in the main process with one worker, which holds its
-own. Results are plain bytes and tuples, cheap to pickle back to the main process."""
+Runs in worker processes (decoding holds the GIL for much of its time; `workers.py` starts and
+watches them), each holding one `EmbedWorker` made by `init_worker`. Results are plain bytes
+and numbers, cheap to pickle back to the main process."""
 from __future__ import annotations
 
 import hashlib
@@ -91,9 +91,13 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def embed_chunk(files: list[tuple[bytes, int, int]]) -> list[Result]:
-    """The task a worker process runs: its EmbedWorker embeds the chunk."""
-    return _process_worker.embed(files)
+def process_worker() -> "EmbedWorker":
+    return _process_worker
+
+
+def embed_file(file: tuple[bytes, int, int]) -> Result:
+    """The task a worker process runs: its EmbedWorker embeds one file."""
+    return _process_worker.embed_one(file)
 
 
 class EmbedWorker:
@@ -103,31 +107,28 @@ class EmbedWorker:
     def __init__(self, encoder, use_draft: bool = True):
         self.encoder, self.spec, self.use_draft = encoder, encoder.manifest.image, use_draft
 
-    def embed(self, files: list[tuple[bytes, int, int]]) -> list[Result]:
+    def ready(self) -> None:
+        """Load the model now, so a file's time bound counts decoding and embedding only."""
+        self.encoder.session  # noqa: B018 - the property loads it
+
+    def embed_one(self, file: tuple[bytes, int, int]) -> Result:
+        """A (path, size, mtime) as the walk saw it -> its Result."""
         from .vectors import quantize_rows
 
-        results, pixels = [], []
-        for path, size, mtime_ns in files:
-            result = Result(path, size, mtime_ns)
-            results.append(result)
-            try:
-                with open(path, "rb") as f:
-                    image = _read_and_decode(f, result, self.spec, self.use_draft)
-            except FileNotFoundError:
-                result.vanished = True
-                continue
-            except OSError as exc:
-                result.error = f"cannot read ({exc.strerror})"
-                continue
-            if image is not None:
-                pixels.append(image)
-        good = [r for r in results if r.error is None and not r.vanished]
-        if good:
-            unit = self.encoder.encode_pixels(np.stack(pixels))
-            q, scales = quantize_rows(unit)
-            for result, row, scale in zip(good, q, scales):
-                result.vector, result.scale = row.tobytes(), float(scale)
-        return results
+        result = Result(*file)
+        try:
+            with open(result.path, "rb") as f:
+                pixels = _read_and_decode(f, result, self.spec, self.use_draft)
+        except FileNotFoundError:
+            result.vanished = True
+            return result
+        except OSError as exc:
+            result.error = f"cannot read ({exc.strerror})"
+            return result
+        if pixels is not None:
+            q, scales = quantize_rows(self.encoder.encode_pixels(pixels[None]))
+            result.vector, result.scale = q[0].tobytes(), float(scales[0])
+        return result
 
 
 def _read_and_decode(f, result: Result, spec: dict, use_draft: bool) -> np.ndarray | None:

@@ -1,8 +1,10 @@
 """Which photo formats this installation can decode, by file extension, and setting up the
 decoders in a process (optional ones switched on, their own stderr output silenced).
 
-Pillow always decodes JPEG, PNG, WebP, GIF, BMP and TIFF, and AVIF when it was built with
-libavif (its wheels are). HEIC/HEIF, the iPhone's format, needs pillow-heif (the `heic`
+Pillow always decodes JPEG (and MPO, the JPEG-based multi-picture format of many cameras'
+3D and portrait shots: its first picture), PNG, WebP, GIF, BMP, TIFF, PNM (PBM/PGM/PPM,
+what scanners and netpbm tools write) and PSD (the flattened composite Photoshop saves), and
+AVIF and JPEG 2000 when it was built with libavif and OpenJPEG (its wheels are). HEIC/HEIF, the iPhone's format, needs pillow-heif (the `heic`
 extra: prebuilt manylinux wheels for x86-64 and ARM64 with libheif/libde265 inside, nothing
 to compile). It is optional rather than a runtime dependency because it adds ~6 MB of native
 code only iPhone libraries need, and HEVC decoding is slow on a small CPU (no draft decoding
@@ -18,16 +20,20 @@ import functools
 import importlib.util
 import sys
 
-ALWAYS = frozenset({b".jpg", b".jpeg", b".png", b".webp", b".gif", b".bmp", b".tif", b".tiff"})
+ALWAYS = frozenset({b".jpg", b".jpeg", b".png", b".webp", b".gif", b".bmp", b".tif", b".tiff", b".mpo",
+                    b".pbm", b".pgm", b".ppm", b".pnm", b".psd"})
+# Not indexed, though Pillow reads them: TGA has no signature (its plugin accepts almost any
+# bytes, so it cannot be sniffed safely), DDS holds game textures, ICO/ICNS/CUR hold icons.
 # The only Pillow plugins a photo is opened with. Pillow sniffs content with every plugin by
 # default, and its EPS plugin runs Ghostscript: a PostScript file named .jpg could hang a run
 # (`{} loop`) or print Ghostscript's error dump. Unknown names (no AVIF or HEIF decoder) are
 # left out (`photo_formats`).
-PHOTO_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF")
+PHOTO_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "PSD", "JPEG2000", "AVIF", "HEIF")
 
 
 _PLUGINS = ("JpegImagePlugin", "MpoImagePlugin", "PngImagePlugin", "WebPImagePlugin", "GifImagePlugin",
-            "BmpImagePlugin", "TiffImagePlugin", "AvifImagePlugin")
+            "BmpImagePlugin", "TiffImagePlugin", "PpmImagePlugin", "PsdImagePlugin", "Jpeg2KImagePlugin",
+            "AvifImagePlugin")
 
 
 @functools.cache  # once per process, after prepare_decoders (open_image calls it first)
@@ -47,6 +53,7 @@ def photo_formats() -> tuple[str, ...]:
                 pass
     return tuple(name for name in PHOTO_FORMATS if name in Image.OPEN)
 AVIF = frozenset({b".avif"})
+JPEG2000 = frozenset({b".jp2", b".j2k", b".jpf", b".jpx"})
 HEIF = frozenset({b".heic", b".heif", b".hif"})
 
 
@@ -77,10 +84,19 @@ def avif_available() -> bool:
 
 
 @functools.cache
+def jpeg2000_available() -> bool:
+    from PIL import features
+
+    return bool(features.check("jpg_2000"))
+
+
+@functools.cache
 def indexed_extensions() -> frozenset[bytes]:
     extensions = set(ALWAYS)
     if avif_available():
         extensions |= AVIF
+    if jpeg2000_available():
+        extensions |= JPEG2000
     if heif_available():
         extensions |= HEIF
     return frozenset(extensions)
@@ -95,6 +111,8 @@ def missing_decoder(extension: bytes) -> str | None:
         return f"HEIC/HEIF photos need a working pillow-heif; it is {heif_problem()}; reinstall it"
     if extension in AVIF and not avif_available():
         return "AVIF photos need a Pillow built with libavif (the PyPI wheels are)"
+    if extension in JPEG2000 and not jpeg2000_available():
+        return "JPEG 2000 pictures need a Pillow built with OpenJPEG (the PyPI wheels are)"
     return None
 
 

@@ -2,36 +2,33 @@
 
 Per folder of the walk: unchanged files (same size and mtime) are not opened; files gone
 are soft-deleted; a new file whose size and content fingerprint match a row whose file is
-gone is a move (the row takes the new path, nothing is decoded); everything else is sent in
-chunks to the embedding workers. Writes go into one open transaction committed every
-`commit_seconds`, so a kill loses at most those seconds of work and never leaves half a row.
+gone is a move (the row takes the new path, nothing is decoded); everything else goes to the
+worker processes (`workers.py`), whose results come back as they finish. Writes go into one
+open transaction committed every `commit_seconds`, so a kill loses at most those seconds of
+work and never leaves half a row.
 """
 from __future__ import annotations
 
 import os
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
 from .config import available_cores
-from .embedjob import EmbedWorker, Result, embed_chunk, fingerprint_file, init_worker
-from .errors import ClipsearchError, EmptyFolderError
+from .embedjob import Result, fingerprint_file
+from .errors import EmptyFolderError
 from .manifest import Manifest
 from .walk import DEFAULT_EXCLUDES, Walker, is_under, parent_of
-
-
-def default_workers() -> int:
-    # Measured (README "Indexing speed"): one single-threaded worker per core beats one
-    # process with N ORT threads, because decoding is serial per image. Capped for RAM.
-    return min(available_cores(), 8)
+from .workers import DEFAULT_FILE_TIMEOUT, WorkerPool, default_workers
 
 
 @dataclass
 class IndexOptions:
     workers: int = field(default_factory=default_workers)
-    batch_size: int = 8
-    threads: int | None = None  # ORT threads per worker; default 1 with workers, all cores without
+    batch_size: int = 8  # files the walk gathers before handing them to the pool
+    threads: int | None = None  # ORT threads per worker; default 1 with workers, all cores with one
+    file_timeout: float = DEFAULT_FILE_TIMEOUT  # s a worker may spend on one file
+    worker_memory: int | None = None  # MB a worker may hold; default `workers.default_worker_memory`
     excludes: tuple[str, ...] = DEFAULT_EXCLUDES
     follow_links: bool = False
     commit_seconds: float = 2.0
@@ -81,86 +78,10 @@ def kept_empty_error(summary: "Summary") -> EmptyFolderError:
         "mounted? They were kept. If you emptied it on purpose, run `clipsearch index --allow-empty` on it once")
 
 
-def worker_died() -> ClipsearchError:
-    return ClipsearchError("a worker process died (out of memory, or a decoder crashed on a file); "
-                           "everything finished so far is saved: run `clipsearch index` again, with "
-                           "fewer --workers if memory is short")
-
-
-_QUIET_TRACKER = "ignore::UserWarning:multiprocessing.resource_tracker"
-
-
-class Embedder:
-    """Chunks in, results out, with a bounded number of chunks in flight. Worker processes
-    start with the first chunk: a run of renames and unchanged files never loads the model."""
-
-    def __init__(self, manifest: Manifest, options: IndexOptions):
-        self.manifest, self.options = manifest, options
-        self.pool = None
-        self.local: EmbedWorker | None = None  # with one worker: embeds in this process
-        self.started = False
-        self.inflight: deque = deque()
-        self.max_inflight = max(2, 2 * options.workers)
-
-    def start(self) -> None:
-        self.started = True
-        manifest, options = self.manifest, self.options
-        if options.workers <= 1:
-            from .encoders import ImageEncoder
-
-            self.local = EmbedWorker(ImageEncoder(manifest, threads=options.threads, background=True), options.use_draft)
-        else:
-            import multiprocessing
-            import sys
-            from concurrent.futures import ProcessPoolExecutor
-
-            # multiprocessing's resource tracker (started with the pool, with this process's
-            # -W options) frees the pool's semaphores when this process is killed, and then
-            # warns about them on our stderr in two lines that cron would mail: keep the
-            # clean-up, drop the warning.
-            if _QUIET_TRACKER not in sys.warnoptions:
-                sys.warnoptions.append(_QUIET_TRACKER)
-            # spawn, not fork: onnxruntime's thread pools do not survive a fork.
-            self.pool = ProcessPoolExecutor(
-                max_workers=options.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=init_worker, initargs=(str(manifest.folder), options.threads or 1, options.use_draft, os.getpid()))
-
-    def submit(self, chunk) -> list[Result]:
-        if not self.started:
-            self.start()
-        if self.pool is None:
-            return self.local.embed(chunk)
-        from concurrent.futures.process import BrokenProcessPool
-
-        try:
-            self.inflight.append(self.pool.submit(embed_chunk, chunk))
-        except BrokenProcessPool:
-            # A worker died between two submits: the pool refuses new work before any
-            # pending future reports the death.
-            raise worker_died() from None
-        done = []
-        while self.inflight and (len(self.inflight) >= self.max_inflight or self.inflight[0].done()):
-            done.extend(self._result(self.inflight.popleft()))
-        return done
-
-    def drain(self) -> list[Result]:
-        done = []
-        while self.inflight:
-            done.extend(self._result(self.inflight.popleft()))
-        return done
-
-    @staticmethod
-    def _result(future) -> list[Result]:
-        from concurrent.futures.process import BrokenProcessPool
-
-        try:
-            return future.result()
-        except BrokenProcessPool:
-            raise worker_died() from None
-
-    def close(self, cancel: bool = False) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
+def worker_pool(manifest: Manifest, options: IndexOptions) -> WorkerPool:
+    threads = options.threads or (available_cores() if options.workers == 1 else 1)
+    return WorkerPool(str(manifest.folder), options.workers, threads, options.use_draft,
+                      options.file_timeout, options.worker_memory)
 
 
 class Indexer:
@@ -195,7 +116,7 @@ class Indexer:
     def run(self, roots: list[bytes]) -> Summary:
         if self.options.count_first:
             self.summary.pending_total = sum(count_pending(self.store, root, self.options) for root in roots)
-        embedder = Embedder(self.manifest, self.options)
+        embedder = worker_pool(self.manifest, self.options)
         try:
             for root in roots:
                 self.index_root(root, embedder)
@@ -211,7 +132,7 @@ class Indexer:
         embedder.close()
         return self.summary
 
-    def index_root(self, root: bytes, embedder: Embedder) -> None:
+    def index_root(self, root: bytes, embedder: WorkerPool) -> None:
         visited: set[bytes] = set()
         empty: list[bytes] = []  # folders with nothing inside: maybe a share that is not mounted
         chunk: list[tuple[bytes, int, int]] = []
@@ -366,10 +287,15 @@ def holds(path: bytes, size: int, mtime_ns: int) -> bool:
     return st.st_size == size and st.st_mtime_ns == mtime_ns
 
 
-def count_pending(store, root: bytes, options: IndexOptions) -> int:
-    """Files under `root` that an index run would open (new or changed): a stat-only walk."""
+def count_pending(store, root: bytes, options: IndexOptions, other_files: dict[str, int] | None = None) -> int:
+    """Files under `root` that an index run would open (new or changed): a stat-only walk.
+    Files it leaves out by extension are added to `other_files` (extension -> count)."""
     pending = 0
-    for folder in Walker(options.excludes, options.follow_links).walk(root):
+    walker = Walker(options.excludes, options.follow_links)
+    for folder in walker.walk(root):
         known = store.rows_in_dir(folder.path)
         pending += sum(not unchanged(known.get(entry.path), entry) for entry in folder.files)
+    if other_files is not None:
+        for kind, count in walker.other_files.items():
+            other_files[kind] = other_files.get(kind, 0) + count
     return pending

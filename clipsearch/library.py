@@ -95,9 +95,11 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
             "packed_vectors": packed_status(store),
         }
         report["formats"] = formats_line()
-        pending = _pending(store, [folder for folder in folders if folder not in missing])
+        other_files: dict[str, int] = {}
+        pending = _pending(store, [folder for folder in folders if folder not in missing], other_files)
         if pending is not None:
             report["pending"] = pending
+            report["skipped_by_extension"] = dict(sorted(other_files.items(), key=lambda item: (-item[1], item[0])))
         if last:
             report["last_run"] = {"started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["started_at"])),
                                   "status": last["status"], **(last["summary"] or {})}
@@ -127,10 +129,10 @@ def mounted(folder: str) -> bool:
 
 def formats_line() -> str:
     """The extensions this installation indexes, and what to install for the others."""
-    from .formats import AVIF, HEIF, indexed_extensions, missing_decoder
+    from .formats import AVIF, HEIF, JPEG2000, indexed_extensions, missing_decoder
 
     line = " ".join(sorted(ext[1:].decode() for ext in indexed_extensions()))
-    hints = {missing_decoder(ext) for ext in AVIF | HEIF} - {None}
+    hints = {missing_decoder(ext) for ext in AVIF | HEIF | JPEG2000} - {None}
     return "; ".join([line, *sorted(hints)])
 
 
@@ -143,8 +145,9 @@ def library_folders(store: Store) -> list[str]:
                                                                       if other != root])]
 
 
-def _pending(store: Store, folders: list[str]) -> int | None:
-    """New or changed files under the library folders, by a stat-only walk (fast)."""
+def _pending(store: Store, folders: list[str], other_files: dict[str, int]) -> int | None:
+    """New or changed files under the library folders, by a stat-only walk (fast); the files
+    it leaves out by extension are counted into `other_files`."""
     if not folders:
         return None
-    return sum(count_pending(store, os.fsencode(f), IndexOptions(workers=1)) for f in folders)
+    return sum(count_pending(store, os.fsencode(f), IndexOptions(workers=1), other_files) for f in folders)

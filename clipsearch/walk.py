@@ -49,6 +49,8 @@ class Walker:
         self.unreadable: list[bytes] = []
         # Photo files left out because this installation lacks their decoder: what to install -> count.
         self.missing_decoders: dict[str, int] = {}
+        # Other files, not images for clipsearch (.mov, .xmp, .tga, ...): extension -> count.
+        self.other_files: dict[str, int] = {}
         self.extensions = indexed_extensions()
 
     def excluded(self, name: bytes) -> bool:
@@ -57,6 +59,7 @@ class Walker:
     def walk(self, root: bytes) -> Iterator[Folder]:
         self.unreadable = []
         self.missing_decoders = {}
+        self.other_files = {}
         seen_dirs: set[tuple[int, int]] = set()
         stack = [root]
         while stack:
@@ -90,6 +93,9 @@ class Walker:
                         hint = missing_decoder(extension)
                         if hint:
                             self.missing_decoders[hint] = self.missing_decoders.get(hint, 0) + 1
+                        else:
+                            kind = os.fsdecode(extension) or "(no extension)"
+                            self.other_files[kind] = self.other_files.get(kind, 0) + 1
                         continue
                     if not entry.is_file(follow_symlinks=self.follow_links):
                         continue

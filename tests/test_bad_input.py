@@ -121,8 +121,8 @@ def test_file_deleted_or_rewritten_during_the_run(tmp_path, colour_model):
     old = rewritten.stat()
     write_photo(rewritten, (0, 0, 200), size=(500, 300))
     os.utime(rewritten, ns=(old.st_atime_ns, old.st_mtime_ns + 5_000_000_000))
-    results = worker.embed([(bytes(gone), stat_gone.st_size, stat_gone.st_mtime_ns),
-                           (bytes(rewritten), old.st_size, old.st_mtime_ns)])
+    results = [worker.embed_one((bytes(gone), stat_gone.st_size, stat_gone.st_mtime_ns)),
+               worker.embed_one((bytes(rewritten), old.st_size, old.st_mtime_ns))]
     assert results[0].vanished and results[0].vector is None
     new = rewritten.stat()
     assert (results[1].size, results[1].mtime_ns) == (new.st_size, new.st_mtime_ns) and results[1].vector

@@ -173,3 +173,49 @@ def test_a_damaged_avif_is_one_warning_not_a_crash(colour_model, tmp_path):
     warnings = [line for line in message.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and str(damaged) in warnings[0] and "RuntimeError" in warnings[0], message
     assert "1 new" in message and "1 failed" in message, message
+
+
+def write_psd(path, colour, size=(64, 48)):
+    """A minimal Photoshop file (Pillow reads PSD but cannot write it): RGB, 8 bits, no
+    layers, the raw planar composite that Photoshop stores for readers like us."""
+    import struct
+
+    width, height = size
+    header = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, height, width, 8, 3)
+    sections = struct.pack(">III", 0, 0, 0)  # colour mode data, image resources, layers: empty
+    planes = b"".join(bytes([channel]) * (width * height) for channel in colour)
+    path.write_bytes(header + sections + struct.pack(">H", 0) + planes)
+    return path
+
+
+def test_the_photo_formats_people_keep_are_indexed(colour_model, tmp_path):
+    """MPO (its first picture), JPEG 2000, PNM and PSD (its composite) are indexed and found;
+    TGA, DDS and ICO are not photos for clipsearch: `status` counts them with the other files
+    it leaves out, by extension."""
+    library = tmp_path / "library"
+    library.mkdir()
+    red, blue = Image.new("RGB", (96, 64), COLOURS["red"]), Image.new("RGB", (96, 64), COLOURS["blue"])
+    red.save(library / "portrait.mpo", format="MPO", save_all=True, append_images=[blue])
+    Image.new("RGB", (96, 64), COLOURS["green"]).save(library / "scan.jp2")
+    Image.new("RGB", (96, 64), COLOURS["yellow"]).save(library / "netpbm.ppm")
+    Image.new("L", (96, 64), 245).save(library / "grey.pgm")
+    Image.new("1", (96, 64), 0).save(library / "bilevel.pbm")
+    write_psd(library / "edit.psd", COLOURS["teal"])
+    Image.new("RGB", (32, 32), COLOURS["magenta"]).save(library / "texture.tga")
+    Image.new("RGB", (32, 32), COLOURS["magenta"]).save(library / "icon.ico")
+    (library / "clip.mov").write_bytes(b"\0" * 100)
+    (library / "clip.MOV").write_bytes(b"\0" * 100)
+    (library / "README").write_text("not a photo")
+    assert Image.open(library / "portrait.mpo").format == "MPO"
+    indexed, tops = index_and_query(colour_model, tmp_path / "index.db", library,
+                                    "red", "green", "yellow", "white", "black", "teal", "magenta", workers=2)
+    assert "6 new" in indexed.output and "failed" not in indexed.output.replace("0 failed", ""), indexed.output
+    assert tops[:6] == ["portrait.mpo", "scan.jp2", "netpbm.ppm", "grey.pgm", "bilevel.pbm", "edit.psd"]
+    assert tops[6] not in ("texture.tga", "icon.ico")
+    status = CliRunner().invoke(main, ["status", "--db", str(tmp_path / "index.db"), "--model", str(colour_model),
+                                       "--json"])
+    import json
+
+    assert json.loads(status.stdout)["skipped_by_extension"] == {".mov": 2, "(no extension)": 1, ".ico": 1, ".tga": 1}
+    text = CliRunner().invoke(main, ["status", "--db", str(tmp_path / "index.db"), "--model", str(colour_model)])
+    assert "skipped by extension:    2 .mov, 1 (no extension), 1 .ico, 1 .tga" in text.stdout, text.stdout

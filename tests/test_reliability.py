@@ -273,9 +273,11 @@ def test_read_only_database_is_reported_and_untouched(tmp_path, colour_model):
         subprocess.run(["chattr", "-i", str(db)])
 
 
-def test_a_worker_killed_mid_run_stops_cleanly_and_keeps_finished_work(big_library, tiny_model, tmp_path):
+def test_a_worker_killed_mid_run_is_replaced_and_its_file_tried_again(big_library, tiny_model, tmp_path):
+    """The OOM killer may pick any worker: its file is tried once more in a fresh worker (and
+    indexed, being innocent), the run finishes everything, and stderr says nothing extra."""
     db = tmp_path / "index.db"
-    proc = start_index(big_library, db, tiny_model, "--workers", "2", "--batch-size", "4", "--commit-seconds", "0.05")
+    proc = start_index(big_library, db, tiny_model, "--workers", "2", "--commit-seconds", "0.05")
     workers: list[int] = []
     deadline = time.time() + 60
     while len(workers) < 2 and time.time() < deadline:
@@ -284,39 +286,37 @@ def test_a_worker_killed_mid_run_stops_cleanly_and_keeps_finished_work(big_libra
     time.sleep(0.8)  # let the workers get going
     assert proc.poll() is None, "the run ended before a worker could be killed"
     os.kill(workers[-1], signal.SIGKILL)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and b"a worker process died" in err and b"Traceback" not in err, err
-    kept = check_db(db, 32)
-    final = run_cli("index", str(big_library), "--db", str(db), "--model", str(tiny_model), timeout=300)
-    assert final.returncode == 0 and f"{PHOTOS - kept} new".encode() in final.stderr
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and b"warning" not in err and b"Traceback" not in err, err
+    assert f"{PHOTOS} new".encode() in err, err
     assert check_db(db, 32) == PHOTOS
 
 
-@pytest.mark.parametrize("noticed_at", ["submit", "result"])
-def test_a_dead_worker_is_one_clear_error_wherever_the_pool_notices(tiny_model, tmp_path, noticed_at):
-    """The pool reports a dead worker either when the next chunk is submitted or when a pending
-    result is collected, depending on timing; both must become the same ClipsearchError."""
-    from clipsearch.errors import ClipsearchError
-    from clipsearch.indexer import Embedder, IndexOptions
-    from clipsearch.manifest import load_manifest
+def test_a_dead_worker_loses_no_file_wherever_it_dies(tiny_model, tmp_path):
+    """Workers killed at random moments (loading, busy, idle): every file still comes back
+    exactly once, indexed."""
+    from clipsearch.workers import WorkerPool
 
-    photo = write_photo(tmp_path / "a.jpg", (200, 10, 10))
-    chunk = [(os.fsencode(photo), photo.stat().st_size, photo.stat().st_mtime_ns)]
-    embedder = Embedder(load_manifest(tiny_model), IndexOptions(workers=2))
+    photos = [write_photo(tmp_path / f"p{i}.jpg", (10 * i, 200, 10), size=(640, 480), seed=i) for i in range(24)]
+    files = [(os.fsencode(p), p.stat().st_size, p.stat().st_mtime_ns) for p in photos]
+    pool = WorkerPool(str(tiny_model), workers=2, threads=1, use_draft=True)
+    rng = random.Random(7)
+    results = []
     try:
-        embedder.submit(chunk)
-        assert len(embedder.drain()) == 1  # the pool works
-        if noticed_at == "result":
-            embedder.inflight.append(embedder.pool.submit(time.sleep, 5))
-        victim = next(iter(embedder.pool._processes))
-        os.kill(victim, signal.SIGKILL)
-        with pytest.raises(ClipsearchError, match="a worker process died"):
-            deadline = time.time() + 30
-            while time.time() < deadline:
-                embedder.submit(chunk) if noticed_at == "submit" else embedder.drain()
-                time.sleep(0.05)
+        results += pool.submit(files)
+        kills, deadline = 0, time.time() + 120
+        while (pool.waiting or pool.retry or any(slot.files for slot in pool.slots)) and time.time() < deadline:
+            results += pool.submit([])
+            if kills < 3 and pool.slots and rng.random() < 0.3:
+                os.kill(rng.choice(pool.slots).process.pid, signal.SIGKILL)
+                kills += 1
+            time.sleep(rng.random() * 0.2)
+        results += pool.drain()
     finally:
-        embedder.close(cancel=True)
+        pool.close(cancel=True)
+    assert kills == 3
+    assert sorted(r.path for r in results) == sorted(f[0] for f in files)
+    assert all(r.vector and r.error is None for r in results), [r.error for r in results]
 
 
 def processes_with_marker(marker: str) -> list[int]:
@@ -337,12 +337,10 @@ def test_workers_still_starting_when_the_main_process_dies_exit_too(tiny_model, 
     marker = f"CLIPSEARCH_TEST_ORPHAN_{os.getpid()}_{time.time_ns()}"
     script = (
         "import os, sys\n"
-        "from clipsearch.indexer import Embedder, IndexOptions\n"
-        "from clipsearch.manifest import load_manifest\n"
+        "from clipsearch.workers import WorkerPool\n"
         "if __name__ == '__main__':\n"
-        "    embedder = Embedder(load_manifest(sys.argv[1]), IndexOptions(workers=2))\n"
-        "    embedder.start()\n"
-        "    embedder.pool.submit(int, 1)  # the pool starts its workers\n"
+        "    pool = WorkerPool(sys.argv[1], workers=2, threads=1, use_draft=True)\n"
+        "    pool.submit([(b'/nonexistent.jpg', 1, 1)] * 2)  # the pool starts its workers\n"
         "    os._exit(0)  # and the main process is gone before they are up\n"
     )
     (tmp_path / "die_early.py").write_text(script)

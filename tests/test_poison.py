@@ -1,0 +1,130 @@
+"""Files that stall, bloat or kill a worker: the run finishes every other file, the culprit is
+tried once more alone and then remembered as failed, so the next run does not repeat it.
+Real worker processes on real files; the big flat PNG is a legitimate picture that simply
+takes a worker ~1 s and ~300 MB (the colour model's worker holds ~70 MB), which the tests
+make too slow or too big with small bounds."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from helpers import REPO, colour_library, run_cli
+from test_bad_input import failed_paths, indexed_paths
+from test_reliability import embedding_workers
+
+MB = 1 << 20
+
+
+def big_flat_png(path: Path, size=(11000, 8000)) -> Path:
+    """88 MP of one colour: 270 KB on disk, 264 MB decoded."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (10, 200, 10)).save(path, compress_level=9)
+    return path
+
+
+def library_with(tmp_path, name="big.png"):
+    root = tmp_path / "photos"
+    photos = {p for paths in colour_library(root, per_colour=1).values() for p in paths}
+    return root, photos, big_flat_png(root / "album1" / name)
+
+
+def index(root, db, model, *extra, timeout=300):
+    return run_cli("index", str(root), "--db", str(db), "--model", str(model), *extra, timeout=timeout)
+
+
+def test_a_file_over_the_time_bound_is_stopped_tried_again_and_remembered(tmp_path, colour_model):
+    root, photos, big = library_with(tmp_path)
+    db = tmp_path / "index.db"
+    result = index(root, db, colour_model, "--workers", "2", "--file-timeout", "0.3")
+    err = result.stderr.decode()
+    assert result.returncode == 0 and "Traceback" not in err, err
+    assert f"warning: {big}: refused: took longer than 0.3 s (--file-timeout), twice; remembered" in err, err
+    assert indexed_paths(db) == {os.fsencode(p) for p in photos}
+    assert failed_paths(db) == {os.fsencode(big)}
+    again = index(root, db, colour_model, "--workers", "2", "--file-timeout", "0.3")
+    assert again.returncode == 0 and b"warning" not in again.stderr and b"0 new" in again.stderr, again.stderr
+    # Given the time it needs, the same file is indexed once it changes (or after `--file-timeout 60`).
+    os.utime(big, ns=(big.stat().st_atime_ns, big.stat().st_mtime_ns + 1_000_000_000))
+    fixed = index(root, db, colour_model, "--workers", "2", "--file-timeout", "60")
+    assert fixed.returncode == 0 and b"1 updated" in fixed.stderr, fixed.stderr
+    assert os.fsencode(big) in indexed_paths(db)
+
+
+def test_a_file_over_the_memory_bound_is_refused_and_remembered(tmp_path, colour_model):
+    root, photos, big = library_with(tmp_path)
+    db = tmp_path / "index.db"
+    result = index(root, db, colour_model, "--workers", "1", "--worker-memory", "200")
+    err = result.stderr.decode()
+    assert result.returncode == 0 and "Traceback" not in err, err
+    assert f"warning: {big}: refused: needed more than 200 MB of memory (--worker-memory), twice" in err, err
+    assert indexed_paths(db) == {os.fsencode(p) for p in photos}
+    assert failed_paths(db) == {os.fsencode(big)}
+
+
+def kill_when_busy(proc, times: int, over_mb: float = 150) -> int:
+    """SIGKILL the worker of an index run whenever it grows past `over_mb` (decoding the big
+    PNG), as the kernel's OOM killer or a crashing decoder would end it. Returns the kills."""
+    kills, deadline = 0, time.time() + 120
+    while kills < times and proc.poll() is None and time.time() < deadline:
+        for pid in embedding_workers(proc.pid):
+            try:
+                rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            except (OSError, ValueError):
+                continue
+            if rss > over_mb * MB:
+                os.kill(pid, signal.SIGKILL)
+                kills += 1
+                while pid in embedding_workers(proc.pid):
+                    time.sleep(0.01)
+        time.sleep(0.005)
+    return kills
+
+
+def test_a_file_that_kills_its_worker_twice_is_remembered_and_the_run_finishes(tmp_path, colour_model):
+    root, photos, big = library_with(tmp_path)
+    db = tmp_path / "index.db"
+    proc = subprocess.Popen([sys.executable, "-m", "clipsearch", "index", str(root), "--db", str(db), "--model",
+                             str(colour_model), "--workers", "1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert kill_when_busy(proc, 2) == 2
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and b"Traceback" not in err, err
+    assert f"warning: {big}: refused: its worker was killed (SIGKILL: out of memory?), twice".encode() in err, err
+    assert indexed_paths(db) == {os.fsencode(p) for p in photos}
+    assert failed_paths(db) == {os.fsencode(big)}
+
+
+def test_a_file_whose_worker_is_killed_once_is_not_blamed(tmp_path, colour_model):
+    """The OOM killer may end a worker for another process's memory: one try more, and indexed."""
+    root, photos, big = library_with(tmp_path)
+    db = tmp_path / "index.db"
+    proc = subprocess.Popen([sys.executable, "-m", "clipsearch", "index", str(root), "--db", str(db), "--model",
+                             str(colour_model), "--workers", "1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert kill_when_busy(proc, 1) == 1
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and b"warning" not in err, err
+    assert indexed_paths(db) == {os.fsencode(p) for p in photos | {big}}
+
+
+def test_a_slow_file_does_not_hold_up_the_others(tmp_path, colour_model):
+    """Results come back as they finish: while one worker is on a slow file, the other does
+    the rest (collected oldest-chunk-first, they all waited for the slow one). At most one
+    file, handed to the slow file's worker so that it never idles, waits behind it."""
+    from clipsearch.workers import WorkerPool
+
+    root, photos, big = library_with(tmp_path)
+    files = [(os.fsencode(p), p.stat().st_size, p.stat().st_mtime_ns) for p in [big, *sorted(photos)]]
+    pool = WorkerPool(str(colour_model), workers=2, threads=1, use_draft=True)
+    order = []
+    try:
+        order += [r.path for r in pool.submit(files)]
+        order += [r.path for r in pool.drain()]
+    finally:
+        pool.close()
+    assert sorted(order) == sorted(f[0] for f in files)
+    assert os.fsencode(big) in order[-2:], order
