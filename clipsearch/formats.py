@@ -134,6 +134,11 @@ def prepare_decoders(threads: int = 1) -> None:
         # libheif applies the container's rotation/mirror boxes while decoding and pillow-heif
         # then sets the EXIF orientation to 1, so the later exif_transpose does not rotate twice.
         pillow_heif.register_heif_opener()
+    from PIL import Image
+
+    # A plugin that recognises a file but fails to open it says why in a warning (caught by
+    # preprocess.decode_image for its message) instead of Pillow's bare "cannot identify".
+    Image.WARN_POSSIBLE_FORMATS = True
     _quiet_decoders()
 
 

@@ -85,18 +85,18 @@ def decode_image(path, image_size: int, use_draft: bool = True) -> Decoded:
     # Pillow warns through Python's warnings (corrupt EXIF, DecompressionBombWarning, ...),
     # which would print two-line messages even under --quiet. A file that still decodes is
     # indexed; one we refuse gets our own one-line warning. Either way theirs adds nothing.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return _open_image(path, image_size, use_draft)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        return _open_image(path, image_size, use_draft, caught)
 
 
-def _open_image(path, image_size: int, use_draft: bool) -> Decoded:
+def _open_image(path, image_size: int, use_draft: bool, caught: list) -> Decoded:
     try:
         img = Image.open(path, formats=photo_formats())
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"refused: too many pixels ({exc})") from None
     except Image.UnidentifiedImageError:
-        raise ImageDecodeError("not a recognised image format") from None
+        raise ImageDecodeError(unidentified(path, caught)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"cannot decode ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - see below
@@ -133,6 +133,38 @@ def _open_image(path, image_size: int, use_draft: bool) -> Decoded:
 # the picture (16-bit scaling in numpy, compositing alpha over white) run band by band, so an
 # 89 MP 16-bit or RGBA picture costs the source plus its RGB result, not 2.2 GB (measured).
 BAND_ROWS = 256
+
+
+def unidentified(source, caught: list) -> str:
+    """Why no photo plugin opened a file. A plugin that recognised the file but failed says so
+    in a warning (`WARN_POSSIBLE_FORMATS`, set by `prepare_decoders`): libavif refuses a 289 MP
+    AVIF with "BMFF parsing failed", which was reported as "not a recognised image format";
+    the size the file claims (its `ispe` box) tells the real reason."""
+    failures = [str(w.message) for w in caught if " opening failed. " in str(w.message)]
+    if not failures:
+        return "not a recognised image format"
+    plugin, _, reason = failures[0].partition(" opening failed. ")
+    claimed = claimed_size(source)
+    if claimed and claimed[0] * claimed[1] > MAX_PIXELS:
+        return f"refused: too many pixels ({plugin} of {claimed[0]}x{claimed[1]}, over the {MAX_PIXELS} pixel limit)"
+    return f"cannot decode ({plugin}: {reason})"
+
+
+def claimed_size(source) -> tuple[int, int] | None:
+    """The picture size an AVIF or HEIF file declares (its first `ispe` property), if any."""
+    import struct
+
+    try:
+        if hasattr(source, "seek"):
+            source.seek(0)
+            head = source.read(65536)
+        else:
+            with open(source, "rb") as f:
+                head = f.read(65536)
+    except OSError:
+        return None
+    at = head.find(b"ispe")  # box type, then 4 bytes of version and flags, then width, height
+    return struct.unpack(">II", head[at + 8 : at + 16]) if 0 <= at <= len(head) - 16 else None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -175,6 +175,23 @@ def test_a_damaged_avif_is_one_warning_not_a_crash(colour_model, tmp_path):
     assert "1 new" in message and "1 failed" in message, message
 
 
+@pytest.mark.skipif(not formats.avif_available(), reason="Pillow without libavif")
+def test_an_avif_claiming_too_many_pixels_is_refused_as_such(colour_model, tmp_path):
+    """libavif refuses a 289 MP AVIF while parsing ("BMFF parsing failed"), which reached
+    the user as "not a recognised image format"; it is a decompression bomb, and says so."""
+    library = tmp_path / "library"
+    data = bytearray(write_photo(tmp_path / "good.avif", COLOURS["green"]).read_bytes())
+    size_at = data.index(b"ispe") + 8  # box type, then version + flags (4 bytes), then width, height
+    data[size_at : size_at + 8] = (17000).to_bytes(4, "big") * 2
+    library.mkdir()
+    (library / "bomb.avif").write_bytes(bytes(data))
+    (library / "text.avif").write_bytes(b"not an image at all" * 20)
+    result = run_cli("index", str(library), "--db", str(tmp_path / "index.db"), "--model", str(colour_model))
+    message = result.stderr.decode()
+    assert f"warning: {library / 'bomb.avif'}: refused: too many pixels (AVIF of 17000x17000" in message, message
+    assert f"warning: {library / 'text.avif'}: not a recognised image format" in message, message
+
+
 def write_psd(path, colour, size=(64, 48)):
     """A minimal Photoshop file (Pillow reads PSD but cannot write it): RGB, 8 bits, no
     layers, the raw planar composite that Photoshop stores for readers like us."""
