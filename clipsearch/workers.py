@@ -80,6 +80,9 @@ def serve(conn, model_folder: str, threads: int, use_draft: bool, parent: int) -
     Result per file, until it is sent None or its pipe closes."""
     from . import embedjob
 
+    # Ctrl-C reaches the whole process group: the main process commits and stops the workers,
+    # which must not print a traceback each.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         embedjob.init_worker(model_folder, threads, use_draft, parent)
         embedjob.process_worker().ready()
@@ -107,6 +110,7 @@ class Slot:
     conn: object
     files: deque = field(default_factory=deque)
     ready: bool = False
+    fresh: bool = True  # has not been handed a file yet
     alone: bool = False  # trying a file that stopped a worker before: it gets nothing else
     since: float = 0.0
 
@@ -144,20 +148,16 @@ class WorkerPool:
         return self._take()
 
     def close(self, cancel: bool = False) -> None:
-        for slot in self.slots:
-            if not cancel:
+        for slot in self.slots:  # all told at once, so they exit together
+            if cancel:
+                slot.process.kill()
+            else:
                 try:
                     slot.conn.send(None)
                 except OSError:
                     pass
-        for slot in self.slots:
-            if not cancel:
-                slot.process.join(5)
-            if slot.process.is_alive():
-                slot.process.kill()
-                slot.process.join()
-            slot.conn.close()
-        self.slots = []
+        for slot in list(self.slots):
+            self._retire(slot)
 
     def _take(self) -> list[Result]:
         done, self.finished = self.finished, []
@@ -182,25 +182,48 @@ class WorkerPool:
         self._enforce_bounds()
 
     def _start_workers(self) -> None:
-        import multiprocessing
-
         wanted = min(self.workers, len(self.waiting) + len(self.retry) + sum(len(s.files) for s in self.slots))
         while len(self.slots) < wanted:
-            # spawn, not fork: onnxruntime's thread pools do not survive a fork.
-            context = multiprocessing.get_context("spawn")
-            ours, theirs = context.Pipe()
-            process = context.Process(target=serve, name="clipsearch-worker", daemon=True,
-                                      args=(theirs, self.model_folder, self.threads, self.use_draft, os.getpid()))
-            process.start()
-            theirs.close()
-            self.slots.append(Slot(process, ours))
+            self._start_worker()
+        if self.retry and not any(slot.fresh for slot in self.slots):
+            # A file is tried again in a worker that has done nothing else (its memory is the
+            # model's alone): an idle worker makes room for one if the pool is full.
+            idle = [slot for slot in self.slots if slot.ready and not slot.files]
+            if len(self.slots) >= self.workers and idle:
+                self._retire(idle[0])
+            if len(self.slots) < self.workers:
+                self._start_worker()
+
+    def _start_worker(self) -> None:
+        import multiprocessing
+
+        # spawn, not fork: onnxruntime's thread pools do not survive a fork.
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe()
+        process = context.Process(target=serve, name="clipsearch-worker", daemon=True,
+                                  args=(theirs, self.model_folder, self.threads, self.use_draft, os.getpid()))
+        process.start()
+        theirs.close()
+        self.slots.append(Slot(process, ours))
+
+    def _retire(self, slot: Slot) -> None:
+        try:
+            slot.conn.send(None)
+        except OSError:
+            pass
+        slot.process.join(1)
+        if slot.process.is_alive():
+            slot.process.kill()
+            slot.process.join()
+        slot.conn.close()
+        self.slots.remove(slot)
 
     def _hand_out(self) -> None:
         now = time.monotonic()
         for slot in self.slots:
             if not slot.ready or slot.alone:
                 continue
-            if self.retry and not slot.files:
+            if self.retry and slot.fresh:
                 slot.alone = True
                 self._send(slot, [self.retry.popleft()], now)
             elif self.waiting and len(slot.files) < QUEUED_PER_WORKER:
@@ -208,13 +231,14 @@ class WorkerPool:
                 self._send(slot, files, now)
 
     def _send(self, slot: Slot, files: list, now: float) -> None:
+        slot.fresh = False
         if not slot.files:
             slot.since = now
         slot.files.extend(files)
         try:
             slot.conn.send(files)
         except OSError:
-            self._stop(slot, None)  # it died: its sentinel tells why on the next pump
+            pass  # it has died: its sentinel says so on the next pump
 
     def _receive(self, slot: Slot) -> None:
         try:

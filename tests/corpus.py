@@ -102,6 +102,20 @@ def build(root: Path) -> dict[bytes, str]:
     (root / "many-samples.tif").write_bytes(bytes(data))
     put(root / "many-samples.tif", "failed")
 
+    # Hostile within the limits: thin strips (resized whole, 224 x 13.4M pixels: 9 GB), a big
+    # 16-bit scan (its conversion made 1.1 GB of float copies), PostScript named .jpg
+    # (Pillow would hand it to Ghostscript, and `{} loop` never ends).
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 255, (60000, 1, 3), dtype=np.uint8)).save(root / "strip-tall.png")
+    put(root / "strip-tall.png", "indexed")
+    Image.fromarray(rng.integers(0, 255, (1, 60000, 3), dtype=np.uint8)).save(root / "strip-wide.png")
+    put(root / "strip-wide.png", "indexed")
+    gradient = np.linspace(0, 65535, 6000, dtype=np.float64)[:, None] * np.ones((1, 6000))
+    Image.fromarray(gradient.astype(np.uint16)).save(root / "scan16.png", compress_level=1)
+    put(root / "scan16.png", "indexed")
+    (root / "postscript.jpg").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n{} loop\n")
+    put(root / "postscript.jpg", "failed")
+
     (root / "folder.jpg").mkdir()
     put(root / "folder.jpg", "skipped")
     os.symlink(root / "does-not-exist.jpg", root / "dangling.jpg")

@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 from PIL import Image
@@ -34,9 +35,13 @@ def test_corpus_policies(tmp_path, colour_model, follow):
     policy = corpus.build(root)
     db = tmp_path / "index.db"
     args = ["index", str(root), "--db", str(db), "--model", str(colour_model), "--workers", "2"]
-    result = run_cli(*args, *(["--follow-links"] if follow else []), timeout=120)
+    started = time.monotonic()
+    result, peak_mb = run_cli_measured(*args, *(["--follow-links"] if follow else []), timeout=120)
+    print(f"hostile corpus: {len(policy)} files in {time.monotonic() - started:.1f} s, peak RSS {peak_mb:.0f} MB")
     err = result.stderr
     assert result.returncode == 0, err
+    # The colour model's worker holds ~70 MB; the strips took one to 9 GB, the 16-bit scan to 1.2 GB.
+    assert peak_mb < 500, peak_mb
     assert b"Traceback" not in err
     # nothing but our own one-line messages (no Python warnings from the decoders, say)
     assert all(line.startswith((b"warning: ", b"indexed: ")) for line in err.splitlines()), err

@@ -128,3 +128,43 @@ def test_a_slow_file_does_not_hold_up_the_others(tmp_path, colour_model):
         pool.close()
     assert sorted(order) == sorted(f[0] for f in files)
     assert os.fsencode(big) in order[-2:], order
+
+
+def test_default_worker_count_and_memory_bound_follow_the_available_memory(monkeypatch):
+    """One worker per core, unless 80% of the available memory does not hold 400 MB each."""
+    from clipsearch import workers
+
+    monkeypatch.setattr(workers, "available_cores", lambda: 4)
+    for available, expected_workers, expected_bound in ((2500, 4, 1024), (1000, 2, 1024), (300, 1, 1024),
+                                                        (24000, 4, 2048), (8000, 4, 1600)):
+        monkeypatch.setattr(workers, "available_memory_mb", lambda: available)
+        assert workers.default_workers() == expected_workers, available
+        assert workers.default_worker_memory(expected_workers) == expected_bound, available
+    monkeypatch.setattr(workers, "available_memory_mb", lambda: None)  # no /proc/meminfo
+    assert workers.default_workers() == 4 and workers.default_worker_memory(4) == 1024
+
+
+def test_the_memory_figure_is_this_machines():
+    from clipsearch.workers import available_memory_mb, resident_mb
+
+    with open("/proc/meminfo") as meminfo:
+        total = int(next(line for line in meminfo if line.startswith("MemTotal:")).split()[1]) // 1024
+    assert 0 < available_memory_mb() <= total
+    assert 10 < resident_mb(os.getpid()) < total
+
+
+def test_with_two_workers_a_bloating_file_is_retried_in_a_fresh_worker_and_the_rest_indexed(tmp_path, colour_model):
+    from clipsearch.workers import WorkerPool
+
+    root, photos, big = library_with(tmp_path)
+    files = [(os.fsencode(p), p.stat().st_size, p.stat().st_mtime_ns) for p in [big, *sorted(photos)]]
+    pool = WorkerPool(str(colour_model), workers=2, threads=1, use_draft=True, memory_mb=200)
+    results = []
+    try:
+        results += pool.submit(files)
+        results += pool.drain()
+    finally:
+        pool.close()
+    assert sorted(r.path for r in results) == sorted(f[0] for f in files)
+    errors = {r.path: r.error for r in results if r.error}
+    assert errors == {os.fsencode(big): "refused: needed more than 200 MB of memory (--worker-memory), twice"}
