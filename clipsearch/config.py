@@ -50,3 +50,19 @@ def default_model_dir() -> Path:
         if len(found) == 1:
             return found[0]
     return preferred
+
+
+def hub_endpoint() -> str:
+    """The model hub (`HF_ENDPOINT`, as for Hugging Face's own tools: a mirror, or a local hub)."""
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def hub_token() -> str | None:
+    """`HF_TOKEN`, for gated or private repos."""
+    return os.environ.get("HF_TOKEN") or None
+
+
+def catalogue_path() -> Path:
+    """`CLIPSEARCH_CATALOGUE` (a catalogue of your own), else the one shipped in the package."""
+    env = os.environ.get("CLIPSEARCH_CATALOGUE")
+    return Path(env).expanduser() if env else Path(__file__).resolve().parent / "catalogue.json"

@@ -42,3 +42,9 @@ class UsageError(ClipsearchError):
     """A bad argument: a path that does not exist, an empty query."""
 
     exit_code = 2
+
+
+class DownloadError(ClipsearchError):
+    """A model download failed: hub unreachable, a file missing or altered, interrupted."""
+
+    exit_code = 7

@@ -1,4 +1,5 @@
-"""The model catalogue (`models/catalogue.json`): which checkpoints clipsearch knows."""
+"""The model catalogue (`clipsearch/catalogue.json`, shared with `clipsearch models pull`):
+which checkpoints clipsearch knows."""
 from __future__ import annotations
 
 import json
@@ -6,13 +7,14 @@ from pathlib import Path
 
 from .errors import ExportError
 
+from clipsearch.config import catalogue_path
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CATALOGUE_PATH = REPO_ROOT / "models" / "catalogue.json"
 VOCAB_PATH = REPO_ROOT / "models" / "vocab" / "bpe_simple_vocab_16e6.txt.gz"
 
 
 def load_catalogue() -> dict:
-    with open(CATALOGUE_PATH, encoding="utf-8") as f:
+    with open(catalogue_path(), encoding="utf-8") as f:
         return json.load(f)
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
+from clipsearch.layouts import image_spec_from_processor
+
 from .catalogue import VOCAB_PATH
 
-CONTEXT_LENGTH = 77
 
 # A small config with CLIP's structure, for fast tests: same inputs and outputs as ViT-B/32
 # (77-token context, the real 49,408-entry vocabulary) but narrow and shallow.
@@ -85,56 +86,14 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in codes)))
 
 
-class PreprocessError(Exception):
-    """The checkpoint preprocesses images in a way the runtime cannot reproduce."""
-
-
-BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, as transformers stores `resample`
-
-
 def load_preprocess(source: str, revision: str | None, default: dict, image_size: int) -> dict:
     """The checkpoint's own image preprocessing (`preprocessor_config.json`), in the
     manifest's terms; `default` (the catalogue's) when the checkpoint has none. Refuses what
-    clipsearch's runtime cannot reproduce instead of exporting a model that is silently fed
-    other pixels than it was trained on."""
+    clipsearch's runtime cannot reproduce (`clipsearch.layouts.UnsupportedSource`)."""
     config = _read_processor_config(source, revision)
     if config is None:
         return dict({k: v for k, v in default.items() if k != "image_size"}, size=image_size)
-    where = f"{source}: preprocessor_config.json"
-    if config.get("resample", BICUBIC) != BICUBIC:
-        raise PreprocessError(f"{where}: resample={config['resample']}; clipsearch resizes with bicubic (3) only")
-    if not config.get("do_resize", True) or not config.get("do_center_crop", True):
-        raise PreprocessError(f"{where}: clipsearch needs a resize and a centre crop (do_resize, do_center_crop)")
-    shortest = _side(config.get("size"), "shortest_edge")
-    crop = _side(config.get("crop_size", config.get("size")), "height", "width")
-    if shortest is None:
-        raise PreprocessError(f"{where}: size={config.get('size')!r}; clipsearch resizes the shortest side only")
-    if crop is None:
-        raise PreprocessError(f"{where}: crop_size={config.get('crop_size')!r}; clipsearch crops a square only")
-    if crop != image_size:
-        raise PreprocessError(f"{where}: crop {crop} but the vision model takes {image_size}x{image_size}")
-    if shortest < crop:
-        raise PreprocessError(f"{where}: shortest side {shortest} is smaller than the crop {crop}")
-    if config.get("do_rescale", True) is False or abs(config.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-9:
-        raise PreprocessError(f"{where}: clipsearch scales pixels by 1/255 only (do_rescale, rescale_factor)")
-    normalize = config.get("do_normalize", True)
-    mean = [float(v) for v in config.get("image_mean", default["mean"])] if normalize else [0.0, 0.0, 0.0]
-    std = [float(v) for v in config.get("image_std", default["std"])] if normalize else [1.0, 1.0, 1.0]
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise PreprocessError(f"{where}: image_mean/image_std must be three numbers, std > 0")
-    return {"resize": "shortest_side", "interpolation": "bicubic", "crop": "center", "mean": mean, "std": std,
-            "size": crop, "shortest_side": shortest}
-
-
-def _side(value, *keys: str) -> int | None:
-    """An int from transformers' size forms: 224, {"shortest_edge": 224} or {"height": h, "width": w}
-    (square only)."""
-    if isinstance(value, int):
-        return value
-    if isinstance(value, dict) and all(k in value for k in keys) and len(value) == len(keys):
-        sides = {int(value[k]) for k in keys}
-        return sides.pop() if len(sides) == 1 else None
-    return None
+    return image_spec_from_processor(config, f"{source}: preprocessor_config.json", image_size, default)
 
 
 def _read_processor_config(source: str, revision: str | None) -> dict | None:

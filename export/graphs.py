@@ -1,20 +1,5 @@
-"""Turning the two CLIP towers into ONNX graphs, and quantizing them to int8.
-
-Quantization choices (measured; see README "Quantization"):
-- dynamic quantization of the weight-constant MatMul/Gemm nodes only (`MatMulConstBOnly`), so
-  attention's activation x activation products stay fp32; the token-embedding table (Gather)
-  is stored as int8 too: it is 40% of the text graph and costs no speed (one row per token);
-- int8 weights with `reduce_range` (7-bit weight values) by default. U8S8 is onnxruntime's
-  fast path on VNNI x86 (measured here: 61-63 img/s vs 34 for uint8 weights) and on ARM64;
-  on AVX2 CPUs without VNNI its VPMADDUBSW kernel adds two u8 x s8 products in int16, which
-  saturates with full 8-bit weights (255*127*2 > 32767) but cannot with 7-bit ones
-  (255*63*2 = 32130). SSE4-only x86 (Celeron J3455) runs one widening SSE kernel for both
-  types. reduce_range cost no speed here and moved the probe cosine from 0.99985 to 0.99971;
-- per-channel weight scales (no speed cost measured, better fidelity);
-- the patch-embedding Conv, LayerNorm and the embeddings stay fp32 (the CPU ConvInteger kernel
-  needs uint8 weights and the convolution is a small share of the time);
-- no onnxruntime transformer fusion before quantizing: measured slower for int8 here.
-"""
+"""Turning the two CLIP towers into ONNX graphs (quantizing them is `clipsearch.modelbuild`'s,
+shared with `clipsearch models pull`)."""
 from __future__ import annotations
 
 import contextlib
@@ -75,35 +60,6 @@ def export_towers(clip, out_dir: Path, context_length: int, quiet: bool = True) 
                           dynamic_shapes={TEXT_INPUT: {0: batch, 1: tokens}}, opset_version=OPSET,
                           dynamo=True, external_data=False)
     return {"vision": vision_path, "text": text_path}
-
-
-QUANT_DEFAULTS = {
-    "method": "onnxruntime.quantization.quantize_dynamic",
-    "op_types": ["MatMul", "Gemm", "Gather"],
-    "weight_type": "QInt8",
-    "activation_type": "QUInt8 (dynamic, per tensor)",
-    "per_channel": True,
-    "reduce_range": True,
-    "matmul_const_b_only": True,
-    "kept_fp32": "patch-embedding Conv, LayerNorm, class/position embeddings' arithmetic, attention activation products",
-    "transformer_optimizer": False,
-}
-
-
-def quantize(fp32_path: Path, int8_path: Path, weight_type: str = "QInt8", per_channel: bool = True,
-             reduce_range: bool = True) -> dict:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(
-        str(fp32_path), str(int8_path),
-        op_types_to_quantize=["MatMul", "Gemm", "Gather"],
-        weight_type=getattr(QuantType, weight_type),
-        per_channel=per_channel,
-        reduce_range=reduce_range,
-        extra_options={"MatMulConstBOnly": True},
-    )
-    settings = dict(QUANT_DEFAULTS, weight_type=weight_type, per_channel=per_channel, reduce_range=reduce_range)
-    return settings
 
 
 @contextlib.contextmanager
