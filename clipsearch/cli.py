@@ -340,3 +340,8 @@ def check_model(model_dir, threads):
         click.echo(f"model {manifest.name} ({manifest.model_id}) at {manifest.folder}: ok")
         if manifest.untrained:
             click.echo(f"note: {manifest.untrained}")
+
+
+from .modelcli import models  # noqa: E402 - the group uses handle_errors, defined above
+
+main.add_command(models)

@@ -90,8 +90,23 @@ class TextEncoder:
     def encode(self, texts: list[str]) -> np.ndarray:
         graph = self.manifest.graph("text")
         session = self.session  # first: the graph loads while a prefetching child tokenizes
-        names, source = [graph["output"]], graph["input"]
-        return l2_normalise(np.concatenate([session.run(names, {source: ids})[0] for ids in self.token_ids(texts)]))
+        names = [graph["output"]]
+        return l2_normalise(np.concatenate([session.run(names, self.feed(ids))[0] for ids in self.token_ids(texts)]))
+
+    def feed(self, ids: np.ndarray) -> dict:
+        """A text's ids as its graph takes them. Graphs pulled from other layouts may want
+        int32 ids, a fixed token axis (Immich's: 77, padded; the causal mask makes what follows
+        the end token irrelevant) or an attention mask (ones over the text)."""
+        graph = self.manifest.graph("text")
+        fixed = graph.get("fixed_length")
+        mask = np.ones_like(ids)
+        if fixed and ids.shape[1] < fixed:
+            pad = np.full((1, fixed - ids.shape[1]), int(self.manifest.text["pad_token_id"]), dtype=ids.dtype)
+            ids, mask = np.concatenate([ids, pad], axis=1), np.concatenate([mask, np.zeros_like(pad)], axis=1)
+        feed = {graph["input"]: ids.astype(np.int32) if graph.get("input_dtype") == "int32" else ids}
+        if graph.get("mask_input"):
+            feed[graph["mask_input"]] = mask
+        return feed
 
 
 class ImageEncoder:

@@ -1,0 +1,81 @@
+"""`clipsearch models list | pull | remove`: the command line over `pull.py` (one core call per
+command; errors mapped to exit codes by `cli.handle_errors`)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .cli import handle_errors
+
+
+@click.group()
+def models():
+    """Model folders: the catalogue, pulling one from the hub (no PyTorch), removing one."""
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def list_models(as_json):
+    """The catalogue: name, source, download size, licence, installed here or not."""
+    with handle_errors():
+        from .pull import catalogue_rows
+
+        for row in catalogue_rows():
+            if as_json:
+                click.echo(json.dumps(row))
+                continue
+            size = f"{row['download_mb']} MB" if row["download_mb"] else "size not pinned"
+            flags = ", ".join(f for f, on in (("default", row["default"]), ("installed", row["installed"])) if on)
+            click.echo(f"{row['name']:20} {row['source']:50} {size:16} {row['licence'] or '-'}"
+                       + (f"  [{flags}]" if flags else ""))
+
+
+@models.command()
+@click.argument("name", required=False)
+@click.option("--repo", metavar="OWNER/NAME", help="Any hub repo in a supported layout (transformers.js, immich).")
+@click.option("--revision", metavar="REV", help="With --repo: branch, tag or commit (default main).")
+@click.option("--layout", type=click.Choice(["transformers.js", "immich"]), help="With --repo: skip layout detection.")
+def pull(name, repo, revision, layout):
+    """Download a model's published ONNX towers, quantize them to int8 here and verify them:
+    NAME from `clipsearch models list` (default: the catalogue's default), or --repo."""
+    with handle_errors():
+        from . import pull as pulling
+        from .errors import UsageError
+
+        if repo:
+            source = pulling.repo_source(repo, revision, layout, name)
+        elif revision or layout:
+            raise UsageError("--revision and --layout go with --repo; catalogue entries pin their own")
+        else:
+            source = pulling.catalogue_source(name)
+        click.echo(f"pulling {source.name} from {source.repo}@{source.revision} ({source.layout.name} layout)", err=True)
+        summary = pulling.pull(source, progress=DownloadProgress() if sys.stderr.isatty() else None,
+                               log=lambda message: click.echo(f"note: {message}", err=True))
+        fidelity = summary["fidelity"]
+        click.echo(f"installed {source.name} at {summary['folder']} in {summary['seconds']} s: int8 vs fp32 cosine "
+                   f"min {fidelity['vision']['int8_vs_fp32_onnx']['min']} (images), "
+                   f"{fidelity['text']['int8_vs_fp32_onnx']['min']} (texts)", err=True)
+
+
+@models.command()
+@click.argument("name")
+def remove(name):
+    """Delete an installed model folder."""
+    with handle_errors():
+        from .pull import remove as remove_model
+
+        click.echo(f"removed {remove_model(name)}", err=True)
+
+
+class DownloadProgress:
+    """One updating line per file on a terminal."""
+
+    def __init__(self):
+        self.current = None
+
+    def __call__(self, path: str, have: int, total: int | None) -> None:
+        of = f" / {total / 1e6:.1f}" if total else ""
+        end = "\n" if total and have >= total else ""
+        click.echo(f"\r{path}: {have / 1e6:.1f}{of} MB\033[K{end}", err=True, nl=False)
