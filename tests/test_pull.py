@@ -191,3 +191,29 @@ def test_remove(tmp_path, hub, env):
     assert not os.path.exists(model_dir(env))
     missing = run_cli("models", "remove", "tiny", env=env)
     assert missing.returncode == 2 and b"no model 'tiny'" in missing.stderr
+
+
+def test_a_maintainer_pins_an_entry_and_users_then_verify_against_it(tmp_path, hub, env):
+    """models/pin.py resolves the revision to the commit served and records sizes and sha256s;
+    a later change of a file on the hub is then caught before anything is installed."""
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    env, folder = with_catalogue(env, tmp_path, hub, pinned=False)
+    catalogue = json.loads(open(env["CLIPSEARCH_CATALOGUE"]).read())
+    catalogue["models"]["tiny"]["pull"]["revision"] = "main"
+    open(env["CLIPSEARCH_CATALOGUE"], "w").write(json.dumps(catalogue))
+    hubserver.transformers_js_repo(hub.repo("Xenova/tiny-clip", "main"))
+    pinned = subprocess.run([sys.executable, "models/pin.py", "tiny"], cwd=REPO, env=dict(os.environ, **env),
+                            capture_output=True, text=True, timeout=120)
+    assert pinned.returncode == 0, pinned.stderr
+    entry = json.loads(open(env["CLIPSEARCH_CATALOGUE"]).read())["models"]["tiny"]["pull"]
+    assert entry["revision"] == hubserver.COMMIT
+    assert entry["files"] == hubserver.pinned_files(folder, XENOVA_FILES)
+    listed = json.loads(run_cli("models", "list", "--json", env=env).stdout.splitlines()[0])
+    assert listed["pinned"] is True and listed["download_mb"] == round(sum(f["size"] for f in entry["files"].values()) / 1e6)
+    (folder / "config.json").write_text('{"model_type": "clip", "projection_dim": 8}')
+    changed = pull(env, "tiny")
+    assert changed.returncode == 7 and b"config.json" in changed.stderr and b"altered" in changed.stderr
