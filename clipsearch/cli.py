@@ -345,3 +345,8 @@ def check_model(model_dir, threads):
 from .modelcli import models  # noqa: E402 - the group uses handle_errors, defined above
 
 main.add_command(models)
+
+from .tagcli import tag, untag  # noqa: E402 - as models
+
+main.add_command(tag)
+main.add_command(untag)

@@ -12,8 +12,8 @@ from pathlib import Path
 from .errors import ModelError
 
 FORMAT_VERSION = 1
-EXPORT_HINT = ("make a model folder with `python -m export` on any machine with PyTorch (see README) and copy it "
-               "here, or point --model / CLIPSEARCH_MODEL at one; this machine itself never needs PyTorch")
+EXPORT_HINT = ("get one with `clipsearch models pull` (no PyTorch needed; see README), or make one with "
+               "`python -m export` on a machine with PyTorch and copy it here, or point --model / CLIPSEARCH_MODEL at one")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,10 @@ from typing import NamedTuple
 
 from .errors import DatabaseError, ModelMismatchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Readers (query, status) open any version from this one on without upgrading: later steps
+# only add what writers use (v2: the keywords `tag` wrote).
+READABLE_FROM = 1
 
 
 class KnownRow(NamedTuple):
@@ -73,10 +76,26 @@ def _v1(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
+def _v2(db: sqlite3.Connection) -> None:
+    # v2: which keyword values `clipsearch tag` added to which sidecar field of which photo, so
+    # `untag` removes exactly those and never one a person wrote.
+    db.execute("""
+        CREATE TABLE keywords_added (
+            image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            keyword TEXT NOT NULL,
+            sidecar BLOB NOT NULL,
+            field TEXT NOT NULL,
+            value TEXT NOT NULL,
+            added_at REAL NOT NULL,
+            PRIMARY KEY (image_id, keyword, sidecar, field, value)
+        )""")
+    db.execute("CREATE INDEX keywords_added_keyword ON keywords_added(keyword)")
+
+
 # Upgrade steps: MIGRATIONS[n] takes a database at version n to n + 1. Each runs in one
 # transaction together with the user_version bump, so a kill mid-upgrade leaves the old
 # version intact and the next run simply upgrades again.
-MIGRATIONS = {0: _v1}
+MIGRATIONS = {0: _v1, 1: _v2}
 
 
 class Store:
@@ -127,7 +146,7 @@ class Store:
         if self.version > SCHEMA_VERSION:
             raise DatabaseError(f"{self.path}: written by a newer clipsearch (schema {self.version}, this one knows "
                                 f"{SCHEMA_VERSION}); upgrade clipsearch, or use another --db")
-        if self.version == SCHEMA_VERSION:
+        if self.version == SCHEMA_VERSION or (self.readonly and self.version >= READABLE_FROM):
             return
         if self.readonly:
             raise DatabaseError(f"{self.path}: schema {self.version} needs an upgrade; run `clipsearch index` once")
@@ -386,6 +405,32 @@ class Store:
         with self.atomic():
             self.db.execute("UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE id = ?",
                             (time.time(), status, json.dumps(summary), run_id))
+
+    # -- keywords written by `tag` -------------------------------------------------------
+
+    def image_ids(self, paths: list[bytes]) -> dict[bytes, int]:
+        marks = ",".join("?" * len(paths))
+        rows = self.db.execute(f"SELECT filepath, id FROM images WHERE filepath IN ({marks}) AND deleted = 0", paths)
+        return dict(rows.fetchall())
+
+    def record_keywords(self, image_id: int, keyword: str, sidecar: bytes, values: list[tuple[str, str]]) -> None:
+        self.db.executemany(
+            "INSERT OR IGNORE INTO keywords_added (image_id, keyword, sidecar, field, value, added_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)", [(image_id, keyword, sidecar, f, v, time.time()) for f, v in values])
+
+    def keywords_added(self, keyword: str, root: bytes | None) -> list[tuple[int, bytes, bytes, str, str]]:
+        """(image id, photo path, sidecar, field, value) that `tag` added for `keyword`."""
+        sql = ("SELECT k.image_id, i.filepath, k.sidecar, k.field, k.value FROM keywords_added k "
+               "JOIN images i ON i.id = k.image_id WHERE k.keyword = ?")
+        params: tuple = (keyword,)
+        if root is not None:
+            sql += " AND (i.filepath = ? OR (i.filepath > ? AND i.filepath < ?))"
+            params += self.under_params(root)
+        return self.db.execute(sql + " ORDER BY i.filepath, k.sidecar", params).fetchall()
+
+    def forget_keywords(self, image_id: int, keyword: str, sidecar: bytes) -> None:
+        self.db.execute("DELETE FROM keywords_added WHERE image_id = ? AND keyword = ? AND sidecar = ?",
+                        (image_id, keyword, sidecar))
 
     def counts(self) -> dict:
         row = self.query("SELECT SUM(deleted = 0 AND vector IS NOT NULL), SUM(deleted = 0 AND error IS NOT NULL), "

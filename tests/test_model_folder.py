@@ -136,7 +136,7 @@ def test_check_model_command(tiny_model):
 def test_missing_default_model_says_how_to_export(tmp_path):
     write_photo(tmp_path / "p" / "a.jpg", COLOURS["red"])
     result = CliRunner().invoke(main, ["index", str(tmp_path / "p")])
-    assert result.exit_code == 3 and "python -m export" in result.output
+    assert result.exit_code == 3 and "clipsearch models pull" in result.output and "python -m export" in result.output
 
 
 def test_tokenizer_prefetch_in_a_child_matches_and_falls_back(tiny_model):

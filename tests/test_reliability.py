@@ -141,14 +141,16 @@ def test_sigkill_during_a_schema_upgrade_keeps_the_old_version(tmp_path, colour_
     write_photo(tmp_path / "p" / "a.jpg", (200, 10, 10))
     db = tmp_path / "index.db"
     run_cli("index", str(tmp_path / "p"), "--db", str(db), "--model", str(colour_model), check=True)
-    # A slow upgrade step (a future v1 -> v2) killed halfway through its transaction.
+    from clipsearch.store import SCHEMA_VERSION
+
+    # A slow upgrade step (a future one, after the current version) killed halfway through.
     script = (
         "import time, clipsearch.store as s\n"
         "def slow(db):\n"
         "    db.execute('ALTER TABLE images ADD COLUMN extra TEXT')\n"
         "    db.execute(\"UPDATE images SET extra = 'x'\")\n"
         "    print('upgrading', flush=True); time.sleep(60)\n"
-        "s.MIGRATIONS[1] = slow; s.SCHEMA_VERSION = 2\n"
+        "s.MIGRATIONS[s.SCHEMA_VERSION] = slow; s.SCHEMA_VERSION += 1\n"
         f"s.Store(__import__('pathlib').Path({str(db)!r}))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE)
@@ -156,7 +158,7 @@ def test_sigkill_during_a_schema_upgrade_keeps_the_old_version(tmp_path, colour_
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         assert "extra" not in [row[1] for row in conn.execute("PRAGMA table_info(images)")]
     assert check_db(db, 3) == 1
     result = run_cli("query", "red", "--db", str(db), "--model", str(colour_model), "--paths", check=True)
