@@ -12,6 +12,8 @@ for writing.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -152,10 +154,22 @@ def read_sidecar(path: bytes) -> Sidecar:
                 raise SidecarError(f"{st.st_size // 1024} KB, over the {MAX_SIDECAR_BYTES >> 20} MB a sidecar may have")
             data = f.read()
     except FileNotFoundError:
-        return _parse(NEW_SIDECAR.encode(), path, None, 0o644)
+        return new_sidecar(path)
     except OSError as exc:
         raise SidecarError(f"cannot read ({exc.strerror})") from None
     return _parse(data, path, (st.st_size, st.st_mtime_ns), st.st_mode & 0o7777)
+
+
+@functools.cache
+def _template() -> Sidecar:
+    return _parse(NEW_SIDECAR.encode(), b"", None, 0o644)
+
+
+def new_sidecar(path: bytes) -> Sidecar:
+    """An empty sidecar for `path`: a copy of one parsed template (parsing it per photo made a
+    dry run labelling 100,000 photos take 34 s instead of 18 s, bench/tags.py)."""
+    template = _template()
+    return Sidecar(path, copy.deepcopy(template.root), template.head, template.tail, None, 0o644)
 
 
 def _parse(data: bytes, path: bytes, stamp, mode: int) -> Sidecar:

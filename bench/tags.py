@@ -1,0 +1,77 @@
+"""`clipsearch tag` speed: sidecar writes per second when tagging 10,000 photos (new sidecars,
+then merging into the existing ones), and the labels mode over 100,000 cached vectors with
+1,000 labels (texts encoded once, then a matrix product: no image decoded).
+
+    python bench/tags.py [--photos 10000] [--vectors 100000] [--labels 1000]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import CACHE, cpu_summary, full_model  # noqa: E402
+from bench.query import build_cache  # noqa: E402
+from clipsearch.manifest import load_manifest  # noqa: E402
+from clipsearch.tags import TagOptions, apply_keywords, tag_labels  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--photos", type=int, default=10_000)
+    parser.add_argument("--vectors", type=int, default=100_000)
+    parser.add_argument("--labels", type=int, default=1000)
+    args = parser.parse_args()
+    model = full_model()
+    manifest = load_manifest(model)
+    print(cpu_summary())
+    warnings = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        db = tmp / "index.db"
+        build_cache(db, args.photos, manifest)
+        import sqlite3
+
+        # The cache's paths live under /volume1/photo: move them under tmp, where sidecars can be written.
+        with sqlite3.connect(db) as conn:
+            prefix = str(tmp).encode()
+            conn.execute("UPDATE images SET filepath = CAST(? || filepath AS BLOB), dir = CAST(? || dir AS BLOB)",
+                         (prefix, prefix))
+            paths = [row[0] for row in conn.execute("SELECT filepath FROM images")]
+        chosen = {}
+        for path in paths:
+            Path(path.decode()).parent.mkdir(parents=True, exist_ok=True)
+            chosen[path] = ["beach"]
+        for round_name, keyword in (("new sidecars", "beach"), ("merge into existing sidecars", "sea")):
+            chosen = {path: [keyword] for path in chosen}
+            started = time.perf_counter()
+            report = apply_keywords(chosen, db, TagOptions(), lambda p, m: warnings.append(m))
+            seconds = time.perf_counter() - started
+            with sqlite3.connect(db) as conn:
+                recorded = conn.execute("SELECT COUNT(*) FROM keywords_added WHERE keyword = ?", (keyword,)).fetchone()[0]
+            print(f"tag {len(chosen)} photos, {round_name}: {report.written} sidecars in {seconds:.1f} s "
+                  f"({report.written / seconds:.0f} sidecar writes/s, each fsynced; {recorded} values recorded)")
+    labels = CACHE / "labels.txt"
+    labels.write_text("".join(f"label{i}\ta photo of thing number {i}\n" for i in range(args.labels)))
+    db = CACHE / f"query-{args.vectors}.db"
+    build_cache(db, args.vectors, manifest)
+    from clipsearch.encoders import TextEncoder
+    from clipsearch.tags import read_labels
+
+    started = time.perf_counter()
+    TextEncoder(manifest).encode(read_labels(labels)[1])
+    encode_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    report = tag_labels(labels, db, model, TagOptions(dry_run=True), lambda p, m: None, per_photo=3, min_score=-1.0)
+    seconds = time.perf_counter() - started
+    print(f"labels: {args.labels} labels x {args.vectors} cached vectors, best 3 each, dry run: {seconds:.1f} s "
+          f"({report.photos} photos labelled; of which encoding the {args.labels} label texts: {encode_seconds:.1f} s)")
+    if warnings:
+        print(f"warnings: {len(warnings)}, e.g. {warnings[0]}")
+
+
+if __name__ == "__main__":
+    main()
