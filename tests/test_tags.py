@@ -195,3 +195,31 @@ def test_tag_without_a_limit_refuses(library):
     _, _, env = library
     result = tag(env, "everything")
     assert result.returncode == 2 and b"--top N or --min-score S" in result.stderr
+
+
+def test_a_sidecar_changed_on_disk_meanwhile_is_left_as_it_is(tmp_path):
+    """Someone saves the sidecar in digiKam between clipsearch's read and its write."""
+    from clipsearch.sidecars import SidecarError, read_sidecar, write_sidecar
+
+    path = tmp_path / "photo.jpg.xmp"
+    path.write_text(DARKTABLE_SIDECAR.format(hand="mine"), encoding="utf-8")
+    sidecar = read_sidecar(bytes(path))
+    sidecar.add("dc:subject", "beach")
+    theirs = DARKTABLE_SIDECAR.format(hand="theirs, saved meanwhile")
+    path.write_text(theirs, encoding="utf-8")
+    with pytest.raises(SidecarError, match="changed on disk"):
+        write_sidecar(sidecar)
+    assert path.read_text(encoding="utf-8") == theirs
+    assert [p.name for p in tmp_path.iterdir()] == ["photo.jpg.xmp"]  # no temporary file left
+
+
+def test_tag_and_untag_within_a_folder(library):
+    root, photos, env = library
+    red0, red1 = photos["red"]
+    assert tag(env, "red", "--top", "2", "--in", str(red0.parent)).returncode == 0
+    tagged = {p.name for p in root.rglob("*.xmp")}
+    assert tagged == {f"{p.name}.xmp" for p in (red0, red1) if p.parent == red0.parent}
+    other = next(p for colours in photos.values() for p in colours if p.parent != red0.parent)
+    assert run_cli("untag", "red", "--in", str(other.parent), env=env).stderr.startswith(b"untag: 0 photos")
+    assert run_cli("untag", "red", "--in", str(red0.parent), env=env).returncode == 0
+    assert not list(root.rglob("*.xmp"))
