@@ -11,6 +11,7 @@ of one that a person might later write by hand.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -130,27 +131,32 @@ def untag(keyword: str, db_path: Path, options: TagOptions, warn: Callable[[byte
                 keyword, normalise_root(within) if within else None):
             records.setdefault((image_id, photo, sidecar), []).append((field_name, value))
         report.photos = len({photo for _, photo, _ in records})
-        for (image_id, photo, sidecar_path), values in records.items():
-            try:
-                sidecar = read_sidecar(sidecar_path)
-                removed = [value for field_name, value in values if sidecar.remove(field_name, value)]
-                if removed and not options.dry_run:
-                    if sidecar.only_ours_left():
-                        delete_sidecar(sidecar)  # clipsearch made it, and it now says nothing
-                    else:
-                        write_sidecar(sidecar)
-            except SidecarError as exc:
-                report.failed += 1
-                warn(sidecar_path, f"{exc}; {keyword!r} not removed from it")
-                continue
-            if not options.dry_run:
-                with store.atomic():
-                    store.forget_keywords(image_id, keyword, sidecar_path)
-            if removed:
-                report.written += 1
-                report.changes.append((photo, sidecar_path, keyword, removed))
+        for (image_id, photo, recorded), values in records.items():
+            # A photo moved since (the cache follows moves) usually took its sidecar along.
+            targets = [recorded] if os.path.lexists(recorded) else sidecar_paths(photo)
+            removed = []
+            for sidecar_path in targets:
+                try:
+                    sidecar = read_sidecar(sidecar_path)
+                    gone = [value for field_name, value in values if sidecar.remove(field_name, value)]
+                    if gone and not options.dry_run:
+                        if sidecar.only_ours_left():
+                            delete_sidecar(sidecar)  # clipsearch made it, and it now says nothing
+                        else:
+                            write_sidecar(sidecar)
+                except SidecarError as exc:
+                    report.failed += 1
+                    warn(sidecar_path, f"{exc}; {keyword!r} not removed from it")
+                    break
+                if gone:
+                    removed.append(sidecar_path)
+                    report.changes.append((photo, sidecar_path, keyword, gone))
             else:
-                report.unchanged += 1
+                if not options.dry_run:
+                    with store.atomic():
+                        store.forget_keywords(image_id, keyword, recorded)
+                report.written += len(removed)
+                report.unchanged += not removed
     finally:
         store.close()
     return report

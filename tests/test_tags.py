@@ -223,3 +223,18 @@ def test_tag_and_untag_within_a_folder(library):
     assert run_cli("untag", "red", "--in", str(other.parent), env=env).stderr.startswith(b"untag: 0 photos")
     assert run_cli("untag", "red", "--in", str(red0.parent), env=env).returncode == 0
     assert not list(root.rglob("*.xmp"))
+
+
+def test_untag_follows_a_photo_moved_with_its_sidecar(library):
+    """The cache follows the move (same content), and the sidecar moved along with the photo."""
+    root, photos, env = library
+    photo = photos["teal"][0]
+    assert tag(env, "teal", "--top", "1").returncode == 0
+    moved = root / "moved" / photo.name
+    moved.parent.mkdir()
+    photo.rename(moved)
+    Path(str(photo) + ".xmp").rename(Path(str(moved) + ".xmp"))
+    assert run_cli("index", str(root), env=env).returncode == 0
+    result = run_cli("untag", "teal", env=env)
+    assert result.returncode == 0 and b"1 sidecars written" in result.stderr, result.stderr
+    assert not Path(str(moved) + ".xmp").exists()
