@@ -238,8 +238,10 @@ class QueryCommand(click.Command):
 
 @main.command(cls=QueryCommand)
 @click.argument("terms", nargs=-1)
-@click.option("--top", "-n", type=click.IntRange(1), default=10, show_default=True, envvar="CLIPSEARCH_TOP",
-              help="How many results [env CLIPSEARCH_TOP].")
+@click.option("--top", "-n", type=click.IntRange(1), default=None, envvar="CLIPSEARCH_TOP",
+              help="How many results [env CLIPSEARCH_TOP; default 10, or all with --min-score].")
+@click.option("--min-score", type=float, default=None, metavar="S",
+              help="Only results whose score (cosine) reaches S: a cut-off instead of a fixed --top.")
 @click.option("--in", "within", type=click.Path(path_type=str), default=None,
               help="Only results under this folder (default: the whole library).")
 @click.option("-w", "--weighted", multiple=True, nargs=2, type=(float, str), metavar="W TEXT",
@@ -253,8 +255,8 @@ class QueryCommand(click.Command):
 @db_option
 @model_option
 @threads_option
-def query(terms, top, within, weighted, negated, like, unlike, as_json, bare_paths, null_sep, db_path, model_dir,
-          threads):
+def query(terms, top, min_score, within, weighted, negated, like, unlike, as_json, bare_paths, null_sep, db_path,
+          model_dir, threads):
     """Find the images that best match TERMS, each a text taken literally ("16:9 panorama",
     "3:30 pm", "-1 degrees"). Weights only with -w/--weighted W TEXT; subtract with --not:
     clipsearch query "a beach" -w 2 sunset --not people
@@ -263,7 +265,7 @@ def query(terms, top, within, weighted, negated, like, unlike, as_json, bare_pat
         from .search import run_query
 
         answer = run_query(terms, db_path, model_dir, top, weighted=weighted, negated=negated, like=like,
-                           unlike=unlike, within=within, threads=threads)
+                           unlike=unlike, within=within, threads=threads, min_score=min_score)
         for note in answer.notes:
             click.echo(note, err=True)
         try:

@@ -104,11 +104,16 @@ class Answer:
     notes: list[str] = field(default_factory=list)  # for stderr: why nothing was found, an untrained model
 
 
-def run_query(texts: list[str], db_path, model_dir, top: int = 10, *, weighted=(), negated=(), like=(), unlike=(),
-              within: str | None = None, threads: int | None = None) -> Answer:
-    """A whole query, as `clipsearch query` (and a server) runs it: terms, model, cache, scope,
-    vector, ranking. The tokenizer is forked off first, before numpy and onnxruntime load
-    (`tokens.py`): keep heavy imports below that line."""
+DEFAULT_TOP = 10
+
+
+def run_query(texts: list[str], db_path, model_dir, top: int | None = DEFAULT_TOP, *, weighted=(), negated=(), like=(),
+              unlike=(), within: str | None = None, threads: int | None = None,
+              min_score: float | None = None) -> Answer:
+    """A whole query, as `clipsearch query` (and a server, and `tag`) runs it: terms, model,
+    cache, scope, vector, ranking. `min_score` keeps the results whose cosine reaches it; with
+    it and no `top`, every such result. The tokenizer is forked off first, before numpy and
+    onnxruntime load (`tokens.py`): keep heavy imports below that line."""
     from .manifest import load_manifest
     from .tokens import TokenPrefetch
 
@@ -129,11 +134,17 @@ def run_query(texts: list[str], db_path, model_dir, top: int = 10, *, weighted=(
                 raise UsageError(f"{within}: --in needs an existing folder")
             folder = normalise_root(within)
         vector = query_vector(terms, manifest, threads, prefetch, store.meta("pipeline"))
+        if top is None:
+            top = max(1, store.counts()["indexed"]) if min_score is not None else DEFAULT_TOP
         results = search(store, manifest, vector, top, folder)
     finally:
         store.close()
     if not results:
         return Answer(results, [no_results_reason(within, store.path)])
+    if min_score is not None and results[0][1] < min_score:
+        return Answer([], [f"clipsearch: no photo reaches --min-score {min_score} (the best scores {results[0][1]:.4f})"])
+    if min_score is not None:
+        results = [(path, score) for path, score in results if score >= min_score]
     return Answer(results, [f"note: {manifest.untrained}"] if manifest.untrained else [])
 
 

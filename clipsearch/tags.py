@@ -60,9 +60,9 @@ def tag_query(keyword: str, texts: list[str], db_path: Path, model_dir: Path, op
     check_keyword(keyword)
     if top is None and min_score is None:
         raise UsageError("tag needs --top N or --min-score S (or both): without a limit it would tag every photo")
-    answer = run_query(list(texts) or [keyword], db_path, model_dir, top=top or live_count(db_path),
+    answer = run_query(list(texts) or [keyword], db_path, model_dir, top=top, min_score=min_score,
                        weighted=weighted, negated=negated, like=like, unlike=unlike, within=within)
-    chosen = {path: [keyword] for path, score in answer.results if min_score is None or score >= min_score}
+    chosen = {path: [keyword] for path, _ in answer.results}
     return apply_keywords(chosen, db_path, options, warn)
 
 
@@ -225,13 +225,3 @@ def check_keyword(keyword: str) -> None:
     if not keyword.strip() or any(c in keyword for c in "|/\n\r\t") or len(keyword) > 200:
         raise UsageError(f"keyword {keyword!r}: must be non-empty, at most 200 characters, without | / or line breaks "
                          "(they separate levels in the hierarchical fields)")
-
-
-def live_count(db_path: Path) -> int:
-    from .store import Store
-
-    store = Store(db_path, readonly=True)
-    try:
-        return max(1, store.counts()["indexed"])
-    finally:
-        store.close()

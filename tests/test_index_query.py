@@ -283,3 +283,17 @@ def test_db_and_model_come_from_the_environment_and_options_override_it(colour_m
     assert json.loads(runner.invoke(main, ["status", "--json"]).stdout)["database"] == str(tmp_path / "env.db")
     other = runner.invoke(main, ["query", "red", "--db", str(tmp_path / "none.db")])
     assert other.exit_code == 4 and "none.db" in other.output
+
+
+def test_min_score_is_a_cut_off_instead_of_a_fixed_top(cli, tmp_path):
+    colour_library(tmp_path / "photos", per_colour=3)
+    cli("index", str(tmp_path / "photos"), "--workers", "1")
+    ranked = [json.loads(line) for line in cli("query", "red", "--json", "--top", "24").stdout.splitlines()]
+    cut = (ranked[2]["score"] + ranked[3]["score"]) / 2  # between the 3 red photos and the rest
+    found = [json.loads(line) for line in cli("query", "red", "--json", "--min-score", str(cut)).stdout.splitlines()]
+    assert [row["path"] for row in found] == [row["path"] for row in ranked[:3]]
+    assert all("red_" in row["path"] for row in found)
+    assert len(cli("query", "red", "--paths", "--min-score", "-1").stdout.splitlines()) == 24  # all, not 10
+    assert len(cli("query", "red", "--paths", "--min-score", str(cut), "--top", "2").stdout.splitlines()) == 2
+    above = cli("query", "red", "--min-score", "0.9999999")
+    assert above.stdout == "" and "no photo reaches --min-score 0.9999999" in above.stderr
