@@ -89,16 +89,13 @@ def serve(conn, model_folder: str, threads: int, use_draft: bool, parent: int) -
     except Exception as exc:  # noqa: BLE001 - reported to the main process, which says it once
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", None))
-    while True:
-        try:
-            files = conn.recv()
-        except (EOFError, OSError, KeyboardInterrupt):
-            return
-        if files is None:
-            return
-        for file in files:
-            conn.send(embedjob.embed_file(file))
+    try:
+        conn.send(("ready", None))
+        while (files := conn.recv()) is not None:
+            for file in files:
+                conn.send(embedjob.embed_file(file))
+    except (EOFError, OSError):
+        return  # the main process is gone (killed, or it stopped this worker): nothing to say
 
 
 @dataclass
