@@ -238,3 +238,21 @@ def test_untag_follows_a_photo_moved_with_its_sidecar(library):
     result = run_cli("untag", "teal", env=env)
     assert result.returncode == 0 and b"1 sidecars written" in result.stderr, result.stderr
     assert not Path(str(moved) + ".xmp").exists()
+
+
+def test_a_v1_cache_is_read_as_it_is_and_upgraded_by_the_first_tag(library):
+    import sqlite3
+
+    root, photos, env = library
+    db = Path(env["CLIPSEARCH_HOME"]) / "index.db"
+    with sqlite3.connect(db) as conn:  # what clipsearch before `tag` wrote
+        conn.execute("DROP TABLE keywords_added")
+        conn.execute("PRAGMA user_version = 1")
+    answer = run_cli("query", "red", "--paths", "--top", "2", env=env)
+    assert answer.returncode == 0 and len(answer.stdout.splitlines()) == 2, answer.stderr
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (1,)  # a reader does not upgrade
+    assert tag(env, "red", "--top", "2").returncode == 0
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("SELECT COUNT(*) FROM keywords_added").fetchone() == (6,)  # 2 photos x 3 fields

@@ -1,0 +1,75 @@
+"""The cache's tables, version by version: each upgrade step takes a database from version n
+to n + 1 and runs in one transaction with the `user_version` bump (`store.Store` runs them), so
+a kill mid-upgrade leaves the old version intact and the next run simply upgrades again."""
+from __future__ import annotations
+
+import sqlite3
+
+SCHEMA_VERSION = 2
+# Readers (query, status) open any version from this one on without upgrading: later steps
+# only add what writers use (v2: the keywords `tag` wrote).
+READABLE_FROM = 1
+
+
+def _v1(db: sqlite3.Connection) -> None:
+    # v1: the seed schema (images: id, deleted, filepath UNIQUE, modified_at, size, vector),
+    # with paths as bytes, int8 vectors + scale, the decode error of failed files, a content
+    # fingerprint for move detection and a change counter (seq) that the packed vector file
+    # follows.
+    # Statement by statement: executescript() would COMMIT the surrounding transaction.
+    script = (
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE images (
+            id INTEGER PRIMARY KEY,
+            filepath BLOB NOT NULL UNIQUE,
+            dir BLOB NOT NULL,
+            modified_at INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            fingerprint BLOB,
+            vector BLOB,
+            scale REAL,
+            error TEXT,
+            deleted INTEGER NOT NULL DEFAULT 0,
+            deleted_at REAL,
+            seq INTEGER NOT NULL,
+            indexed_at REAL NOT NULL
+        );
+        CREATE INDEX images_dir ON images(dir);
+        CREATE INDEX images_content ON images(size, fingerprint);
+        CREATE INDEX images_seq ON images(seq);
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            roots TEXT NOT NULL,
+            status TEXT NOT NULL,
+            summary TEXT
+        );
+        INSERT INTO meta (key, value) VALUES ('seq', '0')
+        """
+    )
+    for statement in script.split(";"):
+        db.execute(statement)
+
+
+def _v2(db: sqlite3.Connection) -> None:
+    # v2: which keyword values `clipsearch tag` added to which sidecar field of which photo, so
+    # `untag` removes exactly those and never one a person wrote.
+    db.execute("""
+        CREATE TABLE keywords_added (
+            image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            keyword TEXT NOT NULL,
+            sidecar BLOB NOT NULL,
+            field TEXT NOT NULL,
+            value TEXT NOT NULL,
+            added_at REAL NOT NULL,
+            PRIMARY KEY (image_id, keyword, sidecar, field, value)
+        )""")
+    db.execute("CREATE INDEX keywords_added_keyword ON keywords_added(keyword)")
+
+
+# Upgrade steps: MIGRATIONS[n] takes a database at version n to n + 1. Each runs in one
+# transaction together with the user_version bump, so a kill mid-upgrade leaves the old
+# version intact and the next run simply upgrades again.
+MIGRATIONS = {0: _v1, 1: _v2}
