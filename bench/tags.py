@@ -16,7 +16,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import CACHE, cpu_summary, full_model  # noqa: E402
 from bench.query import build_cache  # noqa: E402
 from clipsearch.manifest import load_manifest  # noqa: E402
+from clipsearch.store import Store  # noqa: E402
 from clipsearch.tags import TagOptions, apply_keywords, tag_labels  # noqa: E402
+
+
+def photo_cache(db: Path, folder: Path, count: int, manifest) -> list[bytes]:
+    """A cache of `count` photos in folders of 1,000 under `folder` (random vectors; the photo
+    files themselves are not needed to write their sidecars)."""
+    import os
+
+    import numpy as np
+
+    from clipsearch.vectors import quantize_rows
+
+    store = Store(db)
+    store.check_model(manifest.model_id, manifest.name, claim=True)
+    unit = np.random.default_rng(0).normal(size=(count, manifest.embedding_dim)).astype(np.float32)
+    q, scales = quantize_rows(unit / np.linalg.norm(unit, axis=1, keepdims=True))
+    paths = []
+    for i in range(count):
+        (folder / f"{i // 1000:04d}").mkdir(parents=True, exist_ok=True)
+        paths.append(os.fsencode(folder / f"{i // 1000:04d}" / f"IMG_{i:07d}.jpg"))
+    with store.atomic():
+        seq = store.next_seq()
+        store.insert_rows((path, os.path.dirname(path), 1_700_000_000_000_000_000 + i, 3_000_000 + i, os.urandom(32),
+                           q[i].tobytes(), float(scales[i]), seq, time.time()) for i, path in enumerate(paths))
+    store.close()
+    return paths
 
 
 def main() -> None:
@@ -32,26 +58,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         db = tmp / "index.db"
-        build_cache(db, args.photos, manifest)
-        import sqlite3
-
-        # The cache's paths live under /volume1/photo: move them under tmp, where sidecars can be written.
-        with sqlite3.connect(db) as conn:
-            prefix = str(tmp).encode()
-            conn.execute("UPDATE images SET filepath = CAST(? || filepath AS BLOB), dir = CAST(? || dir AS BLOB)",
-                         (prefix, prefix))
-            paths = [row[0] for row in conn.execute("SELECT filepath FROM images")]
-        chosen = {}
-        for path in paths:
-            Path(path.decode()).parent.mkdir(parents=True, exist_ok=True)
-            chosen[path] = ["beach"]
+        chosen = {path: ["beach"] for path in photo_cache(db, tmp / "photos", args.photos, manifest)}
         for round_name, keyword in (("new sidecars", "beach"), ("merge into existing sidecars", "sea")):
             chosen = {path: [keyword] for path in chosen}
             started = time.perf_counter()
             report = apply_keywords(chosen, db, TagOptions(), lambda p, m: warnings.append(m))
             seconds = time.perf_counter() - started
-            with sqlite3.connect(db) as conn:
-                recorded = conn.execute("SELECT COUNT(*) FROM keywords_added WHERE keyword = ?", (keyword,)).fetchone()[0]
+            store = Store(db, readonly=True)
+            recorded = len(store.keywords_added(keyword, None))
+            store.close()
             print(f"tag {len(chosen)} photos, {round_name}: {report.written} sidecars in {seconds:.1f} s "
                   f"({report.written / seconds:.0f} sidecar writes/s, each fsynced; {recorded} values recorded)")
     labels = CACHE / "labels.txt"
