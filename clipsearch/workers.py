@@ -34,6 +34,7 @@ DEFAULT_FILE_TIMEOUT = 120.0  # s; an 89 MP 16-bit PNG takes ~3 s here, ~10 s on
 POLL_SECONDS = 0.05  # how often memory and time are checked while results are awaited
 QUEUED_PER_WORKER = 2  # files handed to a worker at a time: one in progress, one waiting
 START_ATTEMPTS = 3  # workers that die before they are ready, in a row, before the run gives up
+START_SECONDS = 300.0  # to start and load the model (ViT-B/32 int8: ~1 s here, a few on a NAS)
 
 
 def available_memory_mb() -> int | None:
@@ -109,7 +110,7 @@ class Slot:
     ready: bool = False
     fresh: bool = True  # has not been handed a file yet
     alone: bool = False  # trying a file that stopped a worker before: it gets nothing else
-    since: float = 0.0
+    since: float = field(default_factory=time.monotonic)  # started, then: on its current file since
 
 
 class WorkerPool:
@@ -262,6 +263,9 @@ class WorkerPool:
     def _enforce_bounds(self) -> None:
         now = time.monotonic()
         for slot in list(self.slots):
+            if not slot.ready and now - slot.since > START_SECONDS:
+                self._stop(slot, f"a worker did not load the model within {START_SECONDS:g} s")
+                continue
             if not (slot.ready and slot.files):
                 continue
             if now - slot.since > self.file_timeout:

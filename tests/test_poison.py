@@ -168,3 +168,22 @@ def test_with_two_workers_a_bloating_file_is_retried_in_a_fresh_worker_and_the_r
     assert sorted(r.path for r in results) == sorted(f[0] for f in files)
     errors = {r.path: r.error for r in results if r.error}
     assert errors == {os.fsencode(big): "refused: needed more than 200 MB of memory (--worker-memory), twice"}
+
+
+def test_workers_that_never_get_ready_end_the_run_with_one_error(tmp_path, colour_model, monkeypatch):
+    """A worker stuck while loading the model is stopped; three in a row end the run clearly."""
+    import pytest
+
+    from clipsearch import workers
+    from clipsearch.errors import ClipsearchError
+
+    monkeypatch.setattr(workers, "START_SECONDS", 0.0)  # no worker can be ready in no time
+    photo = colour_library(tmp_path / "photos", per_colour=1)["red"][0]
+    pool = workers.WorkerPool(str(colour_model), workers=1, threads=1, use_draft=True)
+    try:
+        with pytest.raises(ClipsearchError, match="die while loading the model .*did not load the model within 0 s"):
+            pool.submit([(os.fsencode(photo), photo.stat().st_size, photo.stat().st_mtime_ns)])
+            pool.drain()
+    finally:
+        pool.close(cancel=True)
+    assert pool.slots == []
