@@ -25,6 +25,8 @@ NS = {
     "dc": "http://purl.org/dc/elements/1.1/",
     "lr": "http://ns.adobe.com/lightroom/1.0/",
     "digiKam": "http://www.digikam.org/ns/1.0/",
+    "xmp": "http://ns.adobe.com/xap/1.0/",
+    "photoshop": "http://ns.adobe.com/photoshop/1.0/",
 }
 # field -> (namespace, local name, container, level separator)
 FIELDS = {
@@ -115,6 +117,17 @@ class Sidecar:
         bare = all(not len(d) and set(d.attrib) <= {f"{{{NS['rdf']}}}about"} for d in descriptions)
         return toolkit == "clipsearch" and bare
 
+    def value(self, uri: str, name: str) -> str | None:
+        """A simple property, as an attribute of an rdf:Description or as its element."""
+        for description in self._descriptions():
+            attribute = description.get(f"{{{uri}}}{name}")
+            if attribute is not None:
+                return attribute
+            element = description.find(f"{{{uri}}}{name}")
+            if element is not None and element.text and element.text.strip():
+                return element.text.strip()
+        return None
+
     def _description(self) -> ET.Element:
         rdf = self.root if self.root.tag == f"{{{NS['rdf']}}}RDF" else self.root.find(f"{{{NS['rdf']}}}RDF")
         if rdf is None:
@@ -158,6 +171,13 @@ def read_sidecar(path: bytes) -> Sidecar:
     except OSError as exc:
         raise SidecarError(f"cannot read ({exc.strerror})") from None
     return _parse(data, path, (st.st_size, st.st_mtime_ns), st.st_mode & 0o7777)
+
+
+def parse_xmp(data: bytes) -> Sidecar:
+    """XMP from bytes (embedded in a photo, or a sidecar already read): SidecarError if bad."""
+    if len(data) > MAX_SIDECAR_BYTES:
+        raise SidecarError(f"{len(data) // 1024} KB of XMP, over the {MAX_SIDECAR_BYTES >> 20} MB allowed")
+    return _parse(data.rstrip(b"\0"), b"", None, 0o644)
 
 
 @functools.cache
