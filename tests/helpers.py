@@ -3,6 +3,7 @@ writers of real image files, and the real CLI in a subprocess."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,20 @@ def run_cli_measured(*args, timeout=300) -> tuple[subprocess.CompletedProcess, f
     stderr, _, peak_kib = result.stderr.rstrip(b"\n").rpartition(b"\n")
     result.stderr = stderr + b"\n" if stderr else b""
     return result, int(peak_kib) / 1024
+
+
+def run_unprivileged(*args: str, env: dict) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess for which file permissions apply, even when the tests run as root."""
+    command = [sys.executable, "-m", "clipsearch", *args]
+    if os.geteuid() == 0:
+        # Root reads any file through CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH: drop both (from the
+        # bounding and inheritable sets, so the exec'd Python does not get them back) and stay
+        # root otherwise, so the interpreter and the venv stay reachable wherever they live.
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            import pytest
+
+            pytest.skip("running as root without util-linux's setpriv to drop the override capabilities")
+        caps = "-dac_override,-dac_read_search"
+        command = [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", "--", *command]
+    return subprocess.run(command, cwd=REPO, capture_output=True, timeout=120, env=dict(os.environ, **env))

@@ -3,10 +3,7 @@ warning naming the file (and remembered), or skipped. Nothing cached is lost."""
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
-import subprocess
-import sys
 import time
 
 import pytest
@@ -15,7 +12,7 @@ from PIL import Image
 from clipsearch.embedjob import EmbedWorker
 from clipsearch.encoders import ImageEncoder
 from clipsearch.manifest import load_manifest
-from helpers import REPO, run_cli, run_cli_measured, write_photo
+from helpers import run_cli, run_cli_measured, run_unprivileged, write_photo
 import corpus
 
 
@@ -60,22 +57,6 @@ def test_corpus_policies(tmp_path, colour_model, follow):
     assert b"warning" not in again.stderr and indexed_paths(db) == expected_indexed
 
 
-def run_unprivileged(*args: str, home) -> subprocess.CompletedProcess:
-    """The CLI in a subprocess for which file permissions apply, even when the tests run as root."""
-    command = [sys.executable, "-m", "clipsearch", *args]
-    if os.geteuid() == 0:
-        # Root reads any file through CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH: drop both (from the
-        # bounding and inheritable sets, so the exec'd Python does not get them back) and stay
-        # root otherwise, so the interpreter and the venv stay reachable wherever they live.
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root without util-linux's setpriv to drop the override capabilities")
-        caps = "-dac_override,-dac_read_search"
-        command = [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", "--", *command]
-    return subprocess.run(command, cwd=REPO, capture_output=True, timeout=120,
-                          env=dict(os.environ, CLIPSEARCH_HOME=str(home)))
-
-
 def test_unreadable_file(tmp_path, colour_model):
     root = tmp_path / "library"
     write_photo(root / "fine.jpg", (200, 0, 0))
@@ -83,12 +64,12 @@ def test_unreadable_file(tmp_path, colour_model):
     os.chmod(secret, 0)
     db = tmp_path / "index.db"
     args = ("index", str(root), "--db", str(db), "--model", str(colour_model), "--workers", "1")
-    result = run_unprivileged(*args, home=tmp_path / "home")
+    result = run_unprivileged(*args, env={"CLIPSEARCH_HOME": str(tmp_path / "home")})
     assert result.returncode == 0, result.stderr
     assert f"warning: {secret}: cannot read (Permission denied)".encode() in result.stderr
     assert indexed_paths(db) == {os.fsencode(root / "fine.jpg")}
     # still unreadable: remembered as failed, not retried or warned about again
-    again = run_unprivileged(*args, home=tmp_path / "home")
+    again = run_unprivileged(*args, env={"CLIPSEARCH_HOME": str(tmp_path / "home")})
     assert again.returncode == 0 and b"warning" not in again.stderr, again.stderr
     assert indexed_paths(db) == {os.fsencode(root / "fine.jpg")}
 
@@ -100,12 +81,12 @@ def test_a_folder_that_turns_unreadable_keeps_its_cached_photos(tmp_path, colour
     write_photo(root / "trip" / "day2" / "dune.jpg", (200, 200, 0))
     db = tmp_path / "index.db"
     args = ("index", str(root), "--db", str(db), "--model", str(colour_model), "--workers", "1")
-    assert run_unprivileged(*args, home=tmp_path / "home").returncode == 0
+    assert run_unprivileged(*args, env={"CLIPSEARCH_HOME": str(tmp_path / "home")}).returncode == 0
     everything = indexed_paths(db)
     assert len(everything) == 3
     os.chmod(root / "trip", 0)
     try:
-        result = run_unprivileged(*args, home=tmp_path / "home")
+        result = run_unprivileged(*args, env={"CLIPSEARCH_HOME": str(tmp_path / "home")})
     finally:
         os.chmod(root / "trip", 0o755)
     message = result.stderr.decode()

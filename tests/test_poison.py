@@ -38,15 +38,20 @@ def index(root, db, model, *extra, timeout=300):
     return run_cli("index", str(root), "--db", str(db), "--model", str(model), *extra, timeout=timeout)
 
 
+def assert_refused(result, db, photos, big, why: str) -> None:
+    """The run finished, said why `big` was refused, and indexed every other photo."""
+    err = result.stderr.decode()
+    assert result.returncode == 0 and "Traceback" not in err, err
+    assert f"warning: {big}: refused: {why}, twice; remembered" in err, err
+    assert indexed_paths(db) == {os.fsencode(p) for p in photos}
+    assert failed_paths(db) == {os.fsencode(big)}
+
+
 def test_a_file_over_the_time_bound_is_stopped_tried_again_and_remembered(tmp_path, colour_model):
     root, photos, big = library_with(tmp_path)
     db = tmp_path / "index.db"
     result = index(root, db, colour_model, "--workers", "2", "--file-timeout", "0.3")
-    err = result.stderr.decode()
-    assert result.returncode == 0 and "Traceback" not in err, err
-    assert f"warning: {big}: refused: took longer than 0.3 s (--file-timeout), twice; remembered" in err, err
-    assert indexed_paths(db) == {os.fsencode(p) for p in photos}
-    assert failed_paths(db) == {os.fsencode(big)}
+    assert_refused(result, db, photos, big, "took longer than 0.3 s (--file-timeout)")
     again = index(root, db, colour_model, "--workers", "2", "--file-timeout", "0.3")
     assert again.returncode == 0 and b"warning" not in again.stderr and b"0 new" in again.stderr, again.stderr
     # Given the time it needs, the same file is indexed once it changes (or after `--file-timeout 60`).
@@ -60,11 +65,7 @@ def test_a_file_over_the_memory_bound_is_refused_and_remembered(tmp_path, colour
     root, photos, big = library_with(tmp_path)
     db = tmp_path / "index.db"
     result = index(root, db, colour_model, "--workers", "1", "--worker-memory", "200")
-    err = result.stderr.decode()
-    assert result.returncode == 0 and "Traceback" not in err, err
-    assert f"warning: {big}: refused: needed more than 200 MB of memory (--worker-memory), twice" in err, err
-    assert indexed_paths(db) == {os.fsencode(p) for p in photos}
-    assert failed_paths(db) == {os.fsencode(big)}
+    assert_refused(result, db, photos, big, "needed more than 200 MB of memory (--worker-memory)")
 
 
 def kill_when_busy(proc, times: int, over_mb: float = 150) -> int:
@@ -86,28 +87,28 @@ def kill_when_busy(proc, times: int, over_mb: float = 150) -> int:
     return kills
 
 
+def index_killing_workers(root, db, model, kills: int) -> subprocess.CompletedProcess:
+    """A one-worker index run whose worker is SIGKILLed `kills` times while on the big PNG."""
+    proc = subprocess.Popen([sys.executable, "-m", "clipsearch", "index", str(root), "--db", str(db), "--model",
+                             str(model), "--workers", "1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert kill_when_busy(proc, kills) == kills
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def test_a_file_that_kills_its_worker_twice_is_remembered_and_the_run_finishes(tmp_path, colour_model):
     root, photos, big = library_with(tmp_path)
     db = tmp_path / "index.db"
-    proc = subprocess.Popen([sys.executable, "-m", "clipsearch", "index", str(root), "--db", str(db), "--model",
-                             str(colour_model), "--workers", "1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert kill_when_busy(proc, 2) == 2
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0 and b"Traceback" not in err, err
-    assert f"warning: {big}: refused: its worker was killed (SIGKILL: out of memory?), twice".encode() in err, err
-    assert indexed_paths(db) == {os.fsencode(p) for p in photos}
-    assert failed_paths(db) == {os.fsencode(big)}
+    result = index_killing_workers(root, db, colour_model, 2)
+    assert_refused(result, db, photos, big, "its worker was killed (SIGKILL: out of memory?)")
 
 
 def test_a_file_whose_worker_is_killed_once_is_not_blamed(tmp_path, colour_model):
     """The OOM killer may end a worker for another process's memory: one try more, and indexed."""
     root, photos, big = library_with(tmp_path)
     db = tmp_path / "index.db"
-    proc = subprocess.Popen([sys.executable, "-m", "clipsearch", "index", str(root), "--db", str(db), "--model",
-                             str(colour_model), "--workers", "1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert kill_when_busy(proc, 1) == 1
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0 and b"warning" not in err, err
+    result = index_killing_workers(root, db, colour_model, 1)
+    assert result.returncode == 0 and b"warning" not in result.stderr, result.stderr
     assert indexed_paths(db) == {os.fsencode(p) for p in photos | {big}}
 
 

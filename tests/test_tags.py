@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, colour_library, run_cli, write_photo
+from helpers import REPO, colour_library, run_cli, run_unprivileged, write_photo
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None,
                                 reason="ExifTool not installed (apt-get install libimage-exiftool-perl; .ci/run does)")
@@ -138,24 +138,12 @@ def test_bad_sidecars_and_read_only_folders_are_left_alone_with_one_warning(libr
     folder = photos["magenta"][0].parent
     os.chmod(folder, 0o555)
     try:
-        locked = run_unprivileged_tag(env, "magenta", "--top", "2")
+        locked = run_unprivileged("tag", "magenta", "--top", "2", env=env)
     finally:
         os.chmod(folder, 0o755)
     err = locked.stderr.decode()
     assert locked.returncode == 0 and "0 sidecars written" in err and "2 failed" in err, err
     assert "cannot write (Permission denied)" in err
-
-
-def run_unprivileged_tag(env, *args):
-    """As test_bad_input.run_unprivileged: root ignores file permissions unless it drops them."""
-    command = [sys.executable, "-m", "clipsearch", "tag", *args]
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root without setpriv")
-        caps = "-dac_override,-dac_read_search"
-        command = [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", "--", *command]
-    return subprocess.run(command, cwd=REPO, capture_output=True, timeout=120, env=dict(os.environ, **env))
 
 
 def test_a_kill_at_any_moment_leaves_whole_sidecars(tmp_path, colour_model):
