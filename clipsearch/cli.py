@@ -74,6 +74,30 @@ def model_option(f):
                              "else the only model folder there].")(f)
 
 
+def filter_options(f):
+    """What the photos say about themselves (read by `index`), as filters of `query` and `tag`."""
+    options = [
+        click.option("--after", metavar="DATE", help="Taken on or after DATE (YYYY, YYYY-MM, YYYY-MM-DD or a timestamp; "
+                                                     "the camera's clock)."),
+        click.option("--before", metavar="DATE", help="Taken before DATE (exclusive: --before 2019-09 ends with August)."),
+        click.option("--camera", metavar="TEXT", help="Camera make or model contains TEXT (any case)."),
+        click.option("--near", metavar="LAT,LON", help="Taken near this point (decimal degrees; with --within)."),
+        click.option("--within", "within_distance", metavar="DIST", help="With --near: at most DIST away (25km, 800m; "
+                                                                          "default 10km)."),
+        click.option("--tag", "tags", multiple=True, metavar="KEYWORD", help="Has this keyword (any case; repeatable: all)."),
+        click.option("--min-rating", type=click.IntRange(-1, 5), default=None, metavar="N", help="Rated N stars or more."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def filters_from(after, before, camera, near, within_distance, tags, min_rating):
+    from .filters import make_filters
+
+    return make_filters(after, before, camera, near, within_distance, tags, min_rating)
+
+
 def threads_option(f):
     return click.option("--threads", type=click.IntRange(1, 256), envvar="CLIPSEARCH_THREADS", default=None,
                         help="onnxruntime threads [env CLIPSEARCH_THREADS].")(f)
@@ -249,14 +273,18 @@ class QueryCommand(click.Command):
 @click.option("--not", "negated", multiple=True, metavar="TEXT", help="Subtract a text (weight -1; repeatable).")
 @click.option("--like", multiple=True, metavar="IMAGE", help="Add an image to the query (repeatable).")
 @click.option("--unlike", multiple=True, metavar="IMAGE", help="Subtract an image from the query (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line: path, score.")
+@filter_options
+@click.option("--sort", type=click.Choice(["score", "date"]), default="score", show_default=True,
+              help="Order of the results chosen: best match first, or newest first.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line: path, score, and what the photo says "
+                                                      "about itself (date, camera, place, size, keywords, rating).")
 @click.option("--paths", "bare_paths", is_flag=True, help="Bare paths, one per line.")
 @click.option("-0", "--null", "null_sep", is_flag=True, help="Bare paths separated by NUL (for xargs -0).")
 @db_option
 @model_option
 @threads_option
-def query(terms, top, min_score, within, weighted, negated, like, unlike, as_json, bare_paths, null_sep, db_path,
-          model_dir, threads):
+def query(terms, top, min_score, within, weighted, negated, like, unlike, after, before, camera, near, within_distance,
+          tags, min_rating, sort, as_json, bare_paths, null_sep, db_path, model_dir, threads):
     """Find the images that best match TERMS, each a text taken literally ("16:9 panorama",
     "3:30 pm", "-1 degrees"). Weights only with -w/--weighted W TEXT; subtract with --not:
     clipsearch query "a beach" -w 2 sunset --not people
@@ -264,12 +292,14 @@ def query(terms, top, min_score, within, weighted, negated, like, unlike, as_jso
     with handle_errors():
         from .search import run_query
 
+        filters = filters_from(after, before, camera, near, within_distance, tags, min_rating)
         answer = run_query(terms, db_path, model_dir, top, weighted=weighted, negated=negated, like=like,
-                           unlike=unlike, within=within, threads=threads, min_score=min_score)
+                           unlike=unlike, within=within, threads=threads, min_score=min_score, filters=filters,
+                           sort=sort, with_meta=as_json)
         for note in answer.notes:
             click.echo(note, err=True)
         try:
-            write_results(answer.results, as_json, bare_paths, null_sep)
+            write_results(answer.results, as_json, bare_paths, null_sep, answer.meta)
         except BrokenPipeError:  # the reader (e.g. `head`) has all it wanted
             sys.stdout = open(os.devnull, "w")
         global _fast_exit
@@ -288,7 +318,10 @@ def json_path(path: bytes) -> dict:
         return {"path": path.decode("utf-8", "replace"), "path_b64": base64.b64encode(path).decode("ascii")}
 
 
-def write_results(results, as_json: bool, bare_paths: bool, null_sep: bool) -> None:
+JSON_META = ("taken_at", "make", "model", "lens", "lat", "lon", "width", "height", "keywords", "rating")
+
+
+def write_results(results, as_json: bool, bare_paths: bool, null_sep: bool, meta: dict | None = None) -> None:
     out = sys.stdout.buffer
     for path, score in results:
         if null_sep:
@@ -296,9 +329,12 @@ def write_results(results, as_json: bool, bare_paths: bool, null_sep: bool) -> N
         elif bare_paths:
             out.write(path + b"\n")
         elif as_json:
-            out.write(json.dumps(json_path(path) | {"score": round(score, 6)}).encode() + b"\n")
+            fields = {key: (meta or {}).get(path, {}).get(key) for key in JSON_META}
+            fields["keywords"] = fields["keywords"] or []
+            record = json_path(path) | {"score": None if score is None else round(score, 6)} | fields
+            out.write(json.dumps(record).encode() + b"\n")
         else:
-            out.write(f"{score:.4f}\t".encode() + path + b"\n")
+            out.write(("-\t" if score is None else f"{score:.4f}\t").encode() + path + b"\n")
     out.flush()
 
 

@@ -31,6 +31,12 @@ class Result:
     scale: float | None = None
     error: str | None = None
     vanished: bool = False
+    meta: dict | None = None  # what the photo says about itself (metadata.photo_record)
+    sidecars: str = ""  # the sidecar versions `meta` was read from
+    headers_only: bool = False  # a photo cached before: its metadata read, nothing embedded
+
+
+HEADERS_ONLY = "headers"  # a task's 4th element: read the file's metadata, embed nothing
 
 
 def fingerprint(data: bytes) -> bytes:
@@ -111,13 +117,16 @@ class EmbedWorker:
         """Load the model now, so a file's time bound counts decoding and embedding only."""
         self.encoder.session  # noqa: B018 - the property loads it
 
-    def embed_one(self, file: tuple[bytes, int, int]) -> Result:
-        """A (path, size, mtime) as the walk saw it -> its Result."""
+    def embed_one(self, file: tuple) -> Result:
+        """A (path, size, mtime[, HEADERS_ONLY]) as the walk saw it -> its Result."""
         from .vectors import quantize_rows
 
-        result = Result(*file)
+        result = Result(*file[:3], headers_only=file[3:] == (HEADERS_ONLY,))
         try:
             with open(result.path, "rb") as f:
+                if result.headers_only:
+                    _read_headers(f, result)
+                    return result
                 pixels = _read_and_decode(f, result, self.spec, self.use_draft)
         except FileNotFoundError:
             result.vanished = True
@@ -136,7 +145,7 @@ def _read_and_decode(f, result: Result, spec: dict, use_draft: bool) -> np.ndarr
     rewritten since the walk gets its new size and mtime). Sets `result.error` on failure."""
     from PIL import Image
 
-    from .preprocess import ImageDecodeError, load_pixels
+    from .preprocess import ImageDecodeError, decode_image, resize_side, to_pixels
 
     st = os.fstat(f.fileno())
     if st.st_size <= WHOLE_READ_LIMIT:
@@ -153,9 +162,57 @@ def _read_and_decode(f, result: Result, spec: dict, use_draft: bool) -> np.ndarr
         result.error = "empty file (0 bytes)"
         return None
     try:
-        return load_pixels(source, spec, use_draft)
+        decoded = decode_image(source, resize_side(spec), use_draft, read_headers=_headers_reader(result))
+        return to_pixels(decoded.image, spec, decoded.full_size, decoded.box)
     except ImageDecodeError as exc:
         result.error = str(exc)
     except (MemoryError, Image.DecompressionBombError, ValueError, OSError) as exc:
         result.error = f"cannot decode ({type(exc).__name__}: {exc})"
     return None
+
+
+def _headers_reader(result: Result):
+    def read(img, upright_size):
+        from .metadata import photo_record
+
+        result.meta, result.sidecars = photo_record(img, upright_size, result.path)
+
+    return read
+
+
+def _read_headers(f, result: Result) -> None:
+    """A cached photo's metadata from its headers: Pillow opens the file (photo formats only)
+    without decoding its pixels. Whatever fails leaves an empty record, never an error."""
+    import warnings
+
+    from PIL import Image
+
+    from .formats import photo_formats, prepare_decoders
+    from .metadata import photo_record
+
+    prepare_decoders()
+    st = os.fstat(f.fileno())
+    result.size, result.mtime_ns = st.st_size, st.st_mtime_ns
+    source = io.BytesIO(f.read()) if st.st_size <= WHOLE_READ_LIMIT else f
+    upright, img = None, None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            img = Image.open(source, formats=photo_formats())
+            turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+            upright = (img.height, img.width) if turned else img.size
+        except Exception:  # noqa: BLE001 - unreadable headers: an empty record, the vector stays
+            img = None
+        if img is None:
+            result.meta, result.sidecars = photo_record(_NoHeaders(), None, result.path)
+        else:
+            result.meta, result.sidecars = photo_record(img, upright, result.path)
+
+
+class _NoHeaders:
+    """Stands for an image whose headers could not be read: no EXIF, no XMP."""
+
+    info: dict = {}
+
+    def getexif(self):
+        return {}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .config import available_cores
-from .embedjob import Result, fingerprint_file
+from .embedjob import HEADERS_ONLY, Result, fingerprint_file
 from .errors import EmptyFolderError
 from .manifest import Manifest
 from .walk import DEFAULT_EXCLUDES, Walker, is_under, parent_of
@@ -53,6 +53,7 @@ class Summary:
     kept_empty_photos: int = 0
     started: float = field(default_factory=time.monotonic)
     embedded: int = 0
+    headers_read: int = 0  # photos cached before whose metadata was read (nothing re-embedded)
 
     @property
     def elapsed(self) -> float:
@@ -67,7 +68,7 @@ class Summary:
         return {"new": self.new, "updated": self.updated, "moved": self.moved, "removed": self.removed,
                 "failed": self.failed, "skipped": self.skipped, "unchanged": self.unchanged,
                 "vanished": self.vanished, "missing_decoders": dict(self.missing_decoders),
-                "kept_empty": [os.fsdecode(f) for f in self.kept_empty],
+                "kept_empty": [os.fsdecode(f) for f in self.kept_empty], "headers_read": self.headers_read,
                 "elapsed_s": round(elapsed, 2), "images_per_s": round(self.embedded / elapsed, 2) if elapsed else 0.0}
 
 
@@ -147,6 +148,12 @@ class Indexer:
                 row = known.pop(entry.path, None)
                 if unchanged(row, entry):
                     self.count_unchanged(row)
+                    if not row.failed and row.meta != (entry.size, entry.mtime_ns, folder.sidecar_stamp(entry.path)):
+                        # Cached before metadata was kept, or its sidecar changed: headers only.
+                        chunk.append((entry.path, entry.size, entry.mtime_ns, HEADERS_ONLY))
+                        if len(chunk) >= self.options.batch_size:
+                            self.record(embedder.submit(chunk))
+                            chunk = []
                     continue
                 if returned(row, entry):
                     # Back where it was (counted as a move back): no fingerprint to read.
@@ -249,6 +256,11 @@ class Indexer:
             return
         store = self.write()
         for result in results:
+            if result.headers_only:
+                if not result.vanished:  # a failure still records an empty reading: not retried nightly
+                    store.put_meta(result.path, result.size, result.mtime_ns, result.sidecars, result.meta or {})
+                    self.summary.headers_read += 1
+                continue
             kind = self.kinds.pop(result.path, "new")
             folder = parent_of(result.path)
             if result.vanished:
@@ -263,6 +275,8 @@ class Indexer:
                 self.summary.embedded += 1
                 store.put_vector(result.path, folder, result.size, result.mtime_ns, result.fingerprint,
                                  result.vector, result.scale, self.seq)
+                if result.meta is not None:
+                    store.put_meta(result.path, result.size, result.mtime_ns, result.sidecars, result.meta)
         self.progress(self.summary)
         self.maybe_commit()
 

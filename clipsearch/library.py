@@ -94,6 +94,7 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
             "preprocessing": store.meta("pipeline"),
             "packed_vectors": packed_status(store),
         }
+        report["metadata"] = store.meta_coverage()
         report["formats"] = formats_line()
         other_files: dict[str, int] = {}
         pending = _pending(store, [folder for folder in folders if folder not in missing], other_files)

@@ -8,7 +8,9 @@ malformed or out of range leaves its field empty (and is named in `problems`), n
 exception, never a guess. The file's mtime is never taken for a capture time. XMP is parsed by
 `sidecars.py` (defusedxml: no DTDs, entities or external references; size capped).
 
-Not yet used by the indexer: the metadata issue (13) wires it into the cache and the query.
+The indexing worker reads it with each photo it embeds (and, for photos cached before,
+from their headers alone); the cache keeps it in `photo_meta` with the file and sidecar
+versions it came from (`sidecar_stamp`), so a sidecar that changes alone is read again.
 """
 from __future__ import annotations
 
@@ -243,3 +245,67 @@ def _dedupe(values) -> list[str]:
             seen.add(value.lower())
             out.append(value)
     return out
+
+
+def photo_record(img, upright_size: tuple[int, int] | None, photo: bytes) -> tuple[dict, str]:
+    """The cache's record of a photo (its own headers, then its sidecars), and the stamp of
+    the sidecars it read."""
+    from dataclasses import asdict
+
+    meta = read_photo_meta(img, upright_size)
+    found = sidecar_files(photo)
+    for path, _, _ in found:
+        try:
+            with open(path, "rb") as f:
+                apply_sidecar(meta, f.read(MAX_SIDECAR_READ + 1))
+        except OSError:
+            meta.problems.append("sidecar unreadable")
+    record = asdict(meta)
+    record["taken_key"] = taken_key(meta.taken_at)
+    return record, sidecar_stamp(found)
+
+
+MAX_SIDECAR_READ = 8 << 20
+
+
+def sidecar_files(photo: bytes) -> list[tuple[bytes, int, int]]:
+    """(path, size, mtime_ns) of the photo's sidecars, the Adobe name first, so the
+    digiKam/darktable name (`photo.jpg.xmp`, what Immich prefers too) is applied last and wins."""
+    import os
+
+    from .sidecars import sidecar_paths
+
+    found = []
+    for path in sorted(sidecar_paths(photo), key=lambda p: p.lower().endswith(os.path.basename(photo).lower() + b".xmp")):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        found.append((path, st.st_size, st.st_mtime_ns))
+    return found
+
+
+def sidecar_stamp(found) -> str:
+    """Which sidecar versions a record was read from: names, sizes, mtimes ("" for none)."""
+    import os
+
+    # Lower-cased names: the walk and the worker must agree on a case-insensitive share too.
+    return ";".join(sorted(f"{os.path.basename(path).lower().decode('utf-8', 'replace')}:{size}:{mtime}"
+                           for path, size, mtime in found))
+
+
+def taken_key(taken_at: str | None) -> float | None:
+    """A sortable number for a capture time: its wall-clock time on the camera as seconds since
+    1970 (the offset is left out, so "the photos of Christmas Eve" mean the camera's evening)."""
+    if not taken_at:
+        return None
+    import datetime as dt
+
+    text = re.sub(r"(Z|[+-]\d{2}:\d{2})$", "", taken_at)
+    for form in ("%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d", "%Y-%m", "%Y"):
+        try:
+            moment = dt.datetime.strptime(text, form)
+        except ValueError:
+            continue
+        return (moment - dt.datetime(1970, 1, 1)).total_seconds()
+    return None

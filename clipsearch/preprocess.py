@@ -73,6 +73,7 @@ class Decoded(NamedTuple):
     image: Image.Image
     full_size: tuple[int, int]
     box: tuple[float, float, float, float]
+    headers: object = None  # what `read_headers` made of the opened file, when asked for
 
 
 def open_image(path, image_size: int, use_draft: bool = True) -> Image.Image:
@@ -80,17 +81,19 @@ def open_image(path, image_size: int, use_draft: bool = True) -> Image.Image:
     return decode_image(path, image_size, use_draft).image
 
 
-def decode_image(path, image_size: int, use_draft: bool = True) -> Decoded:
+def decode_image(path, image_size: int, use_draft: bool = True, read_headers=None) -> Decoded:
+    """`read_headers(img, upright_size)`, if given, reads the opened file's headers (the
+    indexer's metadata) while it is open: no second open, no second read."""
     prepare_decoders()
     # Pillow warns through Python's warnings (corrupt EXIF, DecompressionBombWarning, ...),
     # which would print two-line messages even under --quiet. A file that still decodes is
     # indexed; one we refuse gets our own one-line warning. Either way theirs adds nothing.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        return _open_image(path, image_size, use_draft, caught)
+        return _open_image(path, image_size, use_draft, caught, read_headers)
 
 
-def _open_image(path, image_size: int, use_draft: bool, caught: list) -> Decoded:
+def _open_image(path, image_size: int, use_draft: bool, caught: list, read_headers=None) -> Decoded:
     try:
         img = Image.open(path, formats=photo_formats())
     except Image.DecompressionBombError as exc:
@@ -118,7 +121,9 @@ def _open_image(path, image_size: int, use_draft: bool, caught: list) -> Decoded
         # doubling the memory of every large picture (measured +267 MB at 89 MP).
         ImageOps.exif_transpose(img, in_place=True)
         full = (width, height) if img.size == stored_size else (height, width)  # else turned by 90 degrees
-        return Decoded(to_rgb(img), full, upright_box(box, stored_size, orientation) if box else (0, 0, *img.size))
+        headers = read_headers(img, full) if read_headers else None
+        return Decoded(to_rgb(img), full, upright_box(box, stored_size, orientation) if box else (0, 0, *img.size),
+                       headers)
     except ImageDecodeError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Readers (query, status) open any version from this one on without upgrading: later steps
-# only add what writers use (v2: the keywords `tag` wrote).
+# only add what writers use (v2: the keywords `tag` wrote; v3: what photos say about themselves).
 READABLE_FROM = 1
 
 
@@ -69,7 +69,33 @@ def _v2(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX keywords_added_keyword ON keywords_added(keyword)")
 
 
+def _v3(db: sqlite3.Connection) -> None:
+    # v3: what each photo says about itself (`metadata.py`), and which file and sidecar versions
+    # it was read from, so a changed sidecar alone is noticed. Rows indexed before v3 have none
+    # until the next `index` reads their headers (no re-embedding).
+    db.execute("""
+        CREATE TABLE photo_meta (
+            image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+            read_size INTEGER NOT NULL,
+            read_mtime INTEGER NOT NULL,
+            sidecars TEXT NOT NULL,
+            taken_at TEXT,
+            taken_key REAL,
+            taken_source TEXT,
+            make TEXT,
+            model TEXT,
+            lens TEXT,
+            lat REAL,
+            lon REAL,
+            width INTEGER,
+            height INTEGER,
+            rating INTEGER,
+            keywords TEXT NOT NULL DEFAULT '[]'
+        )""")
+    db.execute("CREATE INDEX photo_meta_taken ON photo_meta(taken_key)")
+
+
 # Upgrade steps: MIGRATIONS[n] takes a database at version n to n + 1. Each runs in one
 # transaction together with the user_version bump, so a kill mid-upgrade leaves the old
 # version intact and the next run simply upgrades again.
-MIGRATIONS = {0: _v1, 1: _v2}
+MIGRATIONS = {0: _v1, 1: _v2, 2: _v3}

@@ -83,41 +83,53 @@ def image_terms(images: list[Term], manifest, threads: int | None, use_draft: bo
     return np.asarray([t.weight for t in images], dtype=np.float32) @ vectors
 
 
-def search(store, manifest, vector, top: int, within: bytes | None = None) -> list[tuple[bytes, float]]:
+def search(store, manifest, vector, top: int, within: bytes | None = None, allowed=None) -> list[tuple[bytes, float]]:
+    return [(path, score) for _, path, score in ranked(store, manifest, vector, top, within, allowed)]
+
+
+def ranked(store, manifest, vector, top: int, within: bytes | None = None, allowed=None) -> list[tuple[int, bytes, float]]:
+    """Best `top` (id, path, score) among the live rows (under `within`; among `allowed`, a
+    sorted id array, when given)."""
+    import numpy as np
+
     from .vectors import top_k
 
-    allowed = None
-    if within is not None:
-        import numpy as np
-
+    if allowed is None and within is not None:
         allowed = np.array(store.vector_ids_under(within), dtype=np.int64)
     best = top_k(vector, store, manifest.embedding_dim, top, allowed)
     if not best:
         return []
     paths = store.paths_of([row_id for row_id, _ in best])
-    return [(paths[row_id], score) for row_id, score in best if row_id in paths]
+    return [(row_id, paths[row_id], score) for row_id, score in best if row_id in paths]
 
 
 @dataclass
 class Answer:
-    results: list[tuple[bytes, float]]
+    results: list[tuple[bytes, float | None]]  # score None: a listing by metadata alone
     notes: list[str] = field(default_factory=list)  # for stderr: why nothing was found, an untrained model
+    meta: dict = field(default_factory=dict)  # path -> metadata fields, when asked for
 
 
 DEFAULT_TOP = 10
 
 
 def run_query(texts: list[str], db_path, model_dir, top: int | None = DEFAULT_TOP, *, weighted=(), negated=(), like=(),
-              unlike=(), within: str | None = None, threads: int | None = None,
-              min_score: float | None = None) -> Answer:
+              unlike=(), within: str | None = None, threads: int | None = None, min_score: float | None = None,
+              filters=None, sort: str = "score", with_meta: bool = False) -> Answer:
     """A whole query, as `clipsearch query` (and a server, and `tag`) runs it: terms, model,
-    cache, scope, vector, ranking. `min_score` keeps the results whose cosine reaches it; with
-    it and no `top`, every such result. The tokenizer is forked off first, before numpy and
-    onnxruntime load (`tokens.py`): keep heavy imports below that line."""
+    cache, scope and metadata filters, vector, ranking. `min_score` keeps the results whose
+    cosine reaches it; with it and no `top`, every such result. Filters select rows first and
+    the ranking runs over those only; with filters and no terms, the matching photos are
+    listed newest first. `sort="date"` orders the chosen results newest first. The tokenizer
+    is forked off first, before numpy and onnxruntime load (`tokens.py`): keep heavy imports
+    below that line."""
+    from .filters import Filters
     from .manifest import load_manifest
     from .tokens import TokenPrefetch
 
-    terms = parse_terms(list(texts), list(like), list(unlike), list(negated), list(weighted))
+    filters = filters or Filters()
+    listing = filters.active and not (texts or like or unlike or negated or weighted)
+    terms = [] if listing else parse_terms(list(texts), list(like), list(unlike), list(negated), list(weighted))
     manifest = load_manifest(model_dir)
     prefetch_texts = [term.value for term in terms if term.kind == "text"]
     prefetch = TokenPrefetch(manifest, prefetch_texts) if prefetch_texts else None
@@ -133,19 +145,56 @@ def run_query(texts: list[str], db_path, model_dir, top: int | None = DEFAULT_TO
             if not os.path.isdir(within):
                 raise UsageError(f"{within}: --in needs an existing folder")
             folder = normalise_root(within)
-        vector = query_vector(terms, manifest, threads, prefetch, store.meta("pipeline"))
-        if top is None:
-            top = max(1, store.counts()["indexed"]) if min_score is not None else DEFAULT_TOP
-        results = search(store, manifest, vector, top, folder)
+        taken, allowed = None, None
+        if filters.active:
+            taken = selected_rows(store, filters, folder)
+            import numpy as np
+
+            allowed = np.fromiter(taken, dtype=np.int64, count=len(taken))
+        if listing:
+            order = sorted(taken, key=lambda row_id: (taken[row_id] is None, -(taken[row_id] or 0), row_id))
+            order = order[:top] if top else order
+            paths = store.paths_of(order)
+            found = [(row_id, paths[row_id], None) for row_id in order if row_id in paths]
+        elif allowed is not None and not len(allowed):
+            found = []
+        else:
+            vector = query_vector(terms, manifest, threads, prefetch, store.meta("pipeline"))
+            if top is None:
+                top = max(1, store.counts()["indexed"]) if min_score is not None else DEFAULT_TOP
+            found = ranked(store, manifest, vector, top, folder, allowed)
+            if min_score is not None and found and found[0][2] < min_score:
+                return Answer([], [f"clipsearch: no photo reaches --min-score {min_score} (the best scores "
+                                   f"{found[0][2]:.4f})"])
+            if min_score is not None:
+                found = [row for row in found if row[2] >= min_score]
+        meta = store.metadata_of([row[0] for row in found]) if (with_meta or sort == "date") and found else {}
+        coverage = store.meta_coverage() if filters.active and not found else None
+        indexed = store.counts()["indexed"] if coverage else 0
     finally:
         store.close()
-    if not results:
-        return Answer(results, [no_results_reason(within, store.path)])
-    if min_score is not None and results[0][1] < min_score:
-        return Answer([], [f"clipsearch: no photo reaches --min-score {min_score} (the best scores {results[0][1]:.4f})"])
-    if min_score is not None:
-        results = [(path, score) for path, score in results if score >= min_score]
-    return Answer(results, [f"note: {manifest.untrained}"] if manifest.untrained else [])
+    if sort == "date":
+        found.sort(key=lambda row: (meta.get(row[0], {}).get("taken_key") is None,
+                                    -(meta.get(row[0], {}).get("taken_key") or 0)))
+    if not found:
+        if coverage is not None and indexed:
+            unread = indexed - coverage["read"]
+            hint = f"; the metadata of {unread} photos is not read yet: run `clipsearch index`" if unread else ""
+            return Answer([], [f"clipsearch: no photo matches the filters{hint}"])
+        return Answer([], [no_results_reason(within, store.path)])
+    results = [(path, score) for _, path, score in found]
+    by_path = {path: meta[row_id] for row_id, path, _ in found if row_id in meta} if with_meta else {}
+    return Answer(results, [f"note: {manifest.untrained}"] if manifest.untrained else [], by_path)
+
+
+def selected_rows(store, filters, folder: bytes | None) -> dict[int, float | None]:
+    """Row id -> capture time of the photos passing `filters`, the distance checked exactly."""
+    from .filters import distance_m
+
+    rows = store.filtered_rows(filters, folder)
+    if filters.near is not None:
+        rows = [row for row in rows if distance_m(filters.near, (row[2], row[3])) <= filters.within_m]
+    return {row[0]: row[1] for row in rows}
 
 
 def no_results_reason(within: str | None, db_path) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .cli import db_option, handle_errors, model_option, warn
+from .cli import db_option, filter_options, filters_from, handle_errors, model_option, warn
 
 
 def sidecar_options(f):
@@ -36,11 +36,12 @@ def sidecar_options(f):
               help="Label the library: one label per line (or label<TAB>prompt); each photo gets its "
                    "--per-photo best labels reaching --min-score. No KEYWORD then.")
 @click.option("--per-photo", type=click.IntRange(1), default=3, show_default=True, help="With --labels.")
+@filter_options
 @sidecar_options
 @db_option
 @model_option
-def tag(keyword, terms, top, min_score, within, weighted, negated, like, labels_file, per_photo, dry_run, parent,
-        style, db_path, model_dir):
+def tag(keyword, terms, top, min_score, within, weighted, negated, like, labels_file, per_photo, after, before, camera,
+        near, within_distance, tags, min_rating, dry_run, parent, style, db_path, model_dir):
     """Add KEYWORD to the XMP sidecars of the photos QUERY finds (default: the keyword itself).
 
     \b
@@ -48,20 +49,24 @@ def tag(keyword, terms, top, min_score, within, weighted, negated, like, labels_
       clipsearch tag --labels labels.txt --per-photo 3 --min-score 0.24
     """
     with handle_errors():
-        from . import tags
+        from . import tags as tagging
         from .errors import UsageError
 
-        options = tags.TagOptions(style=style, parent=parent or None, dry_run=dry_run)
+        options = tagging.TagOptions(style=style, parent=parent or None, dry_run=dry_run)
+        filters = filters_from(after, before, camera, near, within_distance, tags, min_rating)
         if labels_file is not None:
+            if filters.active:
+                raise UsageError("--labels labels every cached photo (or those under --in): no metadata filters")
             if keyword or terms:
                 raise UsageError("with --labels the labels come from the file: no KEYWORD or QUERY")
-            report = tags.tag_labels(labels_file, db_path, model_dir, options, warn, per_photo=per_photo,
+            report = tagging.tag_labels(labels_file, db_path, model_dir, options, warn, per_photo=per_photo,
                                      min_score=min_score, within=within)
         elif keyword is None:
             raise UsageError("tag needs a KEYWORD (or --labels FILE); see clipsearch tag --help")
         else:
-            report = tags.tag_query(keyword, list(terms), db_path, model_dir, options, warn, top=top,
-                                    min_score=min_score, weighted=weighted, negated=negated, like=like, within=within)
+            report = tagging.tag_query(keyword, list(terms), db_path, model_dir, options, warn, top=top,
+                                    min_score=min_score, weighted=weighted, negated=negated, like=like, within=within,
+                                    filters=filters)
         say(report, "tag", dry_run)
 
 

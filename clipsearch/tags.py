@@ -53,7 +53,7 @@ class TagOptions:
 
 def tag_query(keyword: str, texts: list[str], db_path: Path, model_dir: Path, options: TagOptions,
               warn: Callable[[bytes, str], None], *, top: int | None = None, min_score: float | None = None,
-              weighted=(), negated=(), like=(), unlike=(), within: str | None = None) -> TagReport:
+              weighted=(), negated=(), like=(), unlike=(), within: str | None = None, filters=None) -> TagReport:
     """Add `keyword` to the photos the query (default: the keyword itself) selects."""
     from .search import run_query
 
@@ -61,7 +61,7 @@ def tag_query(keyword: str, texts: list[str], db_path: Path, model_dir: Path, op
     if top is None and min_score is None:
         raise UsageError("tag needs --top N or --min-score S (or both): without a limit it would tag every photo")
     answer = run_query(list(texts) or [keyword], db_path, model_dir, top=top, min_score=min_score,
-                       weighted=weighted, negated=negated, like=like, unlike=unlike, within=within)
+                       weighted=weighted, negated=negated, like=like, unlike=unlike, within=within, filters=filters)
     chosen = {path: [keyword] for path, _ in answer.results}
     return apply_keywords(chosen, db_path, options, warn)
 

@@ -31,6 +31,17 @@ class Folder:
     # Nothing at all inside, not even hidden or excluded names: what an unmounted share's
     # mount point looks like (a folder emptied by a photo app keeps its @eaDir or #recycle).
     empty: bool = False
+    # XMP sidecars here: lower-cased name -> (size, mtime_ns), to notice one that changed alone.
+    sidecars: dict = None
+
+    def sidecar_stamp(self, photo: bytes) -> str:
+        """The same stamp `metadata.sidecar_stamp` makes for the sidecars of `photo` here."""
+        if not self.sidecars:
+            return ""
+        name = os.path.basename(photo).lower()
+        names = {name + b".xmp", os.path.splitext(name)[0] + b".xmp"}
+        return ";".join(sorted(f"{n.decode('utf-8', 'replace')}:{self.sidecars[n][0]}:{self.sidecars[n][1]}"
+                               for n in names if n in self.sidecars))
 
 
 class Walker:
@@ -76,7 +87,7 @@ class Walker:
                 self.warn(folder, f"cannot read folder ({exc.strerror}); what is cached below it is kept")
                 self.unreadable.append(folder)
                 continue
-            files, subdirs = [], []
+            files, subdirs, sidecars = [], [], {}
             for entry in entries:
                 if self.excluded(entry.name):
                     continue
@@ -89,6 +100,10 @@ class Walker:
                         subdirs.append(entry.path)
                         continue
                     extension = os.path.splitext(entry.name)[1].lower()
+                    if extension == b".xmp" and entry.is_file(follow_symlinks=self.follow_links):
+                        st = entry.stat(follow_symlinks=self.follow_links)
+                        sidecars[entry.name.lower()] = (st.st_size, st.st_mtime_ns)
+                        continue
                     if extension not in self.extensions:
                         hint = missing_decoder(extension)
                         if hint:
@@ -106,7 +121,7 @@ class Walker:
                     continue
                 files.append(FileEntry(entry.path, st.st_size, st.st_mtime_ns))
             stack.extend(reversed(subdirs))
-            yield Folder(folder, files, empty=not entries)
+            yield Folder(folder, files, empty=not entries, sidecars=sidecars)
 
 
 def normalise_root(path: str) -> bytes:

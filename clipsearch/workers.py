@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .config import available_cores
-from .embedjob import Result
+from .embedjob import HEADERS_ONLY, Result
 from .errors import ClipsearchError
 
 # Measured with ViT-B/32 int8 (README "What a worker costs"): a worker holds ~250 MB with its
@@ -77,8 +77,10 @@ def resident_mb(pid: int) -> float | None:
 
 
 def serve(conn, model_folder: str, threads: int, use_draft: bool, parent: int) -> None:
-    """A worker process: load the model, say so, then embed the files it is sent, one
-    Result per file, until it is sent None or its pipe closes."""
+    """A worker process: say it is ready, then handle the files it is sent, one Result per
+    file, until it is sent None or its pipe closes. The vision graph loads before the first
+    file to embed (between "loading" and "loaded", outside that file's time bound): a run that
+    only reads headers (metadata of photos cached before, a changed sidecar) never loads it."""
     from . import embedjob
 
     # Ctrl-C reaches the whole process group: the main process commits and stops the workers,
@@ -86,17 +88,20 @@ def serve(conn, model_folder: str, threads: int, use_draft: bool, parent: int) -
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         embedjob.init_worker(model_folder, threads, use_draft, parent)
-        embedjob.process_worker().ready()
-    except Exception as exc:  # noqa: BLE001 - reported to the main process, which says it once
-        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
-        return
-    try:
         conn.send(("ready", None))
+        loaded = False
         while (files := conn.recv()) is not None:
             for file in files:
+                if not loaded and file[3:] != (embedjob.HEADERS_ONLY,):
+                    conn.send(("loading", None))
+                    embedjob.process_worker().ready()
+                    loaded = True
+                    conn.send(("loaded", None))
                 conn.send(embedjob.embed_file(file))
     except (EOFError, OSError):
         return  # the main process is gone (killed, or it stopped this worker): nothing to say
+    except Exception as exc:  # noqa: BLE001 - the model would not load: the main process says it once
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
 
 
 @dataclass
@@ -110,6 +115,7 @@ class Slot:
     ready: bool = False
     fresh: bool = True  # has not been handed a file yet
     alone: bool = False  # trying a file that stopped a worker before: it gets nothing else
+    loading: bool = False  # loading the model, before its first file to embed
     since: float = field(default_factory=time.monotonic)  # started, then: on its current file since
 
 
@@ -251,6 +257,10 @@ class WorkerPool:
                     self.finished.append(kind)
                 elif kind[0] == "ready":
                     slot.ready, slot.since = True, time.monotonic()
+                elif kind[0] == "loading":
+                    slot.loading, slot.since = True, time.monotonic()
+                elif kind[0] == "loaded":
+                    slot.loading, slot.since = False, time.monotonic()
                     self.failed_starts = 0
                 else:
                     raise ClipsearchError(f"a worker process could not load the model: {kind[1]}")
@@ -258,13 +268,18 @@ class WorkerPool:
             pass
         if not slot.process.is_alive():
             slot.process.join()
+            if slot.loading:
+                slot.ready = False  # it died loading the model: the model's fault, not the file's
             self._stop(slot, died(slot.process.exitcode))
 
     def _enforce_bounds(self) -> None:
         now = time.monotonic()
         for slot in list(self.slots):
-            if not slot.ready and now - slot.since > START_SECONDS:
+            if (not slot.ready or slot.loading) and now - slot.since > START_SECONDS:
+                slot.ready = False  # the model's fault, not the file's
                 self._stop(slot, f"a worker did not load the model within {START_SECONDS:g} s")
+                continue
+            if slot.loading:
                 continue
             if not (slot.ready and slot.files):
                 continue
@@ -296,7 +311,8 @@ class WorkerPool:
         self.waiting.extendleft(reversed(rest))
         if culprit[0] in self.stopped_once:
             self.stopped_once.discard(culprit[0])
-            self.finished.append(Result(*culprit, error=f"refused: {why}, twice"))
+            self.finished.append(Result(*culprit[:3], error=f"refused: {why}, twice",
+                                        headers_only=culprit[3:] == (HEADERS_ONLY,)))
         else:
             self.stopped_once.add(culprit[0])
             self.retry.append(culprit)

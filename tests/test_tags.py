@@ -235,12 +235,17 @@ def test_a_v1_cache_is_read_as_it_is_and_upgraded_by_the_first_tag(library):
     db = Path(env["CLIPSEARCH_HOME"]) / "index.db"
     with sqlite3.connect(db) as conn:  # what clipsearch before `tag` wrote
         conn.execute("DROP TABLE keywords_added")
+        conn.execute("DROP TABLE photo_meta")
         conn.execute("PRAGMA user_version = 1")
     answer = run_cli("query", "red", "--paths", "--top", "2", env=env)
     assert answer.returncode == 0 and len(answer.stdout.splitlines()) == 2, answer.stderr
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (1,)  # a reader does not upgrade
+    answer = run_cli("query", "red", "--json", "--top", "1", env=env)  # metadata fields empty, not an error
+    assert answer.returncode == 0 and json.loads(answer.stdout)["taken_at"] is None, answer.stderr
     assert tag(env, "red", "--top", "2").returncode == 0
+    from clipsearch.schema import SCHEMA_VERSION
+
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         assert conn.execute("SELECT COUNT(*) FROM keywords_added").fetchone() == (6,)  # 2 photos x 3 fields
