@@ -102,3 +102,105 @@ def test_bad_metadata_never_costs_a_photo_its_vector(tmp_path, cli):
     got = meta(cli.db, root / "zeros.jpg")
     assert (got["taken_at"], got["lat"], got["keywords"]) == (None, None, [])
     assert cli("query", "blue", "--paths").stdout.strip().endswith("zeros.jpg")
+
+
+LISBON, PORTO, SYDNEY = (38.7223, -9.1393), (41.1579, -8.6291), (-33.8688, 151.2093)
+
+
+def gps_of(point):
+    lat, lon = point
+
+    def part(value):
+        degrees = int(abs(value))
+        minutes = int((abs(value) - degrees) * 60)
+        return dms(degrees, minutes, round(((abs(value) - degrees) * 60 - minutes) * 60, 2))
+
+    return {1: "N" if lat >= 0 else "S", 2: part(lat), 3: "E" if lon >= 0 else "W", 4: part(lon)}
+
+
+@pytest.fixture
+def described(tmp_path, cli):
+    """Five photos whose metadata the expected answers below are computed from by hand."""
+    root = tmp_path / "described"
+    spec = {  # name: (colour, date, make, model, place, keywords, rating)
+        "a": ("yellow", "2019:07:14 10:00:00", "Canon", "EOS 80D", LISBON, ["beach"], 4),
+        "b": ("yellow", "2019:08:02 10:00:00", "Canon", "EOS 80D", PORTO, ["beach", "family"], 2),
+        "c": ("red", "2019:12:24 20:00:00", "FUJIFILM", "X-T3", LISBON, ["christmas"], 5),
+        "d": ("red", "2024:12:25 09:00:00", "Google", "Pixel 7", SYDNEY, ["Christmas", "family"], 3),
+    }
+    for name, (colour, when, make, model, place, keywords, rating) in spec.items():
+        path = dated_photo(root / f"{name}.jpg", COLOURS[colour], when=when, gps=gps_of(place), make=make)
+        exif = Image.open(path).getexif()
+        exif[0x0110] = model
+        Image.open(path).save(path, "JPEG", exif=exif.tobytes())
+        (root / f"{name}.jpg.xmp").write_text(XMP.format(attrs=f'xmp:Rating="{rating}"', body=bag("dc:subject", keywords)),
+                                              encoding="utf-8")
+    write_photo(root / "e.jpg", COLOURS["red"])  # says nothing about itself
+    cli("index", str(root), "--workers", "1")
+    return root
+
+
+def names(result) -> list[str]:
+    return [line.rsplit("/", 1)[1].removesuffix(".jpg") for line in result.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--after", "2019-06", "--before", "2019-09"], {"a", "b"}),
+    (["--after", "2019-12-24T19:00", "--before", "2019-12-25"], {"c"}),
+    (["--before", "2019-08-02"], {"a"}),  # exclusive
+    (["--camera", "canon"], {"a", "b"}),
+    (["--camera", "x-t3"], {"c"}),
+    (["--camera", "PIXEL"], {"d"}),
+    (["--near", "38.72,-9.14", "--within", "25km"], {"a", "c"}),
+    (["--near", "38.72,-9.14", "--within", "400km"], {"a", "b", "c"}),
+    (["--near", "-33.87,151.21"], {"d"}),  # default 10 km
+    (["--tag", "family"], {"b", "d"}),
+    (["--tag", "CHRISTMAS"], {"c", "d"}),
+    (["--tag", "christmas", "--tag", "family"], {"d"}),
+    (["--min-rating", "4"], {"a", "c"}),
+    (["--tag", "beach", "--min-rating", "3"], {"a"}),
+    (["--camera", "canon", "--near", "38.72,-9.14", "--within", "25km"], {"a"}),
+    (["--after", "2030"], set()),
+])
+def test_each_filter_alone_and_combined(described, cli, args, expected):
+    for text in ("red", "yellow"):  # whatever the ranking, the filters decide the set
+        result = cli("query", text, "--top", "10", "--paths", *args)
+        assert set(names(result)) == expected, (args, result.stderr)
+    if not expected:
+        assert "no photo matches the filters" in cli("query", "red", *args).stderr
+
+
+def test_sort_by_date_and_listing_without_text(described, cli):
+    assert names(cli("query", "red", "--top", "3", "--sort", "date", "--paths")) == ["d", "c", "e"]
+    assert names(cli("query", "--camera", "canon", "--paths")) == ["b", "a"]  # newest first
+    assert names(cli("query", "--after", "2019-12-24", "--before", "2019-12-27", "--paths")) == ["c"]
+    listing = cli("query", "--tag", "family")
+    assert [line.split("\t")[0] for line in listing.stdout.splitlines()] == ["-", "-"]  # no score without text
+
+
+def test_json_lines_carry_the_metadata(described, cli):
+    rows = [json.loads(line) for line in cli("query", "yellow", "--json", "--tag", "beach", "--min-rating", "3").stdout.splitlines()]
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["path"].endswith("a.jpg") and row["taken_at"] == "2019-07-14T10:00:00" and row["make"] == "Canon"
+    assert row["model"] == "EOS 80D" and row["keywords"] == ["beach"] and row["rating"] == 4
+    assert row["lat"] == pytest.approx(LISBON[0], abs=1e-4) and row["lon"] == pytest.approx(LISBON[1], abs=1e-4)
+    assert (row["width"], row["height"]) == (64, 48) and 0 < row["score"] <= 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--after", "2019-13"], "--after '2019-13'"),
+    (["--near", "95,0"], "latitude must be within"),
+    (["--near", "lisbon"], "give LAT,LON"),
+    (["--within", "25km"], "--within needs --near"),
+    (["--near", "1,1", "--within", "far"], "give a distance such as 25km"),
+    (["--after", "2020", "--before", "2019"], "nothing can match"),
+])
+def test_bad_filter_values_say_which_option(described, cli, args, message):
+    result = cli("query", "red", *args, expect=2)
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_tag_takes_the_same_filters(described, cli, tmp_path):
+    result = cli("tag", "xmas", "red", "--top", "5", "--tag", "christmas", "--dry-run")
+    assert "2 photos" in result.stderr and "c.jpg.xmp: + xmas" in result.stdout and "d.jpg.xmp: + xmas" in result.stdout
