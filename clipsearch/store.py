@@ -264,6 +264,15 @@ class Store:
         self.db.executemany("INSERT INTO images (filepath, dir, modified_at, size, fingerprint, vector, scale, seq, "
                             "indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
+    def insert_meta_rows(self, rows) -> None:
+        """Bulk metadata (image_id, taken_key, make, model, lat, lon, rating, keywords JSON): how
+        the benchmarks describe a cache of synthetic photos."""
+        self.db.executemany("INSERT OR REPLACE INTO photo_meta (image_id, read_size, read_mtime, sidecars, taken_key, "
+                            "make, model, lat, lon, rating, keywords) VALUES (?, 0, 0, '', ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def live_ids(self) -> list[int]:
+        return [row[0] for row in self.query("SELECT id FROM images WHERE deleted = 0 AND vector IS NOT NULL ORDER BY id")]
+
     def put_vector(self, filepath: bytes, folder: bytes, size: int, mtime_ns: int, fingerprint: bytes,
                    vector: bytes, scale: float, seq: int) -> None:
         self.db.execute(
