@@ -204,3 +204,53 @@ def test_bad_filter_values_say_which_option(described, cli, args, message):
 def test_tag_takes_the_same_filters(described, cli, tmp_path):
     result = cli("tag", "xmas", "red", "--top", "5", "--tag", "christmas", "--dry-run")
     assert "2 photos" in result.stderr and "c.jpg.xmp: + xmas" in result.stdout and "d.jpg.xmp: + xmas" in result.stdout
+
+
+def test_the_fill_of_an_old_cache_killed_midway_resumes(tmp_path, colour_model):
+    """An old cache upgraded and filled from headers, SIGKILLed during the fill: nothing lost,
+    the next run reads only what is left, nothing is embedded again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import REPO, run_cli
+
+    root = tmp_path / "photos"
+    for i in range(600):
+        dated_photo(root / f"{i // 100}" / f"p{i:03d}.jpg", (i % 250, 100, 50), when=f"2020:01:{1 + i % 28:02d} 10:00:00")
+    db = tmp_path / "index.db"
+    args = ["index", str(root), "--db", str(db), "--model", str(colour_model)]
+    assert run_cli(*args).returncode == 0
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE photo_meta")
+        conn.execute("PRAGMA user_version = 2")
+        vectors = dict(conn.execute("SELECT filepath, vector FROM images"))
+    proc = subprocess.Popen([sys.executable, "-m", "clipsearch", *args, "--commit-seconds", "0.05", "--workers", "1"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    read = 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        try:
+            with sqlite3.connect(db) as conn:
+                read = conn.execute("SELECT COUNT(*) FROM photo_meta").fetchone()[0]
+        except sqlite3.OperationalError:
+            continue  # not upgraded yet
+        if read >= 50:
+            break
+    assert proc.poll() is None, "the fill finished before it could be killed: give it more photos"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        partial = conn.execute("SELECT COUNT(*) FROM photo_meta").fetchone()[0]
+    assert 50 <= partial < 600
+    final = run_cli(*args)
+    assert final.returncode == 0 and b"0 new, 0 updated" in final.stderr, final.stderr
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM photo_meta WHERE taken_at IS NOT NULL").fetchone()[0] == 600
+        assert dict(conn.execute("SELECT filepath, vector FROM images")) == vectors
+    status = json.loads(run_cli("status", "--json", "--db", str(db), "--model", str(colour_model)).stdout)
+    assert status["last_run"]["headers_read"] == 600 - partial
