@@ -93,6 +93,17 @@ def _v3(db: sqlite3.Connection) -> None:
             keywords TEXT NOT NULL DEFAULT '[]'
         )""")
     db.execute("CREATE INDEX photo_meta_taken ON photo_meta(taken_key)")
+    db.execute("CREATE INDEX photo_meta_camera ON photo_meta(make, model)")  # filters match the few distinct ones
+    db.execute("CREATE INDEX photo_meta_position ON photo_meta(lat, lon)")
+    db.execute("CREATE INDEX photo_meta_rating ON photo_meta(rating)")
+    # One row per photo and keyword (any case), so `--tag` is an index lookup, not a JSON scan.
+    db.execute("""
+        CREATE TABLE photo_keywords (
+            image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            keyword TEXT NOT NULL COLLATE NOCASE,
+            PRIMARY KEY (image_id, keyword)
+        )""")
+    db.execute("CREATE INDEX photo_keywords_keyword ON photo_keywords(keyword)")
 
 
 # Upgrade steps: MIGRATIONS[n] takes a database at version n to n + 1. Each runs in one

@@ -267,8 +267,11 @@ class Store:
     def insert_meta_rows(self, rows) -> None:
         """Bulk metadata (image_id, taken_key, make, model, lat, lon, rating, keywords JSON): how
         the benchmarks describe a cache of synthetic photos."""
+        rows = list(rows)
         self.db.executemany("INSERT OR REPLACE INTO photo_meta (image_id, read_size, read_mtime, sidecars, taken_key, "
                             "make, model, lat, lon, rating, keywords) VALUES (?, 0, 0, '', ?, ?, ?, ?, ?, ?, ?)", rows)
+        self.db.executemany("INSERT OR IGNORE INTO photo_keywords (image_id, keyword) VALUES (?, ?)",
+                            ((row[0], keyword) for row in rows for keyword in json.loads(row[7])))
 
     def live_ids(self) -> list[int]:
         return [row[0] for row in self.query("SELECT id FROM images WHERE deleted = 0 AND vector IS NOT NULL ORDER BY id")]
@@ -366,7 +369,13 @@ class Store:
              meta.get("make"), meta.get("model"), meta.get("lens"), meta.get("lat"), meta.get("lon"),
              meta.get("width"), meta.get("height"), meta.get("rating"), json.dumps(meta.get("keywords") or []),
              filepath, size, mtime_ns))
-        return cursor.rowcount > 0
+        if cursor.rowcount <= 0:
+            return False
+        image_id = self.db.execute("SELECT id FROM images WHERE filepath = ?", (filepath,)).fetchone()[0]
+        self.db.execute("DELETE FROM photo_keywords WHERE image_id = ?", (image_id,))
+        self.db.executemany("INSERT OR IGNORE INTO photo_keywords (image_id, keyword) VALUES (?, ?)",
+                            [(image_id, keyword) for keyword in meta.get("keywords") or []])
+        return True
 
     def meta_of(self, filepath: bytes) -> dict | None:
         cursor = self.db.execute("SELECT m.* FROM photo_meta m JOIN images i ON i.id = m.image_id "
@@ -402,9 +411,14 @@ class Store:
             where.append("m.taken_key < ?")
             params.append(filters.before)
         if filters.camera:
-            escaped = filters.camera.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            where.append("(lower(coalesce(m.make, '') || ' ' || coalesce(m.model, ''))) LIKE ? ESCAPE '\\'")
-            params.append(f"%{escaped}%")
+            # Few distinct cameras in a library: match them here, then select through the index.
+            wanted = filters.camera.lower()
+            cameras = [(make, model) for make, model in self.query("SELECT DISTINCT make, model FROM photo_meta")
+                       if wanted in f"{make or ''} {model or ''}".lower()]
+            if not cameras:
+                return []
+            where.append("(" + " OR ".join(["(m.make IS ? AND m.model IS ?)"] * len(cameras)) + ")")
+            params += [value for camera in cameras for value in camera]
         if filters.near is not None:
             lat_min, lat_max, lon_min, lon_max = bounding_box(filters.near, filters.within_m)
             where.append("m.lat BETWEEN ? AND ? AND m.lon BETWEEN ? AND ?")
@@ -413,7 +427,7 @@ class Store:
             where.append("m.rating >= ?")
             params.append(filters.min_rating)
         for tag in filters.tags:
-            where.append("EXISTS (SELECT 1 FROM json_each(m.keywords) WHERE lower(json_each.value) = lower(?))")
+            where.append("m.image_id IN (SELECT image_id FROM photo_keywords WHERE keyword = ?)")
             params.append(tag)
         join = "JOIN" if filters.active else "LEFT JOIN"
         return self.query(f"SELECT i.id, m.taken_key, m.lat, m.lon FROM images i {join} photo_meta m "

@@ -216,6 +216,11 @@ class IntegerScorer:
         return self.session.run(None, {"query": prepared, "block": block, "query_zero": self.zero})[0][0]
 
 
+# At most this share of the rows allowed by a filter, they are scored exactly on their own
+# rather than the whole matrix with the integer GEMM (bench/filters.py).
+SELECTIVE = 0.1
+
+
 def top_k(query: np.ndarray, store, dim: int, k: int, allowed_ids: np.ndarray | None = None,
           scorer: IntegerScorer | None = None) -> list[tuple[int, float]]:
     """Best k (id, score) by cosine, optionally among `allowed_ids` (sorted int64). Scores
@@ -232,6 +237,15 @@ def top_k(query: np.ndarray, store, dim: int, k: int, allowed_ids: np.ndarray | 
             keep &= ~_member(packed.ids, changed)
         if allowed_ids is not None:
             keep &= _member(packed.ids, allowed_ids)
+        if allowed_ids is not None and np.count_nonzero(keep) <= SELECTIVE * packed.count:
+            # A filter kept few rows: score just those, exactly, instead of the whole matrix.
+            for start, block in iter_blocks(packed):
+                picked = np.flatnonzero(keep[start : start + block.shape[1]])
+                if len(picked):
+                    _collect(cosines(query, block[:, picked].T, query_int8), packed.ids[start + picked], k,
+                             best_ids, best_scores)
+            packed = None
+    if packed is not None and packed.count:
         scorer = scorer or IntegerScorer()
         prepared, step = scorer.prepare(query)
         shortlist = max(CANDIDATES, 4 * k)

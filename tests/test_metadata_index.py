@@ -66,6 +66,7 @@ def test_a_cache_from_before_gets_its_metadata_from_headers_alone(library, cli, 
     cli("index", str(root), "--workers", "1")
     with sqlite3.connect(cli.db) as db:  # the cache as clipsearch before metadata left it
         db.execute("DROP TABLE photo_meta")
+        db.execute("DROP TABLE photo_keywords")
         db.execute("PRAGMA user_version = 2")
         vectors = dict(db.execute("SELECT filepath, vector FROM images"))
     break_vision_graph(colour_model)  # any attempt to embed would fail loudly
@@ -225,6 +226,7 @@ def test_the_fill_of_an_old_cache_killed_midway_resumes(tmp_path, colour_model):
     assert run_cli(*args).returncode == 0
     with sqlite3.connect(db) as conn:
         conn.execute("DROP TABLE photo_meta")
+        conn.execute("DROP TABLE photo_keywords")
         conn.execute("PRAGMA user_version = 2")
         vectors = dict(conn.execute("SELECT filepath, vector FROM images"))
     proc = subprocess.Popen([sys.executable, "-m", "clipsearch", *args, "--commit-seconds", "0.05", "--workers", "1"],

@@ -236,6 +236,7 @@ def test_a_v1_cache_is_read_as_it_is_and_upgraded_by_the_first_tag(library):
     with sqlite3.connect(db) as conn:  # what clipsearch before `tag` wrote
         conn.execute("DROP TABLE keywords_added")
         conn.execute("DROP TABLE photo_meta")
+        conn.execute("DROP TABLE photo_keywords")
         conn.execute("PRAGMA user_version = 1")
     answer = run_cli("query", "red", "--paths", "--top", "2", env=env)
     assert answer.returncode == 0 and len(answer.stdout.splitlines()) == 2, answer.stderr
