@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from .errors import DatabaseError, ModelMismatchError
 from .schema import MIGRATIONS, READABLE_FROM, SCHEMA_VERSION
+from .store_photos import PhotoQueries
 
 class KnownRow(NamedTuple):
     """What the indexer needs to know about a file the cache has seen."""
@@ -30,7 +31,7 @@ class KnownRow(NamedTuple):
     meta: tuple | None = None  # (size, mtime, sidecars) its metadata was read from; None: never read
 
 
-class Store:
+class Store(PhotoQueries):
     def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
         self.readonly = readonly
@@ -350,137 +351,6 @@ class Store:
         with self.atomic():
             self.db.execute("UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE id = ?",
                             (time.time(), status, json.dumps(summary), run_id))
-
-    # -- what photos say about themselves (metadata.py) ----------------------------------
-
-    def put_meta(self, filepath: bytes, size: int, mtime_ns: int, sidecars: str, meta: dict) -> bool:
-        """Store the metadata read from this version of the file; False if the row holds another."""
-        cursor = self.db.execute(
-            """INSERT INTO photo_meta (image_id, read_size, read_mtime, sidecars, taken_at, taken_key, taken_source,
-                                       make, model, lens, lat, lon, width, height, rating, keywords)
-               SELECT id, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM images
-               WHERE filepath = ? AND size = ? AND modified_at = ?
-               ON CONFLICT(image_id) DO UPDATE SET read_size = excluded.read_size, read_mtime = excluded.read_mtime,
-                 sidecars = excluded.sidecars, taken_at = excluded.taken_at, taken_key = excluded.taken_key,
-                 taken_source = excluded.taken_source, make = excluded.make, model = excluded.model,
-                 lens = excluded.lens, lat = excluded.lat, lon = excluded.lon, width = excluded.width,
-                 height = excluded.height, rating = excluded.rating, keywords = excluded.keywords""",
-            (size, mtime_ns, sidecars, meta.get("taken_at"), meta.get("taken_key"), meta.get("taken_source"),
-             meta.get("make"), meta.get("model"), meta.get("lens"), meta.get("lat"), meta.get("lon"),
-             meta.get("width"), meta.get("height"), meta.get("rating"), json.dumps(meta.get("keywords") or []),
-             filepath, size, mtime_ns))
-        if cursor.rowcount <= 0:
-            return False
-        image_id = self.db.execute("SELECT id FROM images WHERE filepath = ?", (filepath,)).fetchone()[0]
-        self.db.execute("DELETE FROM photo_keywords WHERE image_id = ?", (image_id,))
-        self.db.executemany("INSERT OR IGNORE INTO photo_keywords (image_id, keyword) VALUES (?, ?)",
-                            [(image_id, keyword) for keyword in meta.get("keywords") or []])
-        return True
-
-    def meta_of(self, filepath: bytes) -> dict | None:
-        cursor = self.db.execute("SELECT m.* FROM photo_meta m JOIN images i ON i.id = m.image_id "
-                                 "WHERE i.filepath = ?", (filepath,))
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        meta = dict(zip([column[0] for column in cursor.description], row))
-        meta["keywords"] = json.loads(meta["keywords"])
-        return meta
-
-    @property
-    def has_metadata(self) -> bool:
-        """A reader of a cache from before v3 (opened as it is) finds no metadata in it."""
-        return self.version >= 3
-
-    def filtered_rows(self, filters, root: bytes | None) -> list[tuple]:
-        """(id, taken_key, lat, lon) of live photos whose metadata passes `filters` (a
-        `filters.Filters`), by id; the position is checked by bounding box here, exactly by
-        the caller."""
-        from .filters import bounding_box
-
-        if not self.has_metadata:
-            return []
-        where, params = ["i.deleted = 0", "i.vector IS NOT NULL"], []
-        if root is not None:
-            where.append("(i.dir = ? OR (i.dir >= ? AND i.dir < ?))")
-            params += self.under_params(root)
-        if filters.after is not None:
-            where.append("m.taken_key >= ?")
-            params.append(filters.after)
-        if filters.before is not None:
-            where.append("m.taken_key < ?")
-            params.append(filters.before)
-        if filters.camera:
-            # Few distinct cameras in a library: match them here, then select through the index.
-            wanted = filters.camera.lower()
-            cameras = [(make, model) for make, model in self.query("SELECT DISTINCT make, model FROM photo_meta")
-                       if wanted in f"{make or ''} {model or ''}".lower()]
-            if not cameras:
-                return []
-            where.append("(" + " OR ".join(["(m.make IS ? AND m.model IS ?)"] * len(cameras)) + ")")
-            params += [value for camera in cameras for value in camera]
-        if filters.near is not None:
-            lat_min, lat_max, lon_min, lon_max = bounding_box(filters.near, filters.within_m)
-            where.append("m.lat BETWEEN ? AND ? AND m.lon BETWEEN ? AND ?")
-            params += [lat_min, lat_max, lon_min, lon_max]
-        if filters.min_rating is not None:
-            where.append("m.rating >= ?")
-            params.append(filters.min_rating)
-        for tag in filters.tags:
-            where.append("m.image_id IN (SELECT image_id FROM photo_keywords WHERE keyword = ?)")
-            params.append(tag)
-        join = "JOIN" if filters.active else "LEFT JOIN"
-        return self.query(f"SELECT i.id, m.taken_key, m.lat, m.lon FROM images i {join} photo_meta m "
-                          f"ON m.image_id = i.id WHERE {' AND '.join(where)} ORDER BY i.id", params)
-
-    def metadata_of(self, row_ids: list[int]) -> dict[int, dict]:
-        """Row id -> the metadata fields `query --json` prints."""
-        out = {}
-        if not self.has_metadata:
-            return out
-        for start in range(0, len(row_ids), 500):
-            chunk = row_ids[start : start + 500]
-            rows = self.query(f"SELECT image_id, taken_at, taken_key, make, model, lens, lat, lon, width, height, "
-                              f"rating, keywords FROM photo_meta WHERE image_id IN ({','.join('?' * len(chunk))})", chunk)
-            for row in rows:
-                out[row[0]] = {"taken_at": row[1], "taken_key": row[2], "make": row[3], "model": row[4], "lens": row[5],
-                               "lat": row[6], "lon": row[7], "width": row[8], "height": row[9], "rating": row[10],
-                               "keywords": json.loads(row[11])}
-        return out
-
-    def meta_coverage(self) -> dict:
-        if not self.has_metadata:
-            return {"read": 0, "dated": 0, "located": 0, "with_keywords": 0}
-        row = self.query("SELECT COUNT(m.image_id), COUNT(m.taken_key), COUNT(m.lat), "
-                         "SUM(m.keywords != '[]') FROM images i LEFT JOIN photo_meta m ON m.image_id = i.id "
-                         "WHERE i.deleted = 0 AND i.vector IS NOT NULL")[0]
-        return {"read": row[0] or 0, "dated": row[1] or 0, "located": row[2] or 0, "with_keywords": row[3] or 0}
-
-    # -- keywords written by `tag` -------------------------------------------------------
-
-    def image_ids(self, paths: list[bytes]) -> dict[bytes, int]:
-        marks = ",".join("?" * len(paths))
-        rows = self.db.execute(f"SELECT filepath, id FROM images WHERE filepath IN ({marks}) AND deleted = 0", paths)
-        return dict(rows.fetchall())
-
-    def record_keywords(self, image_id: int, keyword: str, sidecar: bytes, values: list[tuple[str, str]]) -> None:
-        self.db.executemany(
-            "INSERT OR IGNORE INTO keywords_added (image_id, keyword, sidecar, field, value, added_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)", [(image_id, keyword, sidecar, f, v, time.time()) for f, v in values])
-
-    def keywords_added(self, keyword: str, root: bytes | None) -> list[tuple[int, bytes, bytes, str, str]]:
-        """(image id, photo path, sidecar, field, value) that `tag` added for `keyword`."""
-        sql = ("SELECT k.image_id, i.filepath, k.sidecar, k.field, k.value FROM keywords_added k "
-               "JOIN images i ON i.id = k.image_id WHERE k.keyword = ?")
-        params: tuple = (keyword,)
-        if root is not None:
-            sql += " AND (i.filepath = ? OR (i.filepath > ? AND i.filepath < ?))"
-            params += self.under_params(root)
-        return self.db.execute(sql + " ORDER BY i.filepath, k.sidecar", params).fetchall()
-
-    def forget_keywords(self, image_id: int, keyword: str, sidecar: bytes) -> None:
-        self.db.execute("DELETE FROM keywords_added WHERE image_id = ? AND keyword = ? AND sidecar = ?",
-                        (image_id, keyword, sidecar))
 
     def counts(self) -> dict:
         row = self.query("SELECT SUM(deleted = 0 AND vector IS NOT NULL), SUM(deleted = 0 AND error IS NOT NULL), "
