@@ -24,7 +24,7 @@ from bench.query import build_cache  # noqa: E402
 from clipsearch.encoders import TextEncoder  # noqa: E402
 from clipsearch.filters import make_filters  # noqa: E402
 from clipsearch.manifest import load_manifest  # noqa: E402
-from clipsearch.search import ranked, selected_rows  # noqa: E402
+from clipsearch.search import ranked, select_rows  # noqa: E402
 from clipsearch.store import Store  # noqa: E402
 
 YEAR = 365.25 * 86400
@@ -56,9 +56,10 @@ def describe(db: Path) -> None:
         rating = rng.integers(0, 6, len(ids))
         keys = rng.integers(0, len(KEYWORDS), (len(ids), 2))
         with store.atomic():
-            store.insert_meta_rows((row_id, float(taken[i]), "Make", f"Model {model[i]:02d}", float(lat[i]),
+            seq = store.next_seq()
+            store.insert_meta_rows(((row_id, float(taken[i]), "Make", f"Model {model[i]:02d}", float(lat[i]),
                                     float(lon[i]), int(rating[i]), json.dumps(sorted({KEYWORDS[k] for k in keys[i]})))
-                                   for i, row_id in enumerate(ids))
+                                   for i, row_id in enumerate(ids)), seq)
     finally:
         store.close()
 
@@ -74,9 +75,8 @@ def warm(db: Path, manifest, runs: int) -> None:
             filters = make_filters(**options)
 
             def filtered():
-                kept = selected_rows(store, filters, None)
-                allowed = np.fromiter(kept, dtype=np.int64, count=len(kept))
-                return ranked(store, manifest, vector, 10, None, allowed), len(kept)
+                selection = select_rows(store, manifest.embedding_dim, filters, None)
+                return ranked(store, manifest, vector, 10, selection=selection), len(selection)
 
             seconds = median([timed(filtered) for _ in range(runs)])
             kept = filtered()[1]

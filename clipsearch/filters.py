@@ -1,7 +1,7 @@
 """Metadata filters of `query` and `tag`: what `--after`, `--before`, `--camera`, `--near` +
 `--within`, `--tag` and `--min-rating` mean, parsed once from the options, and the
-great-circle distance the position filter needs. The rows they select come from
-`Store.filtered_rows`; the ranking then runs over those rows only."""
+great-circle distance the position filter needs. `columns.matches` evaluates them; the
+ranking then runs over the rows they keep only."""
 from __future__ import annotations
 
 import datetime as dt

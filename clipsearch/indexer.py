@@ -258,7 +258,7 @@ class Indexer:
         for result in results:
             if result.headers_only:
                 if not result.vanished:  # a failure still records an empty reading: not retried nightly
-                    store.put_meta(result.path, result.size, result.mtime_ns, result.sidecars, result.meta or {})
+                    store.put_meta(result.path, result.size, result.mtime_ns, result.sidecars, result.meta or {}, self.seq)
                     self.summary.headers_read += 1
                 continue
             kind = self.kinds.pop(result.path, "new")
@@ -276,7 +276,7 @@ class Indexer:
                 store.put_vector(result.path, folder, result.size, result.mtime_ns, result.fingerprint,
                                  result.vector, result.scale, self.seq)
                 if result.meta is not None:
-                    store.put_meta(result.path, result.size, result.mtime_ns, result.sidecars, result.meta)
+                    store.put_meta(result.path, result.size, result.mtime_ns, result.sidecars, result.meta, self.seq)
         self.progress(self.summary)
         self.maybe_commit()
 

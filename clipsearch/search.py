@@ -87,16 +87,17 @@ def search(store, manifest, vector, top: int, within: bytes | None = None, allow
     return [(path, score) for _, path, score in ranked(store, manifest, vector, top, within, allowed)]
 
 
-def ranked(store, manifest, vector, top: int, within: bytes | None = None, allowed=None) -> list[tuple[int, bytes, float]]:
+def ranked(store, manifest, vector, top: int, within: bytes | None = None, allowed=None,
+           selection=None) -> list[tuple[int, bytes, float]]:
     """Best `top` (id, path, score) among the live rows (under `within`; among `allowed`, a
-    sorted id array, when given)."""
+    sorted id array, or the rows of a `columns.Selection`, when given)."""
     import numpy as np
 
     from .vectors import top_k
 
-    if allowed is None and within is not None:
+    if allowed is None and selection is None and within is not None:
         allowed = np.array(store.vector_ids_under(within), dtype=np.int64)
-    best = top_k(vector, store, manifest.embedding_dim, top, allowed)
+    best = top_k(vector, store, manifest.embedding_dim, top, allowed, selection=selection)
     if not best:
         return []
     paths = store.paths_of([row_id for row_id, _ in best])
@@ -145,24 +146,18 @@ def run_query(texts: list[str], db_path, model_dir, top: int | None = DEFAULT_TO
             if not os.path.isdir(within):
                 raise UsageError(f"{within}: --in needs an existing folder")
             folder = normalise_root(within)
-        taken, allowed = None, None
-        if filters.active:
-            taken = selected_rows(store, filters, folder)
-            import numpy as np
-
-            allowed = np.fromiter(taken, dtype=np.int64, count=len(taken))
+        selection = select_rows(store, manifest.embedding_dim, filters, folder) if filters.active else None
         if listing:
-            order = sorted(taken, key=lambda row_id: (taken[row_id] is None, -(taken[row_id] or 0), row_id))
-            order = order[:top] if top else order
+            order = selection.newest_first(top)
             paths = store.paths_of(order)
             found = [(row_id, paths[row_id], None) for row_id in order if row_id in paths]
-        elif allowed is not None and not len(allowed):
+        elif selection is not None and not len(selection):
             found = []
         else:
             vector = query_vector(terms, manifest, threads, prefetch, store.meta("pipeline"))
             if top is None:
                 top = max(1, store.counts()["indexed"]) if min_score is not None else DEFAULT_TOP
-            found = ranked(store, manifest, vector, top, folder, allowed)
+            found = ranked(store, manifest, vector, top, folder, selection=selection)
             if min_score is not None and found and found[0][2] < min_score:
                 return Answer([], [f"clipsearch: no photo reaches --min-score {min_score} (the best scores "
                                    f"{found[0][2]:.4f})"])
@@ -187,14 +182,17 @@ def run_query(texts: list[str], db_path, model_dir, top: int | None = DEFAULT_TO
     return Answer(results, [f"note: {manifest.untrained}"] if manifest.untrained else [], by_path)
 
 
-def selected_rows(store, filters, folder: bytes | None) -> dict[int, float | None]:
-    """Row id -> capture time of the photos passing `filters`, the distance checked exactly."""
-    from .filters import distance_m
+def select_rows(store, dim: int, filters, folder: bytes | None):
+    """The rows passing `filters` (under `folder`), as a `columns.Selection` over the packed
+    file and the rows changed since it was written."""
+    import numpy as np
 
-    rows = store.filtered_rows(filters, folder)
-    if filters.near is not None:
-        rows = [row for row in rows if distance_m(filters.near, (row[2], row[3])) <= filters.within_m]
-    return {row[0]: row[1] for row in rows}
+    from .columns import select
+    from .vectors import current_packed
+
+    packed, delta = current_packed(store, dim)
+    under = np.array(store.vector_ids_under(folder), dtype=np.int64) if folder is not None else None
+    return select(store, packed, delta, filters, under)
 
 
 def no_results_reason(within: str | None, db_path) -> str:

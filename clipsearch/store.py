@@ -265,10 +265,11 @@ class Store(PhotoQueries):
         self.db.executemany("INSERT INTO images (filepath, dir, modified_at, size, fingerprint, vector, scale, seq, "
                             "indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
-    def insert_meta_rows(self, rows) -> None:
+    def insert_meta_rows(self, rows, seq: int) -> None:
         """Bulk metadata (image_id, taken_key, make, model, lat, lon, rating, keywords JSON): how
-        the benchmarks describe a cache of synthetic photos."""
+        the benchmarks describe a cache of synthetic photos. The rows take change counter `seq`."""
         rows = list(rows)
+        self.db.executemany("UPDATE images SET seq = ? WHERE id = ?", ((seq, row[0]) for row in rows))
         self.db.executemany("INSERT OR REPLACE INTO photo_meta (image_id, read_size, read_mtime, sidecars, taken_key, "
                             "make, model, lat, lon, rating, keywords) VALUES (?, 0, 0, '', ?, ?, ?, ?, ?, ?, ?)", rows)
         self.db.executemany("INSERT OR IGNORE INTO photo_keywords (image_id, keyword) VALUES (?, ?)",

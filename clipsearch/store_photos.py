@@ -13,8 +13,9 @@ class PhotoQueries:
 
     # -- what photos say about themselves (metadata.py) ----------------------------------
 
-    def put_meta(self, filepath: bytes, size: int, mtime_ns: int, sidecars: str, meta: dict) -> bool:
-        """Store the metadata read from this version of the file; False if the row holds another."""
+    def put_meta(self, filepath: bytes, size: int, mtime_ns: int, sidecars: str, meta: dict, seq: int) -> bool:
+        """Store the metadata read from this version of the file; False if the row holds another.
+        The row takes change counter `seq`: the packed file's filter columns follow it."""
         cursor = self.db.execute(
             """INSERT INTO photo_meta (image_id, read_size, read_mtime, sidecars, taken_at, taken_key, taken_source,
                                        make, model, lens, lat, lon, width, height, rating, keywords)
@@ -32,6 +33,7 @@ class PhotoQueries:
         if cursor.rowcount <= 0:
             return False
         image_id = self.db.execute("SELECT id FROM images WHERE filepath = ?", (filepath,)).fetchone()[0]
+        self.db.execute("UPDATE images SET seq = ? WHERE id = ?", (seq, image_id))
         self.db.execute("DELETE FROM photo_keywords WHERE image_id = ?", (image_id,))
         self.db.executemany("INSERT OR IGNORE INTO photo_keywords (image_id, keyword) VALUES (?, ?)",
                             [(image_id, keyword) for keyword in meta.get("keywords") or []])
@@ -52,46 +54,24 @@ class PhotoQueries:
         """A reader of a cache from before v3 (opened as it is) finds no metadata in it."""
         return self.version >= 3
 
-    def filtered_rows(self, filters, root: bytes | None) -> list[tuple]:
-        """(id, taken_key, lat, lon) of live photos whose metadata passes `filters` (a
-        `filters.Filters`), by id; the position is checked by bounding box here, exactly by
-        the caller."""
-        from .filters import bounding_box
+    def meta_fields(self, since_seq: int | None = None, batch: int = 65536):
+        """(id, taken_key, lat, lon, rating, make, model) of live photos with metadata (written
+        after change counter `since_seq`, when given), by id, in batches: the filter columns."""
+        yield from self._batches("SELECT m.image_id, m.taken_key, m.lat, m.lon, m.rating, m.make, m.model "
+                                 "FROM photo_meta m JOIN images i ON i.id = m.image_id", since_seq, batch)
 
-        if not self.has_metadata:
-            return []
-        where, params = ["i.deleted = 0", "i.vector IS NOT NULL"], []
-        if root is not None:
-            where.append("(i.dir = ? OR (i.dir >= ? AND i.dir < ?))")
-            params += self.under_params(root)
-        if filters.after is not None:
-            where.append("m.taken_key >= ?")
-            params.append(filters.after)
-        if filters.before is not None:
-            where.append("m.taken_key < ?")
-            params.append(filters.before)
-        if filters.camera:
-            # Few distinct cameras in a library: match them here, then select through the index.
-            wanted = filters.camera.lower()
-            cameras = [(make, model) for make, model in self.query("SELECT DISTINCT make, model FROM photo_meta")
-                       if wanted in f"{make or ''} {model or ''}".lower()]
-            if not cameras:
-                return []
-            where.append("(" + " OR ".join(["(m.make IS ? AND m.model IS ?)"] * len(cameras)) + ")")
-            params += [value for camera in cameras for value in camera]
-        if filters.near is not None:
-            lat_min, lat_max, lon_min, lon_max = bounding_box(filters.near, filters.within_m)
-            where.append("m.lat BETWEEN ? AND ? AND m.lon BETWEEN ? AND ?")
-            params += [lat_min, lat_max, lon_min, lon_max]
-        if filters.min_rating is not None:
-            where.append("m.rating >= ?")
-            params.append(filters.min_rating)
-        for tag in filters.tags:
-            where.append("m.image_id IN (SELECT image_id FROM photo_keywords WHERE keyword = ?)")
-            params.append(tag)
-        join = "JOIN" if filters.active else "LEFT JOIN"
-        return self.query(f"SELECT i.id, m.taken_key, m.lat, m.lon FROM images i {join} photo_meta m "
-                          f"ON m.image_id = i.id WHERE {' AND '.join(where)} ORDER BY i.id", params)
+    def keyword_rows(self, since_seq: int | None = None, batch: int = 65536):
+        """(id, keyword) of live photos, as `meta_fields`."""
+        yield from self._batches("SELECT k.image_id, k.keyword FROM photo_keywords k JOIN images i "
+                                 "ON i.id = k.image_id", since_seq, batch)
+
+    def _batches(self, select: str, since_seq: int | None, batch: int):
+        where, params = " WHERE i.deleted = 0 AND i.vector IS NOT NULL", ()
+        if since_seq is not None:
+            where, params = where + " AND i.seq > ?", (since_seq,)
+        cursor = self.db.execute(select + where + " ORDER BY i.id", params)
+        while rows := cursor.fetchmany(batch):
+            yield rows
 
     def metadata_of(self, row_ids: list[int]) -> dict[int, dict]:
         """Row id -> the metadata fields `query --json` prints."""

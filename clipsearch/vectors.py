@@ -1,5 +1,6 @@
 """Ranking cached vectors fast: int8 rows with per-row scales, and the packed file
-(`<db>.vectors`) that holds a contiguous copy of them beside the database.
+(`<db>.vectors`) that holds a contiguous copy of them beside the database, with the filter
+columns of the same rows (`columns.py`).
 
 The packed file is derived state. Its header records the database change counter (`seq`)
 and model it was built from; rows changed since then are read from the database and
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-MAGIC = b"CLSVEC02"
+from .columns import PackedColumns, member, read_columns, write_columns
+
+MAGIC = b"CLSVEC03"  # 03: filter columns after the matrix
 HEADER_BYTES = 4096
 # The matrix is stored in blocks of BLOCK_ROWS rows, each block transposed ([dim, rows],
 # int8): the layout onnxruntime's integer GEMM wants for query x block (see IntegerScorer).
@@ -50,16 +53,37 @@ class Packed:
     dim: int
     ids: np.ndarray
     file: object
+    directory_at: int = 0
+    directory_len: int = 0
+    _columns: object = None
 
     def read_into(self, array: np.ndarray, offset: int) -> None:
         self.file.seek(offset)
         if self.file.readinto(memoryview(array).cast("B")) != array.nbytes:
             raise OSError(f"{self.path}: shorter than its header says")
 
+    def map(self, offset: int, count: int, dtype: str) -> np.ndarray:
+        """`count` values at `offset`, through a read-only mapping of the open file (no copy:
+        a filter reads a column's pages, which the page cache usually already holds)."""
+        size = count * np.dtype(dtype).itemsize
+        if not size:
+            return np.zeros(0, dtype=dtype)
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY
+        mapped = mmap.mmap(self.file.fileno(), offset - base + size, access=mmap.ACCESS_READ, offset=base)
+        return np.frombuffer(mapped, dtype=dtype, count=count, offset=offset - base)
+
     @property
     def offsets(self) -> tuple[int, int]:
         scales_at = HEADER_BYTES + 8 * self.count
         return scales_at, scales_at + 4 * self.count
+
+    def columns(self):
+        """The filter columns of these rows (`columns.PackedColumns`), read as filters need them."""
+        if self._columns is None:
+            self.file.seek(self.directory_at)
+            directory = json.loads(self.file.read(self.directory_len))
+            self._columns = PackedColumns(self, directory)
+        return self._columns
 
 
 def write_packed(store, dim: int) -> Packed:
@@ -76,15 +100,21 @@ def write_packed(store, dim: int) -> Packed:
                 block = np.frombuffer(b"".join(r[2] for r in batch), dtype=np.int8).reshape(len(batch), dim)
                 matrix_file.write(np.ascontiguousarray(block.T).tobytes())
                 count += len(batch)
-            header = json.dumps({"seq": seq, "model_id": model_id, "count": count, "dim": dim,
-                                 "block_rows": BLOCK_ROWS}).encode()
-            f.write(MAGIC + struct.pack("<I", len(header)) + header)
-            f.write(b"\0" * (HEADER_BYTES - f.tell()))
-            f.write(np.asarray(ids, dtype="<i8").tobytes())
+            ids = np.asarray(ids, dtype="<i8")
+            f.write(b"\0" * HEADER_BYTES)
+            f.write(ids.tobytes())
             f.write(np.asarray(scales, dtype="<f4").tobytes())
             matrix_file.seek(0)
             while data := matrix_file.read(1 << 24):
                 f.write(data)
+            directory = json.dumps(write_columns(f, read_columns(store, ids)), ensure_ascii=False).encode()
+            directory_at = f.tell()
+            f.write(directory)
+            header = json.dumps({"seq": seq, "model_id": model_id, "count": count, "dim": dim,
+                                 "block_rows": BLOCK_ROWS, "directory_at": directory_at,
+                                 "directory_len": len(directory)}).encode()
+            f.seek(0)
+            f.write(MAGIC + struct.pack("<I", len(header)) + header)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -110,10 +140,13 @@ def read_header(path: Path) -> Packed | None:
         count, dim = int(info["count"]), int(info["dim"])
         if info.get("block_rows") != BLOCK_ROWS:
             raise ValueError("another block size")
-        if os.fstat(f.fileno()).st_size != HEADER_BYTES + count * (8 + 4 + dim):
+        directory_at, directory_len = int(info["directory_at"]), int(info["directory_len"])
+        if (directory_at < HEADER_BYTES + count * (8 + 4 + dim)
+                or os.fstat(f.fileno()).st_size != directory_at + directory_len):
             raise ValueError("truncated")
-        ids = np.fromfile(f, dtype="<i8", count=count)
-        return Packed(path, int(info["seq"]), info["model_id"], count, dim, ids, f)
+        packed = Packed(path, int(info["seq"]), info["model_id"], count, dim, None, f, directory_at, directory_len)
+        packed.ids = packed.map(HEADER_BYTES, count, "<i8")
+        return packed
     except (OSError, ValueError, KeyError, TypeError):
         f.close()
         return None
@@ -175,14 +208,10 @@ def iter_blocks(packed: Packed):
     mapping goes away with the caller's last reference to it, so at most two blocks
     (64 MiB at 512 dims) are resident whatever the library size."""
     _, matrix_at = packed.offsets
-    fd = packed.file.fileno()
     for start in range(0, packed.count, BLOCK_ROWS):
         rows = min(BLOCK_ROWS, packed.count - start)
         offset = matrix_at + start * packed.dim
-        base = offset - offset % mmap.ALLOCATIONGRANULARITY
-        mapped = mmap.mmap(fd, offset - base + rows * packed.dim, access=mmap.ACCESS_READ, offset=base)
-        yield start, np.frombuffer(mapped, dtype=np.int8, count=rows * packed.dim,
-                                   offset=offset - base).reshape(packed.dim, rows)
+        yield start, packed.map(offset, rows * packed.dim, "i1").reshape(packed.dim, rows)
 
 
 def read_scales(packed: Packed) -> np.ndarray:
@@ -216,48 +245,58 @@ class IntegerScorer:
         return self.session.run(None, {"query": prepared, "block": block, "query_zero": self.zero})[0][0]
 
 
-# At most this share of the rows allowed by a filter, they are scored exactly on their own
-# rather than the whole matrix with the integer GEMM (bench/filters.py).
-SELECTIVE = 0.1
+# A block whose rows a filter keeps at most this share of has those rows gathered (np.take
+# along the row axis: 2-5 ms per 65536-row block) and scored alone; a denser one is scored
+# whole (5 ms) with the others masked (bench/filters.py).
+GATHER = 0.15
 
 
 def top_k(query: np.ndarray, store, dim: int, k: int, allowed_ids: np.ndarray | None = None,
-          scorer: IntegerScorer | None = None) -> list[tuple[int, float]]:
-    """Best k (id, score) by cosine, optionally among `allowed_ids` (sorted int64). Scores
-    are exact float32 cosines of the stored int8 rows and `query` (`cosines`)."""
+          scorer: IntegerScorer | None = None, selection=None) -> list[tuple[int, float]]:
+    """Best k (id, score) by cosine, optionally among `allowed_ids` (sorted int64) or the
+    rows of a `columns.Selection` (which then also fixes the packed file and delta used).
+    Scores are exact float32 cosines of the stored int8 rows and `query` (`cosines`)."""
     query = np.asarray(query, dtype=np.float32)
     query_int8 = quantize_rows(query[None])[0][0]
-    packed, delta = current_packed(store, dim)
-    changed = np.array(sorted(row[0] for row in delta), dtype=np.int64)
+    if selection is not None:
+        packed, delta, keep = selection.packed, selection.delta, selection.keep
+        live = [row for row in delta if not row[1] and row[2] is not None]
+        live = [row for row, ok in zip(live, member(np.array([r[0] for r in live], dtype=np.int64),
+                                                    selection.delta_ids)) if ok]
+    else:
+        packed, delta = current_packed(store, dim)
+        changed = np.array(sorted(row[0] for row in delta), dtype=np.int64)
+        if packed is not None and packed.count:
+            keep = np.ones(packed.count, dtype=bool)
+            if len(changed):
+                keep &= ~member(packed.ids, changed)
+            if allowed_ids is not None:
+                keep &= member(packed.ids, allowed_ids)
+        live = [row for row in delta if not row[1] and row[2] is not None
+                and (allowed_ids is None or member(np.array([row[0]]), allowed_ids)[0])]
     best_ids, best_scores = [], []
     if packed is not None and packed.count:
         scales = read_scales(packed)
-        keep = np.ones(packed.count, dtype=bool)
-        if len(changed):
-            keep &= ~_member(packed.ids, changed)
-        if allowed_ids is not None:
-            keep &= _member(packed.ids, allowed_ids)
-        if allowed_ids is not None and np.count_nonzero(keep) <= SELECTIVE * packed.count:
-            # A filter kept few rows: score just those, exactly, instead of the whole matrix.
-            for start, block in iter_blocks(packed):
-                picked = np.flatnonzero(keep[start : start + block.shape[1]])
-                if len(picked):
-                    _collect(cosines(query, block[:, picked].T, query_int8), packed.ids[start + picked], k,
-                             best_ids, best_scores)
-            packed = None
-    if packed is not None and packed.count:
         scorer = scorer or IntegerScorer()
         prepared, step = scorer.prepare(query)
         shortlist = max(CANDIDATES, 4 * k)
         for start, block in iter_blocks(packed):
             rows = block.shape[1]
-            approx = scorer.dots(prepared, block) * (step * scales[start : start + rows])
-            approx[~keep[start : start + rows]] = -np.inf
-            picked = np.argpartition(-approx, shortlist - 1)[:shortlist] if rows > shortlist else np.arange(rows)
+            positions, kept = np.arange(start, start + rows), keep[start : start + rows]
+            if not kept.all():
+                picked = np.flatnonzero(kept)
+                if not len(picked):
+                    continue
+                if len(picked) <= GATHER * rows:
+                    block, positions = np.take(block, picked, axis=1), start + picked
+            approx = scorer.dots(prepared, block) * (step * scales[positions])
+            if len(positions) == rows:
+                approx[~kept] = -np.inf
+            picked = np.argpartition(-approx, shortlist - 1)[:shortlist] if len(approx) > shortlist \
+                else np.arange(len(approx))
             picked = picked[np.isfinite(approx[picked])]
-            _collect(cosines(query, block[:, picked].T, query_int8), packed.ids[start + picked], k, best_ids, best_scores)
-    live = [row for row in delta if not row[1] and row[2] is not None
-            and (allowed_ids is None or _member(np.array([row[0]]), allowed_ids)[0])]
+            _collect(cosines(query, block[:, picked].T, query_int8), packed.ids[positions[picked]], k, best_ids,
+                     best_scores)
     if live:
         matrix = np.frombuffer(b"".join(row[2] for row in live), dtype=np.int8).reshape(len(live), dim)
         _collect(cosines(query, matrix, query_int8), np.array([row[0] for row in live], dtype=np.int64), k, best_ids,
@@ -288,10 +327,3 @@ def _collect(scores: np.ndarray, ids: np.ndarray, k: int, best_ids: list, best_s
         scores, ids = scores[part], ids[part]
     best_ids.append(ids)
     best_scores.append(scores)
-
-
-def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
-    if len(sorted_set) == 0:
-        return np.zeros(len(values), dtype=bool)
-    pos = np.clip(np.searchsorted(sorted_set, values), 0, len(sorted_set) - 1)
-    return sorted_set[pos] == values

@@ -164,11 +164,51 @@ def names(result) -> list[str]:
     (["--after", "2030"], set()),
 ])
 def test_each_filter_alone_and_combined(described, cli, args, expected):
-    for text in ("red", "yellow"):  # whatever the ranking, the filters decide the set
-        result = cli("query", text, "--top", "10", "--paths", *args)
-        assert set(names(result)) == expected, (args, result.stderr)
+    # Through the packed file's filter columns, then through the database rows changed since
+    # the packed file was written (an index run that has committed rows and not yet packed them).
+    for view in ("packed", "changed since packed"):
+        if view != "packed":
+            rewind_packed(cli.db)
+        for text in ("red", "yellow"):  # whatever the ranking, the filters decide the set
+            result = cli("query", text, "--top", "10", "--paths", *args)
+            assert set(names(result)) == expected, (view, args, result.stderr)
+        assert set(names(cli("query", "--paths", *args))) == expected  # listing, no text
     if not expected:
         assert "no photo matches the filters" in cli("query", "red", *args).stderr
+
+
+def rewind_packed(db, seq=0):
+    """Make the packed vector file look written at change counter `seq`: every row changed
+    later is then read from the database."""
+    from clipsearch.vectors import MAGIC, packed_path
+
+    path = packed_path(db)
+    data = bytearray(path.read_bytes())
+    length = int.from_bytes(data[8:12], "little")
+    header = json.loads(data[12 : 12 + length])
+    header["seq"] = seq
+    encoded = json.dumps(header).encode()
+    data[: 12 + len(encoded)] = MAGIC + len(encoded).to_bytes(4, "little") + encoded
+    path.write_bytes(bytes(data))
+
+
+def test_filters_see_metadata_changed_after_the_packed_file_was_written(described, cli):
+    """A sidecar changed alone updates only metadata; it must reach the filters even while the
+    packed file (with its filter columns) still holds the old values."""
+    from clipsearch.vectors import packed_path
+
+    old_packed = packed_path(cli.db).read_bytes()
+    (described / "a.jpg.xmp").write_text(XMP.format(attrs='xmp:Rating="1"', body=bag("dc:subject", ["sea"])),
+                                         encoding="utf-8")
+    (described / "e.jpg.xmp").write_text(XMP.format(attrs="", body=bag("dc:subject", ["ÄPFEL"])), encoding="utf-8")
+    cli("index", str(described), "--workers", "1")
+    for view in ("packed", "old packed file"):
+        if view != "packed":
+            packed_path(cli.db).write_bytes(old_packed)
+        assert set(names(cli("query", "red", "--paths", "--tag", "beach"))) == {"b"}, view
+        assert set(names(cli("query", "red", "--paths", "--tag", "sea"))) == {"a"}, view
+        assert set(names(cli("query", "red", "--paths", "--min-rating", "4"))) == {"c"}, view
+        assert set(names(cli("query", "red", "--paths", "--tag", "äpfel"))) == {"e"}, view  # any case, not only ASCII
 
 
 def test_sort_by_date_and_listing_without_text(described, cli):
