@@ -7,6 +7,12 @@ Folder: phone-size JPEGs with grain (half 4032x3024, half 1600x1200), made once 
 - bound: cores / (measured per-image decode+preprocess time + per-image inference time).
 
     python bench/index.py [--photos 240] [--repeats 3]
+    python bench/index.py --metadata-cost [--photos 240] [--repeats 5]
+
+--metadata-cost: what reading metadata adds to indexing. The same photos, re-saved once bare
+and once described (EXIF date, offset, camera, lens, GPS; an embedded XMP packet with
+keywords and rating; a digiKam-style `.jpg.xmp` sidecar), indexed with the defaults,
+interleaved; and the per-photo cost of `metadata.photo_record` measured alone.
 """
 from __future__ import annotations
 
@@ -43,7 +49,7 @@ def photo_folder(count: int) -> Path:
 def run_config(folder: Path, manifest, options: IndexOptions) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         summary = index_paths([str(folder)], Path(tmp) / "index.db", manifest, options, lambda p, m: None)
-        assert summary.new == len(list(folder.iterdir())), summary.as_dict()
+        assert summary.new == len(list(folder.glob("*.jpg"))), summary.as_dict()
         return summary.embedded / summary.elapsed
 
 
@@ -88,11 +94,80 @@ def worker_startup(manifest, repeats: int = 3) -> float:
     return median(runs)
 
 
+XMP_PACKET = ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+              '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" '
+              'xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/" '
+              'xmlns:lr="http://ns.adobe.com/lightroom/1.0/" xmp:Rating="{rating}" '
+              'xmp:CreateDate="2019-07-14T18:03:11"><dc:subject><rdf:Bag>{keywords}</rdf:Bag></dc:subject>'
+              '<lr:hierarchicalSubject><rdf:Bag>{hierarchy}</rdf:Bag></lr:hierarchicalSubject>'
+              '</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>')
+
+
+def described_folders(count: int) -> tuple[Path, Path]:
+    """(bare, described): the bench photos re-saved alike, without and with metadata."""
+    from PIL import Image, TiffImagePlugin
+
+    bare, described = CACHE / f"photos-{count}-bare", CACHE / f"photos-{count}-described"
+    bare.mkdir(exist_ok=True)
+    described.mkdir(exist_ok=True)
+    for i, path in enumerate(sorted(photo_folder(count).iterdir())):
+        if (described / (path.name + ".xmp")).exists():
+            continue
+        keywords = [f"keyword {i % 7}", "family", "holiday"]
+        xmp = XMP_PACKET.format(rating=i % 6, keywords="".join(f"<rdf:li>{k}</rdf:li>" for k in keywords),
+                                hierarchy="".join(f"<rdf:li>places|{k}</rdf:li>" for k in keywords))
+        exif = Image.Exif()
+        exif[0x010F], exif[0x0110], exif[0x0112] = "Canon", "Canon EOS 80D", 1
+        sub = exif.get_ifd(0x8769)
+        sub[0x9003], sub[0x9011], sub[0x9291], sub[0xA434] = "2019:07:14 18:03:11", "+01:00", "25", "EF-S18-135mm"
+        rational = TiffImagePlugin.IFDRational
+        exif.get_ifd(0x8825).update({1: "N", 2: (rational(38), rational(43), rational(1234, 100)), 3: "W",
+                                     4: (rational(9), rational(8), rational(2400, 100))})
+        with Image.open(path) as image:
+            image.save(bare / path.name, "JPEG", quality=90)
+            image.save(described / path.name, "JPEG", quality=90, exif=exif.tobytes(), xmp=xmp.encode())
+        sidecar = XMP_PACKET.format(rating=5, keywords="<rdf:li>edited in digiKam</rdf:li>", hierarchy="")
+        (described / (path.name + ".xmp")).write_text(sidecar, encoding="utf-8")
+    return bare, described
+
+
+def metadata_cost(count: int, repeats: int) -> dict:
+    from PIL import Image
+
+    from clipsearch.metadata import photo_record
+
+    bare, described = described_folders(count)
+    manifest = load_manifest(full_model(True))
+    rates = {"bare": [], "described": []}
+    for _ in range(repeats):  # interleaved, so drift hits both alike
+        for name, folder in (("bare", bare), ("described", described)):
+            rates[name].append(run_config(folder, manifest, IndexOptions()))
+    per_photo = []
+    for path in sorted(described.glob("*.jpg"))[:32]:
+        with Image.open(path) as image:
+            start = time.perf_counter()
+            photo_record(image, image.size, bytes(path))
+            per_photo.append(time.perf_counter() - start)
+    decode, _, infer, _ = per_image_costs(bare, manifest)
+    bare_rate, described_rate = median(rates["bare"]), median(rates["described"])
+    print(f"machine: {cpu_summary()}; {count} photos (half 12 MP, half 2 MP), defaults, medians of {repeats} runs")
+    print(f"indexing, bare photos:      {bare_rate:6.2f} images/s (runs: {', '.join(f'{v:.2f}' for v in rates['bare'])})")
+    print(f"indexing, described photos: {described_rate:6.2f} images/s "
+          f"(runs: {', '.join(f'{v:.2f}' for v in rates['described'])}): {bare_rate / described_rate - 1:+.1%} time")
+    record = median(per_photo)
+    print(f"metadata.photo_record alone: {record * 1000:.2f} ms per described photo (EXIF, XMP packet, sidecar) "
+          f"against {(decode + infer) * 1000:.0f} ms decode+embed on one core: {record / (decode + infer):.2%}")
+    return {"bare": bare_rate, "described": described_rate, "record_ms": record * 1000}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--photos", type=int, default=240)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--metadata-cost", action="store_true", help="only the cost of reading metadata")
     args = parser.parse_args(argv)
+    if args.metadata_cost:
+        return metadata_cost(args.photos, args.repeats)
     cores = available_cores()
     folder = photo_folder(args.photos)
     int8 = load_manifest(full_model(True))

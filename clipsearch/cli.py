@@ -388,3 +388,7 @@ from .tagcli import tag, untag  # noqa: E402 - as models
 
 main.add_command(tag)
 main.add_command(untag)
+
+from .servecli import serve  # noqa: E402 - as models
+
+main.add_command(serve)

@@ -29,7 +29,7 @@ FIXED = {"taken": "<f8", "lat": "<f8", "lon": "<f8", "rating": "<i1", "camera": 
 class Columns:
     """Filter fields of the rows `ids` (sorted), in memory. Missing values: NaN (time,
     position), NO_RATING, NO_CAMERA; `cameras[i]` is camera i's "make model", lower-cased;
-    `keywords` maps a lower-cased keyword to the sorted positions of the rows that carry it."""
+    `keywords` maps a lower-cased keyword to the positions of the rows that carry it."""
 
     ids: np.ndarray
     arrays: dict = field(default_factory=dict)
@@ -46,27 +46,33 @@ class Columns:
 def read_columns(store, ids: np.ndarray, since_seq: int | None = None) -> Columns:
     """Columns of the live rows `ids` (sorted int64) from the database; `since_seq`: only rows
     written after it are looked up (the others are not among `ids`)."""
-    count = len(ids)
-    arrays = {name: np.full(count, np.nan if dtype == "<f8" else (NO_RATING if name == "rating" else NO_CAMERA),
-                            dtype=dtype) for name, dtype in FIXED.items()}
+    columns = Columns(ids, {name: np.full(len(ids), np.nan if dtype == "<f8" else
+                                          (NO_RATING if name == "rating" else NO_CAMERA), dtype=dtype)
+                            for name, dtype in FIXED.items()})
+    if not len(ids) or not store.has_metadata:
+        return columns
     cameras: dict[str, int] = {}
-    if count and store.has_metadata:
-        for batch in store.meta_fields(since_seq):
-            at, found = _positions(ids, np.fromiter((row[0] for row in batch), dtype=np.int64, count=len(batch)))
-            rows = [batch[i] for i in np.flatnonzero(found)]
-            for name, index in (("taken", 1), ("lat", 2), ("lon", 3)):
-                arrays[name][at] = np.array([np.nan if row[index] is None else row[index] for row in rows])
-            arrays["rating"][at] = [NO_RATING if row[4] is None else max(-127, min(127, row[4])) for row in rows]
-            arrays["camera"][at] = [NO_CAMERA if row[5] is None and row[6] is None else
-                                    cameras.setdefault(f"{row[5] or ''} {row[6] or ''}".lower(), len(cameras))
-                                    for row in rows]
+    for batch in store.meta_fields(since_seq):
+        row_ids, taken, lat, lon, rating, make, model = zip(*batch)
+        at, found = _positions(ids, np.array(row_ids, dtype=np.int64))
+        for name, values in (("taken", taken), ("lat", lat), ("lon", lon)):
+            columns.arrays[name][at] = np.array(values, dtype=np.float64)[found]  # None -> NaN
+        rating = np.array(rating, dtype=np.float64)[found]
+        columns.arrays["rating"][at] = np.where(np.isnan(rating), NO_RATING, np.clip(np.nan_to_num(rating), -127, 127))
+        camera = [NO_CAMERA if a is None and b is None else cameras.setdefault(f"{a or ''} {b or ''}", len(cameras))
+                  for a, b in zip(make, model)]
+        columns.arrays["camera"][at] = np.array(camera, dtype=np.int32)[found]
+    # One camera per name in any case: "Canon EOS" and "CANON EOS" are the same to a filter.
+    names = sorted({name.lower() for name in cameras})
+    renumber = np.array([names.index(name.lower()) for name in cameras] + [NO_CAMERA], dtype=np.int32)
+    columns.arrays["camera"] = renumber[columns.arrays["camera"]]  # NO_CAMERA (-1) picks the last entry
+    columns.cameras = names
     keywords: dict[str, list] = {}
-    if count and store.has_metadata:
-        for batch in store.keyword_rows(since_seq):
-            at, found = _positions(ids, np.fromiter((row[0] for row in batch), dtype=np.int64, count=len(batch)))
-            for position, row in zip(at, (batch[i] for i in np.flatnonzero(found))):
-                keywords.setdefault(row[1].lower(), []).append(position)
-    return Columns(ids, arrays, list(cameras), {k: np.unique(np.array(v, dtype=np.int64)) for k, v in keywords.items()})
+    for keyword, joined in store.keyword_groups(since_seq):
+        at, _ = _positions(ids, np.array(joined.split(","), dtype=np.int64))
+        keywords.setdefault(keyword.lower(), []).append(at)
+    columns.keywords = {keyword: np.concatenate(parts) for keyword, parts in keywords.items()}
+    return columns
 
 
 def _positions(ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

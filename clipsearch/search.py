@@ -17,7 +17,7 @@ from .errors import UsageError
 
 @dataclass(frozen=True)
 class Term:
-    kind: str  # "text" or "image"
+    kind: str  # "text", "image" (a file) or "row" (a cached photo's stored vector, by row id)
     value: str
     weight: float = 1.0
 
@@ -37,9 +37,11 @@ def parse_terms(texts: list[str], like: list[str], unlike: list[str], negated: l
     return terms
 
 
-def query_vector(terms: list[Term], manifest, threads: int | None = None, prefetch=None, pipeline: str | None = None):
+def query_vector(terms: list[Term], manifest, threads: int | None = None, prefetch=None, pipeline: str | None = None,
+                 encoder=None, stored: dict | None = None):
     """The unit query vector. `pipeline` is the cache's (`store.meta("pipeline")`): query
-    images are decoded as its photos were, draft or exact."""
+    images are decoded as its photos were, draft or exact. `encoder`: a warm TextEncoder to
+    use; `stored`: row id -> unit vector of the "row" terms."""
     import numpy as np
 
     from .encoders import TextEncoder, l2_normalise
@@ -47,8 +49,10 @@ def query_vector(terms: list[Term], manifest, threads: int | None = None, prefet
     total = np.zeros(manifest.embedding_dim, dtype=np.float32)
     texts = [t for t in terms if t.kind == "text"]
     if texts:
-        vectors = TextEncoder(manifest, threads, prefetch).encode([t.value for t in texts])
+        vectors = (encoder or TextEncoder(manifest, threads, prefetch)).encode([t.value for t in texts])
         total += np.asarray([t.weight for t in texts], dtype=np.float32) @ vectors
+    for term in (t for t in terms if t.kind == "row"):
+        total += term.weight * stored[int(term.value)]
     images = [t for t in terms if t.kind == "image"]
     if images:
         from .preprocess import draft_pipeline
@@ -88,7 +92,7 @@ def search(store, manifest, vector, top: int, within: bytes | None = None, allow
 
 
 def ranked(store, manifest, vector, top: int, within: bytes | None = None, allowed=None,
-           selection=None) -> list[tuple[int, bytes, float]]:
+           selection=None, scorer=None) -> list[tuple[int, bytes, float]]:
     """Best `top` (id, path, score) among the live rows (under `within`; among `allowed`, a
     sorted id array, or the rows of a `columns.Selection`, when given)."""
     import numpy as np
@@ -97,7 +101,7 @@ def ranked(store, manifest, vector, top: int, within: bytes | None = None, allow
 
     if allowed is None and selection is None and within is not None:
         allowed = np.array(store.vector_ids_under(within), dtype=np.int64)
-    best = top_k(vector, store, manifest.embedding_dim, top, allowed, selection=selection)
+    best = top_k(vector, store, manifest.embedding_dim, top, allowed, scorer, selection)
     if not best:
         return []
     paths = store.paths_of([row_id for row_id, _ in best])
@@ -109,31 +113,55 @@ class Answer:
     results: list[tuple[bytes, float | None]]  # score None: a listing by metadata alone
     notes: list[str] = field(default_factory=list)  # for stderr: why nothing was found, an untrained model
     meta: dict = field(default_factory=dict)  # path -> metadata fields, when asked for
+    ids: list[int] = field(default_factory=list)  # the results' row ids, in order
 
 
 DEFAULT_TOP = 10
 
 
+class WarmEngine:
+    """What a long-running process (`serve`) keeps loaded between queries: the manifest, the
+    text encoder (tokenizer and session) and the ranking's integer scorer. All are safe to
+    share between threads once loaded; `warm` loads them."""
+
+    def __init__(self, model_dir, threads: int | None = None):
+        from .encoders import TextEncoder
+        from .manifest import load_manifest
+        from .vectors import IntegerScorer
+
+        self.manifest = load_manifest(model_dir)
+        self.text = TextEncoder(self.manifest, threads)
+        self.scorer = IntegerScorer()
+
+    def warm(self) -> None:
+        self.text.encode(["a photo"])
+
+
 def run_query(texts: list[str], db_path, model_dir, top: int | None = DEFAULT_TOP, *, weighted=(), negated=(), like=(),
               unlike=(), within: str | None = None, threads: int | None = None, min_score: float | None = None,
-              filters=None, sort: str = "score", with_meta: bool = False) -> Answer:
+              filters=None, sort: str = "score", with_meta: bool = False, like_rows=(), offset: int = 0,
+              engine=None) -> Answer:
     """A whole query, as `clipsearch query` (and a server, and `tag`) runs it: terms, model,
     cache, scope and metadata filters, vector, ranking. `min_score` keeps the results whose
     cosine reaches it; with it and no `top`, every such result. Filters select rows first and
     the ranking runs over those only; with filters and no terms, the matching photos are
-    listed newest first. `sort="date"` orders the chosen results newest first. The tokenizer
-    is forked off first, before numpy and onnxruntime load (`tokens.py`): keep heavy imports
-    below that line."""
+    listed newest first. `sort="date"` orders the chosen results newest first. `like_rows`:
+    cached photos (row ids) whose stored vectors are query terms ("more like this");
+    `offset`: skip that many of the best (pages); `engine`: a `WarmEngine` whose model stays
+    loaded between queries (the server). Cold, the tokenizer is forked off first, before numpy
+    and onnxruntime load (`tokens.py`): keep heavy imports below that line."""
     from .filters import Filters
     from .manifest import load_manifest
     from .tokens import TokenPrefetch
 
     filters = filters or Filters()
-    listing = filters.active and not (texts or like or unlike or negated or weighted)
-    terms = [] if listing else parse_terms(list(texts), list(like), list(unlike), list(negated), list(weighted))
-    manifest = load_manifest(model_dir)
+    listing = filters.active and not (texts or like or unlike or negated or weighted or like_rows)
+    terms = [] if listing else [Term("row", str(int(row_id))) for row_id in like_rows] + (
+        parse_terms(list(texts), list(like), list(unlike), list(negated), list(weighted))
+        if (texts or like or unlike or negated or weighted or not like_rows) else [])
+    manifest = engine.manifest if engine is not None else load_manifest(model_dir)
     prefetch_texts = [term.value for term in terms if term.kind == "text"]
-    prefetch = TokenPrefetch(manifest, prefetch_texts) if prefetch_texts else None
+    prefetch = TokenPrefetch(manifest, prefetch_texts) if prefetch_texts and engine is None else None
 
     from .store import Store
     from .walk import normalise_root
@@ -148,16 +176,22 @@ def run_query(texts: list[str], db_path, model_dir, top: int | None = DEFAULT_TO
             folder = normalise_root(within)
         selection = select_rows(store, manifest.embedding_dim, filters, folder) if filters.active else None
         if listing:
-            order = selection.newest_first(top)
+            order = selection.newest_first(top + offset if top else None)[offset:]
             paths = store.paths_of(order)
             found = [(row_id, paths[row_id], None) for row_id in order if row_id in paths]
         elif selection is not None and not len(selection):
             found = []
         else:
-            vector = query_vector(terms, manifest, threads, prefetch, store.meta("pipeline"))
+            stored = store.unit_vectors([int(t.value) for t in terms if t.kind == "row"])
+            missing = [t.value for t in terms if t.kind == "row" and int(t.value) not in stored]
+            if missing:
+                raise UsageError(f"photo #{missing[0]} is not in the cache (any more): search again")
+            vector = query_vector(terms, manifest, threads, prefetch, store.meta("pipeline"),
+                                  engine.text if engine is not None else None, stored)
             if top is None:
                 top = max(1, store.counts()["indexed"]) if min_score is not None else DEFAULT_TOP
-            found = ranked(store, manifest, vector, top, folder, selection=selection)
+            found = ranked(store, manifest, vector, top + offset, folder, selection=selection,
+                           scorer=engine.scorer if engine is not None else None)[offset:]
             if min_score is not None and found and found[0][2] < min_score:
                 return Answer([], [f"clipsearch: no photo reaches --min-score {min_score} (the best scores "
                                    f"{found[0][2]:.4f})"])
@@ -171,7 +205,7 @@ def run_query(texts: list[str], db_path, model_dir, top: int | None = DEFAULT_TO
     if sort == "date":
         found.sort(key=lambda row: (meta.get(row[0], {}).get("taken_key") is None,
                                     -(meta.get(row[0], {}).get("taken_key") or 0)))
-    if not found:
+    if not found and not offset:
         if coverage is not None and indexed:
             unread = indexed - coverage["read"]
             hint = f"; the metadata of {unread} photos is not read yet: run `clipsearch index`" if unread else ""
@@ -179,7 +213,8 @@ def run_query(texts: list[str], db_path, model_dir, top: int | None = DEFAULT_TO
         return Answer([], [no_results_reason(within, store.path)])
     results = [(path, score) for _, path, score in found]
     by_path = {path: meta[row_id] for row_id, path, _ in found if row_id in meta} if with_meta else {}
-    return Answer(results, [f"note: {manifest.untrained}"] if manifest.untrained else [], by_path)
+    return Answer(results, [f"note: {manifest.untrained}"] if manifest.untrained else [], by_path,
+                  [row_id for row_id, _, _ in found])
 
 
 def select_rows(store, dim: int, filters, folder: bytes | None):

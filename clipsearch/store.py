@@ -247,6 +247,26 @@ class Store(PhotoQueries):
         """(id, deleted, vector, scale) of the rows written after change counter `seq`."""
         return self.query("SELECT id, deleted, vector, scale FROM images WHERE seq > ?", (seq,))
 
+    def unit_vectors(self, row_ids: list[int]) -> dict:
+        """Row id -> its stored vector as a float32 unit vector (live rows only)."""
+        import numpy as np
+
+        if not row_ids:
+            return {}
+        rows = self.query(f"SELECT id, vector FROM images WHERE id IN ({','.join('?' * len(row_ids))}) "
+                          "AND deleted = 0 AND vector IS NOT NULL", row_ids)
+        vectors = {}
+        for row_id, vector in rows:
+            v = np.frombuffer(vector, dtype=np.int8).astype(np.float32)
+            vectors[row_id] = v / (np.linalg.norm(v) or 1.0)
+        return vectors
+
+    def photo_row(self, row_id: int) -> tuple | None:
+        """(path, size, mtime_ns, fingerprint) of a live, indexed photo, else None."""
+        rows = self.query("SELECT filepath, size, modified_at, fingerprint FROM images WHERE id = ? AND deleted = 0 "
+                          "AND vector IS NOT NULL", (row_id,))
+        return rows[0] if rows else None
+
     def paths_of(self, row_ids: list[int]) -> dict[int, bytes]:
         placeholders = ",".join("?" * len(row_ids))
         return dict(self.query(f"SELECT id, filepath FROM images WHERE id IN ({placeholders})", row_ids))

@@ -55,23 +55,27 @@ class PhotoQueries:
         return self.version >= 3
 
     def meta_fields(self, since_seq: int | None = None, batch: int = 65536):
-        """(id, taken_key, lat, lon, rating, make, model) of live photos with metadata (written
-        after change counter `since_seq`, when given), by id, in batches: the filter columns."""
-        yield from self._batches("SELECT m.image_id, m.taken_key, m.lat, m.lon, m.rating, m.make, m.model "
-                                 "FROM photo_meta m JOIN images i ON i.id = m.image_id", since_seq, batch)
-
-    def keyword_rows(self, since_seq: int | None = None, batch: int = 65536):
-        """(id, keyword) of live photos, as `meta_fields`."""
-        yield from self._batches("SELECT k.image_id, k.keyword FROM photo_keywords k JOIN images i "
-                                 "ON i.id = k.image_id", since_seq, batch)
-
-    def _batches(self, select: str, since_seq: int | None, batch: int):
-        where, params = " WHERE i.deleted = 0 AND i.vector IS NOT NULL", ()
-        if since_seq is not None:
-            where, params = where + " AND i.seq > ?", (since_seq,)
-        cursor = self.db.execute(select + where + " ORDER BY i.id", params)
+        """(id, taken_key, lat, lon, rating, make, model) of photos with metadata, by id, in
+        batches: the filter columns. All of them (deleted ones too: the caller keeps the rows
+        it holds, and a join would cost a second at 1.28M), or the live ones written after
+        change counter `since_seq`."""
+        select = "SELECT m.image_id, m.taken_key, m.lat, m.lon, m.rating, m.make, m.model FROM photo_meta m"
+        if since_seq is None:
+            cursor = self.db.execute(select + " ORDER BY m.image_id")
+        else:
+            cursor = self.db.execute(select + f" {self.CHANGED_LIVE} ORDER BY m.image_id", (since_seq,))
         while rows := cursor.fetchmany(batch):
             yield rows
+
+    def keyword_groups(self, since_seq: int | None = None) -> list[tuple[str, str]]:
+        """(keyword, "id,id,...") per keyword (grouped in any ASCII case), as `meta_fields`:
+        SQLite's grouping takes a third of the time of a Python tuple per (photo, keyword)."""
+        select = "SELECT m.keyword, group_concat(m.image_id) FROM photo_keywords m"
+        if since_seq is None:
+            return self.query(select + " GROUP BY m.keyword")
+        return self.query(select + f" {self.CHANGED_LIVE} GROUP BY m.keyword", (since_seq,))
+
+    CHANGED_LIVE = "JOIN images i ON i.id = m.image_id WHERE i.deleted = 0 AND i.vector IS NOT NULL AND i.seq > ?"
 
     def metadata_of(self, row_ids: list[int]) -> dict[int, dict]:
         """Row id -> the metadata fields `query --json` prints."""
