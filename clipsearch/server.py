@@ -15,6 +15,7 @@ import hmac
 import ipaddress
 import json
 import secrets
+import socket
 import threading
 import urllib.parse
 from http import HTTPStatus
@@ -168,6 +169,12 @@ class Handler(BaseHTTPRequestHandler):
     @property
     def app(self) -> App:
         return self.server.app
+
+    def setup(self):
+        super().setup()
+        # Headers and body go out in two writes: with Nagle's algorithm the body waited for
+        # the client's delayed ACK, 40 ms a request on a kept-alive connection (measured).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's name
         pass  # a household's searches are nobody's log
