@@ -280,11 +280,13 @@ class QueryCommand(click.Command):
                                                       "about itself (date, camera, place, size, keywords, rating).")
 @click.option("--paths", "bare_paths", is_flag=True, help="Bare paths, one per line.")
 @click.option("-0", "--null", "null_sep", is_flag=True, help="Bare paths separated by NUL (for xargs -0).")
+@click.option("--no-server", is_flag=True, help="Run here even when `clipsearch serve` is running for this cache "
+                                                "(by default it answers, warm).")
 @db_option
 @model_option
 @threads_option
 def query(terms, top, min_score, within, weighted, negated, like, unlike, after, before, camera, near, within_distance,
-          tags, min_rating, sort, as_json, bare_paths, null_sep, db_path, model_dir, threads):
+          tags, min_rating, sort, as_json, bare_paths, null_sep, no_server, db_path, model_dir, threads):
     """Find the images that best match TERMS, each a text taken literally ("16:9 panorama",
     "3:30 pm", "-1 degrees"). Weights only with -w/--weighted W TEXT; subtract with --not:
     clipsearch query "a beach" -w 2 sunset --not people
@@ -293,9 +295,20 @@ def query(terms, top, min_score, within, weighted, negated, like, unlike, after,
         from .search import run_query
 
         filters = filters_from(after, before, camera, near, within_distance, tags, min_rating)
-        answer = run_query(terms, db_path, model_dir, top, weighted=weighted, negated=negated, like=like,
-                           unlike=unlike, within=within, threads=threads, min_score=min_score, filters=filters,
-                           sort=sort, with_meta=as_json)
+        answer = None
+        # A relative --in is named as given in messages: only a cold run says it the same way.
+        if not no_server and (within is None or os.path.isabs(within)):
+            from .localsocket import ask_server
+
+            absolute = [os.path.abspath(path) for path in like], [os.path.abspath(path) for path in unlike]
+            answer = ask_server(db_path, model_dir, dict(
+                texts=list(terms), top=top, weighted=[list(pair) for pair in weighted], negated=list(negated),
+                like=absolute[0], unlike=absolute[1], within=within,
+                min_score=min_score, filters=vars(filters), sort=sort, with_meta=as_json))
+        if answer is None:
+            answer = run_query(terms, db_path, model_dir, top, weighted=weighted, negated=negated, like=like,
+                               unlike=unlike, within=within, threads=threads, min_score=min_score, filters=filters,
+                               sort=sort, with_meta=as_json)
         for note in answer.notes:
             click.echo(note, err=True)
         try:

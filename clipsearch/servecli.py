@@ -41,6 +41,13 @@ def serve(host, port, token, no_auth, cache_mb, db_path, model_dir, threads):
         click.echo(f"clipsearch: serving {db_path} at {url + (f'?token={token}' if token else '')}", err=True)
         if token:
             click.echo("clipsearch: open that link once per browser (it sets a cookie); keep it private", err=True)
+        from .localsocket import serve_socket, stop_socket
+
+        local, where = serve_socket(db_path, model_dir, server.app.local_query)
+        if local is None:
+            click.echo(f"clipsearch: note: `clipsearch query` will run cold ({where})", err=True)
+        else:
+            click.echo(f"clipsearch: `clipsearch query` on this machine uses this server ({where})", err=True)
         click.echo("clipsearch: Ctrl-C stops", err=True)
         try:
             server.serve_forever(poll_interval=0.5)
@@ -48,6 +55,8 @@ def serve(host, port, token, no_auth, cache_mb, db_path, model_dir, threads):
             click.echo("clipsearch: stopped", err=True)
         finally:
             server.server_close()
+            if local is not None:
+                stop_socket(local, where)
 
 
 def _lan_address() -> str | None:

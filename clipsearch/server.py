@@ -35,6 +35,7 @@ MAX_RENDERS = 2  # concurrent thumbnail decodes
 MAX_URL = 4096
 MAX_TEXT = 500  # characters of query text
 MAX_TOP = 200
+ANSWER_WAIT = 5.0  # s a local `query` waits for a ranking slot before running cold itself
 PHOTO_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
                ".gif": "image/gif", ".avif": "image/avif"}
 HEADERS = {
@@ -103,6 +104,24 @@ class App:
                                                               "height", "keywords", "rating")}})
         notes = [note.removeprefix("clipsearch: ") for note in answer.notes]
         return {"results": results, "notes": notes, "more": len(answer.ids) > top}
+
+    def local_query(self, request: dict):
+        """A `clipsearch query` sent over the local socket (`localsocket.py`): run_query's
+        arguments as the command line gave them, run warm."""
+        from .filters import Filters
+        from .search import run_query
+
+        filters = dict(request.pop("filters"))
+        filters["near"] = tuple(filters["near"]) if filters["near"] else None
+        filters["tags"] = tuple(filters["tags"])
+        request["weighted"] = [tuple(pair) for pair in request["weighted"]]
+        if not self.queries.acquire(timeout=ANSWER_WAIT):
+            raise TimeoutError("busy")
+        try:
+            return run_query(request.pop("texts"), self.db_path, self.model_dir, request.pop("top"),
+                             filters=Filters(**filters), engine=self.engine, **request)
+        finally:
+            self.queries.release()
 
     def photo_row(self, row_id: int) -> tuple:
         from .store import Store

@@ -1,0 +1,116 @@
+"""`clipsearch query` through a running `clipsearch serve` (the local socket): identical output
+to a cold run for every query form, a cold run whenever the server cannot answer, and a socket
+only its user can open. Real server, real CLI, real cache."""
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from clipsearch.localsocket import serve_socket, socket_path, stop_socket
+from helpers import REPO
+from test_serve import Served, library  # noqa: F401 - the fixture is shared
+
+
+@pytest.fixture
+def warm(library, cli):  # noqa: F811
+    served = Served(cli)
+    calls = []
+
+    def counting(request):
+        calls.append(request)
+        return served.server.app.local_query(request)
+
+    local, path = serve_socket(cli.db, cli.model, counting)
+    assert local is not None, path
+    yield calls, path
+    stop_socket(local, path)
+    served.stop()
+
+
+def query_forms(library):  # noqa: F811
+    return [
+        ["red"], ["red", "--json"], ["red", "--paths", "--top", "2"], ["red", "-0"], ["red", "--min-score", "0.5"],
+        ["red", "--not", "blue"], ["red", "-w", "0.5", "yellow"], ["--like", str(library / "blue.jpg")],
+        ["red", "--sort", "date", "--json"], ["red", "--in", str(library)], ["red", "--after", "2030"],
+        ["green", "--top", "1", "--json"],
+    ]
+
+
+def test_a_running_server_answers_with_the_cold_output(warm, library, cli):  # noqa: F811
+    calls, _ = warm
+    for args in query_forms(library):
+        before = len(calls)
+        hot = cli("query", *args)
+        assert len(calls) == before + 1, args  # answered by the server
+        cold = cli("query", *args, "--no-server")
+        assert len(calls) == before + 1
+        assert (hot.stdout_bytes, hot.stderr) == (cold.stdout_bytes, cold.stderr), args
+
+
+def test_what_the_server_cannot_answer_runs_cold(warm, library, cli, tiny_model, tmp_path, monkeypatch):  # noqa: F811
+    calls, _ = warm
+    # An error is the cold run's own, word for word.
+    hot = cli("query", "red", "--in", str(tmp_path / "nowhere"), expect=2)
+    cold = cli("query", "red", "--in", str(tmp_path / "nowhere"), "--no-server", expect=2)
+    assert hot.stderr == cold.stderr and "--in needs an existing folder" in hot.stderr
+    # Another model folder than the server's: not answered there (the cold run says why).
+    from click.testing import CliRunner
+
+    from clipsearch.cli import main
+
+    result = CliRunner().invoke(main, ["query", "red", "--db", str(cli.db), "--model", str(tiny_model)])
+    assert result.exit_code == 5
+    # A relative --in is named as given: run cold.
+    count = len(calls)
+    monkeypatch.chdir(library.parent)
+    assert cli("query", "red", "--in", library.name).stdout == cli("query", "red", "--in", str(library)).stdout
+    assert len(calls) == count + 1
+
+
+def test_the_socket_is_only_its_users(warm, cli):
+    _, path = warm
+    assert path == socket_path(cli.db)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.parent.stat().st_uid == os.getuid()
+
+
+def test_a_shared_sockets_folder_is_refused(library, cli):  # noqa: F811
+    folder = socket_path(cli.db).parent
+    folder.mkdir(parents=True)
+    folder.chmod(0o777)
+    local, why = serve_socket(cli.db, cli.model, lambda request: None)
+    assert local is None and "only this user" in why
+
+
+def test_serve_and_query_as_processes_and_a_killed_server(library, cli):  # noqa: F811
+    env = dict(os.environ)
+    args = ["--db", str(cli.db), "--model", str(cli.model)]
+    server = subprocess.Popen([sys.executable, "-m", "clipsearch", "serve", *args, "--port", "0"], cwd=REPO, env=env,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, lines = time.time() + 60, []
+        while not any("Ctrl-C" in line for line in lines) and time.time() < deadline:
+            lines.append(server.stderr.readline())
+        assert any("uses this server" in line for line in lines), lines
+
+        def query(*extra):
+            return subprocess.run([sys.executable, "-m", "clipsearch", "query", "red", "--json", *args, *extra],
+                                  cwd=REPO, env=env, capture_output=True, timeout=60)
+
+        hot, cold = query(), query("--no-server")
+        assert hot.returncode == 0 and (hot.stdout, hot.stderr) == (cold.stdout, cold.stderr)
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+        assert socket_path(cli.db).exists()  # left behind by the killed server
+        after = query()
+        assert after.returncode == 0 and after.stdout == cold.stdout  # cold, no hang, no error
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
