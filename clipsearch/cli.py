@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from .config import default_db_path, default_model_dir
-from .errors import ClipsearchError, LockedError
+from .errors import ClipsearchError, LockedError, UsageError
 
 EXIT_CODES = """Exit codes: 0 success (per-file warnings included), 1 unexpected error, 2 bad usage or
 path, 3 model folder problem, 4 database problem, 5 cache built with another model,
@@ -152,9 +152,15 @@ def warn(path: bytes, message: str) -> None:
 @click.option("--allow-empty", is_flag=True,
               help="A folder that held photos and is now empty was emptied on purpose: remove its photos "
                    "(without it they are kept and the run exits 6, as for a share that is not mounted).")
+@click.option("--cluster", metavar="ADDRESS", envvar="CLIPSEARCH_CLUSTER", default=None,
+              help="Embed on a Dask cluster: its scheduler, tcp://HOST:8786 (a private address) or tls://... "
+                   "[env CLIPSEARCH_CLUSTER; needs clipsearch[cluster]; README \"Index on a cluster\"].")
+@click.option("--cluster-insecure", is_flag=True, help="Allow plain TCP to a scheduler outside the private networks.")
+@click.option("--cluster-inflight", type=click.IntRange(1), default=256, show_default=True, metavar="MB",
+              help="Photo bytes sent to the cluster and not answered yet, at most (memory on this machine).")
 @click.option("-q", "--quiet", is_flag=True, envvar="CLIPSEARCH_QUIET", help="Print only warnings and errors (for cron).")
 def index(paths, db_path, model_dir, workers, file_timeout, worker_memory, batch_size, threads, excludes, no_default_excludes, list_excludes,
-          follow_links, wait_seconds, commit_seconds, exact_decode, allow_empty, quiet):
+          follow_links, wait_seconds, commit_seconds, exact_decode, allow_empty, cluster, cluster_insecure, cluster_inflight, quiet):
     """Embed new and changed images under PATHS (default: the current folder) into the cache."""
     from .walk import DEFAULT_EXCLUDES
 
@@ -166,12 +172,20 @@ def index(paths, db_path, model_dir, workers, file_timeout, worker_memory, batch
         from .workers import default_workers
         from .library import index_paths
 
+        if cluster:
+            try:
+                from .cluster import check_address
+            except ImportError:
+                raise UsageError("--cluster needs Dask: pip install 'clipsearch[cluster]'") from None
+            cluster = check_address(cluster, cluster_insecure)
+
         options = IndexOptions(
             workers=workers or default_workers(), batch_size=batch_size, threads=threads,
             file_timeout=file_timeout, worker_memory=worker_memory,
             excludes=(() if no_default_excludes else DEFAULT_EXCLUDES) + tuple(excludes),
             follow_links=follow_links, commit_seconds=commit_seconds, count_first=not quiet and sys.stderr.isatty(),
-            use_draft=not exact_decode, allow_empty=allow_empty)
+            use_draft=not exact_decode, allow_empty=allow_empty, cluster=cluster,
+            cluster_inflight_mb=cluster_inflight)
         signal.signal(signal.SIGTERM, _interrupt)
         progress = None if quiet or not sys.stderr.isatty() else ProgressLine()
         try:
@@ -197,7 +211,8 @@ def run_counts(run: dict) -> str:
     """One index run's counts, as the summary line and `status` print them."""
     return (f"{run['new']} new, {run['updated']} updated, {run['moved']} moved, {run['removed']} removed, "
             f"{run['failed']} failed, {run.get('skipped', 0)} skipped, {run['unchanged']} unchanged "
-            f"in {run['elapsed_s']:.1f}s ({run['images_per_s']:.1f} images/s)")
+            f"in {run['elapsed_s']:.1f}s ({run['images_per_s']:.1f} images/s"
+            + (f", {run['cluster_workers']} Dask workers)" if run.get("cluster_workers") is not None else ")"))
 
 
 def _interrupt(signum, frame):

@@ -119,8 +119,6 @@ class EmbedWorker:
 
     def embed_one(self, file: tuple) -> Result:
         """A (path, size, mtime[, HEADERS_ONLY]) as the walk saw it -> its Result."""
-        from .vectors import quantize_rows
-
         result = Result(*file[:3], headers_only=file[3:] == (HEADERS_ONLY,))
         try:
             with open(result.path, "rb") as f:
@@ -134,19 +132,67 @@ class EmbedWorker:
         except OSError as exc:
             result.error = f"cannot read ({exc.strerror})"
             return result
+        self._embed(pixels, result)
+        return result
+
+    def embed_shipped(self, shipment: "Shipment") -> Result:
+        """A photo whose bytes (and sidecars' bytes) were read on another machine -> its
+        Result, as `embed_one` would have made it there (`cluster.py`)."""
+        result = Result(shipment.path, len(shipment.data), shipment.mtime_ns, fingerprint(shipment.data))
+        self._embed(_decode(io.BytesIO(shipment.data), result, self.spec, self.use_draft, shipment.sidecars), result)
+        return result
+
+    def _embed(self, pixels, result: Result) -> None:
+        from .vectors import quantize_rows
+
         if pixels is not None:
             q, scales = quantize_rows(self.encoder.encode_pixels(pixels[None]))
             result.vector, result.scale = q[0].tobytes(), float(scales[0])
+
+
+@dataclass
+class Shipment:
+    """A photo read once where the files are, for a worker that cannot read them: its path
+    (a name only), mtime, bytes, and its sidecars as (path, size, mtime_ns, bytes)."""
+
+    path: bytes
+    mtime_ns: int
+    data: bytes
+    sidecars: list
+
+
+def ship(file: tuple) -> "Shipment | Result":
+    """Read a walked (path, size, mtime) and its sidecars for a remote worker; a Result
+    instead when there is nothing to ship (vanished, unreadable, empty)."""
+    from .metadata import MAX_SIDECAR_READ, sidecar_files
+
+    result = Result(*file[:3])
+    try:
+        with open(result.path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
+    except FileNotFoundError:
+        result.vanished = True
         return result
+    except OSError as exc:
+        result.error = f"cannot read ({exc.strerror})"
+        return result
+    if not data:
+        result.size, result.mtime_ns, result.error = 0, st.st_mtime_ns, "empty file (0 bytes)"
+        return result
+    sidecars = []
+    for path, size, mtime in sidecar_files(result.path):
+        try:
+            with open(path, "rb") as f:
+                sidecars.append((path, size, mtime, f.read(MAX_SIDECAR_READ + 1)))
+        except OSError:
+            sidecars.append((path, size, mtime, None))
+    return Shipment(result.path, st.st_mtime_ns, data, sidecars)
 
 
 def _read_and_decode(f, result: Result, spec: dict, use_draft: bool) -> np.ndarray | None:
     """Fingerprint and preprocess one open file, recording what was actually read (a file
     rewritten since the walk gets its new size and mtime). Sets `result.error` on failure."""
-    from PIL import Image
-
-    from .preprocess import ImageDecodeError, decode_image, resize_side, to_pixels
-
     st = os.fstat(f.fileno())
     if st.st_size <= WHOLE_READ_LIMIT:
         # One read serves both the fingerprint and the decoder: the file is read exactly once.
@@ -158,11 +204,21 @@ def _read_and_decode(f, result: Result, spec: dict, use_draft: bool) -> np.ndarr
         result.size, result.fingerprint, source = st.st_size, fingerprint_open(f, st.st_size), f
         f.seek(0)
     result.mtime_ns = st.st_mtime_ns
+    return _decode(source, result, spec, use_draft)
+
+
+def _decode(source, result: Result, spec: dict, use_draft: bool, sidecars=None) -> np.ndarray | None:
+    """Preprocess the photo in `source` (and read its metadata on the way; `sidecars`: the
+    sidecar files' bytes, when they were read elsewhere). Sets `result.error` on failure."""
+    from PIL import Image
+
+    from .preprocess import ImageDecodeError, decode_image, resize_side, to_pixels
+
     if not result.size:
         result.error = "empty file (0 bytes)"
         return None
     try:
-        decoded = decode_image(source, resize_side(spec), use_draft, read_headers=_headers_reader(result))
+        decoded = decode_image(source, resize_side(spec), use_draft, read_headers=_headers_reader(result, sidecars))
         return to_pixels(decoded.image, spec, decoded.full_size, decoded.box)
     except ImageDecodeError as exc:
         result.error = str(exc)
@@ -171,11 +227,11 @@ def _read_and_decode(f, result: Result, spec: dict, use_draft: bool) -> np.ndarr
     return None
 
 
-def _headers_reader(result: Result):
+def _headers_reader(result: Result, sidecars=None):
     def read(img, upright_size):
         from .metadata import photo_record
 
-        result.meta, result.sidecars = photo_record(img, upright_size, result.path)
+        result.meta, result.sidecars = photo_record(img, upright_size, result.path, sidecars)
 
     return read
 

@@ -35,6 +35,8 @@ class IndexOptions:
     use_draft: bool = True
     count_first: bool = False  # walk once to count pending work, for a progress bar with ETA
     allow_empty: bool = False  # an empty folder that held photos was emptied on purpose: remove them
+    cluster: str | None = None  # a Dask scheduler's address: embed there (`cluster.py`)
+    cluster_inflight_mb: int = 256  # photo bytes sent to the cluster and not answered yet
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Summary:
     started: float = field(default_factory=time.monotonic)
     embedded: int = 0
     headers_read: int = 0  # photos cached before whose metadata was read (nothing re-embedded)
+    cluster_workers: int | None = None  # Dask workers that embedded photos, with --cluster
 
     @property
     def elapsed(self) -> float:
@@ -69,7 +72,8 @@ class Summary:
                 "failed": self.failed, "skipped": self.skipped, "unchanged": self.unchanged,
                 "vanished": self.vanished, "missing_decoders": dict(self.missing_decoders),
                 "kept_empty": [os.fsdecode(f) for f in self.kept_empty], "headers_read": self.headers_read,
-                "elapsed_s": round(elapsed, 2), "images_per_s": round(self.embedded / elapsed, 2) if elapsed else 0.0}
+                "elapsed_s": round(elapsed, 2), "images_per_s": round(self.embedded / elapsed, 2) if elapsed else 0.0,
+                **({"cluster_workers": self.cluster_workers} if self.cluster_workers is not None else {})}
 
 
 def kept_empty_error(summary: "Summary") -> EmptyFolderError:
@@ -79,7 +83,16 @@ def kept_empty_error(summary: "Summary") -> EmptyFolderError:
         "mounted? They were kept. If you emptied it on purpose, run `clipsearch index --allow-empty` on it once")
 
 
-def worker_pool(manifest: Manifest, options: IndexOptions) -> WorkerPool:
+def worker_pool(manifest: Manifest, options: IndexOptions, warn=None):
+    """The executor the run embeds with: local worker processes, or a Dask cluster."""
+    if options.cluster:
+        from .cluster import ClusterPool
+        from .embedjob import EmbedWorker
+        from .encoders import ImageEncoder
+
+        # Headers-only work stays here and never loads the model; this encoder only exists for it.
+        local = EmbedWorker(ImageEncoder(manifest, threads=1, verify=False), options.use_draft)
+        return ClusterPool(options.cluster, manifest, options.use_draft, local, warn, options.cluster_inflight_mb)
     threads = options.threads or (available_cores() if options.workers == 1 else 1)
     return WorkerPool(str(manifest.folder), options.workers, threads, options.use_draft,
                       options.file_timeout, options.worker_memory)
@@ -117,12 +130,14 @@ class Indexer:
     def run(self, roots: list[bytes]) -> Summary:
         if self.options.count_first:
             self.summary.pending_total = sum(count_pending(self.store, root, self.options) for root in roots)
-        embedder = worker_pool(self.manifest, self.options)
+        embedder = worker_pool(self.manifest, self.options, self.warn)
         try:
             for root in roots:
                 self.index_root(root, embedder)
             self.record(embedder.drain())
             self.maybe_commit(force=True)
+            if self.options.cluster:
+                self.summary.cluster_workers = embedder.workers_used
         except BaseException:
             # Results already written are whole rows: keep them, then stop.
             try:

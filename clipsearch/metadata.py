@@ -247,19 +247,27 @@ def _dedupe(values) -> list[str]:
     return out
 
 
-def photo_record(img, upright_size: tuple[int, int] | None, photo: bytes) -> tuple[dict, str]:
+def photo_record(img, upright_size: tuple[int, int] | None, photo: bytes, sidecars=None) -> tuple[dict, str]:
     """The cache's record of a photo (its own headers, then its sidecars), and the stamp of
-    the sidecars it read."""
+    the sidecars it read. `sidecars`: (path, size, mtime_ns, bytes or None) read already
+    (on the machine that has the files); by default they are found and read here."""
     from dataclasses import asdict
 
     meta = read_photo_meta(img, upright_size)
-    found = sidecar_files(photo)
-    for path, _, _ in found:
-        try:
-            with open(path, "rb") as f:
-                apply_sidecar(meta, f.read(MAX_SIDECAR_READ + 1))
-        except OSError:
+    if sidecars is None:
+        sidecars = []
+        for path, size, mtime in sidecar_files(photo):
+            try:
+                with open(path, "rb") as f:
+                    sidecars.append((path, size, mtime, f.read(MAX_SIDECAR_READ + 1)))
+            except OSError:
+                sidecars.append((path, size, mtime, None))
+    found = [(path, size, mtime) for path, size, mtime, _ in sidecars]
+    for _, _, _, data in sidecars:
+        if data is None:
             meta.problems.append("sidecar unreadable")
+        else:
+            apply_sidecar(meta, data)
     record = asdict(meta)
     record["taken_key"] = taken_key(meta.taken_at)
     return record, sidecar_stamp(found)

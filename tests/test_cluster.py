@@ -1,0 +1,200 @@
+"""`clipsearch index --cluster`: a real Dask LocalCluster on 127.0.0.1 (worker processes),
+the real CLI in subprocesses, real JPEGs and sidecars, real databases. Vectors and metadata
+must be bit-identical to a local run's; a worker killed mid-run, a worker with another model,
+a scheduler that goes away and a run killed with SIGKILL must lose nothing and duplicate
+nothing."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import COLOURS, REPO, write_photo
+
+distributed = pytest.importorskip("distributed")
+
+from clipsearch.cluster import check_address  # noqa: E402
+from clipsearch.errors import UsageError  # noqa: E402
+from test_metadata import XMP, bag  # noqa: E402
+
+
+@pytest.fixture
+def photos(tmp_path):
+    root = tmp_path / "photos"
+    for i in range(120):
+        colour = list(COLOURS.values())[i % len(COLOURS)]
+        write_photo(root / f"{i % 4}" / f"p{i:03d}.jpg", tuple((c + 7 * i) % 250 for c in colour), seed=i)
+    (root / "0" / "p000.jpg.xmp").write_text(XMP.format(attrs='xmp:Rating="4"', body=bag("dc:subject", ["snow"])),
+                                              encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def slow_photos(tmp_path):
+    """Big flat PNGs (no draft decoding): a run long enough to interrupt on purpose."""
+    from PIL import Image
+
+    root = tmp_path / "slow"
+    for i in range(150):
+        (root / f"{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (2000, 1500), ((37 * i) % 250, (11 * i) % 250, 90)).save(root / f"{i % 3}" / f"s{i:03d}.png",
+                                                                                    compress_level=1)
+    return root
+
+
+@pytest.fixture
+def cluster(colour_model, monkeypatch):
+    monkeypatch.setenv("CLIPSEARCH_MODEL", str(colour_model))  # the workers' own model folder
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None, silence_logs=40) as running:
+        yield running
+
+
+def index(db, *args, wait=True, **popen):
+    command = [sys.executable, "-m", "clipsearch", "index", *map(str, args), "--db", str(db)]
+    if not wait:
+        return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def rows(db):
+    with sqlite3.connect(db) as conn:
+        vectors = dict(conn.execute("SELECT filepath, vector FROM images WHERE vector IS NOT NULL"))
+        meta = dict(conn.execute("SELECT i.filepath, m.keywords || m.rating FROM photo_meta m JOIN images i "
+                                 "ON i.id = m.image_id"))
+        count = conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+    return vectors, meta, count
+
+
+def test_vectors_and_metadata_are_those_of_a_local_run(photos, cluster, tmp_path):
+    local = index(tmp_path / "local.db", photos, "--workers", "2")
+    remote = index(tmp_path / "cluster.db", photos, "--cluster", cluster.scheduler_address)
+    assert local.returncode == 0 and remote.returncode == 0, remote.stderr
+    assert "120 new" in remote.stderr and "2 Dask workers" in remote.stderr
+    vectors, meta, count = rows(tmp_path / "cluster.db")
+    assert (vectors, meta) == rows(tmp_path / "local.db")[:2] and len(vectors) == count == 120
+    assert meta[os.fsencode(photos / "0" / "p000.jpg")] == '["snow"]4'  # the sidecar was shipped and read
+
+
+def test_a_worker_with_another_model_is_refused_by_name(photos, cluster, tmp_path, tiny_model):
+    env = dict(os.environ, CLIPSEARCH_MODEL=str(tiny_model))
+    stranger = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address,
+                                 "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = distributed.Client(cluster.scheduler_address)
+        client.wait_for_workers(3, timeout=60)
+        client.close()
+        result = index(tmp_path / "cluster.db", photos, "--cluster", cluster.scheduler_address)
+        assert result.returncode == 0, result.stderr
+        refused = [line for line in result.stderr.splitlines() if "Dask worker refused" in line]
+        assert len(refused) == 1 and "tcp://127.0.0.1:" in refused[0] and "model id" in refused[0]
+        assert "2 Dask workers" in result.stderr
+        index(tmp_path / "local.db", photos, "--workers", "2")
+        assert rows(tmp_path / "cluster.db")[0] == rows(tmp_path / "local.db")[0]
+    finally:
+        stranger.kill()
+        stranger.wait(10)
+
+
+def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(slow_photos, cluster, tmp_path):
+    photos = slow_photos
+    client = distributed.Client(cluster.scheduler_address)
+    pids = client.run(os.getpid)
+    client.close()
+    run = index(tmp_path / "cluster.db", photos, "--cluster", cluster.scheduler_address, "--commit-seconds", "0.05",
+                wait=False)
+    deadline = time.time() + 60
+    while time.time() < deadline and rows_or_zero(tmp_path / "cluster.db") < 10:
+        time.sleep(0.02)
+    assert run.poll() is None, "the run ended before a worker could be killed: give it more photos"
+    os.kill(next(iter(pids.values())), signal.SIGKILL)  # a laptop closed mid-run
+    assert run.wait(240) == 0, run.stderr.read()
+    index(tmp_path / "local.db", photos, "--workers", "2")
+    vectors, _, count = rows(tmp_path / "cluster.db")
+    assert count == 150 and vectors == rows(tmp_path / "local.db")[0]
+
+
+def rows_or_zero(db) -> int:
+    try:
+        with sqlite3.connect(db) as conn:
+            return conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_a_scheduler_that_goes_away_stops_the_run_with_its_work_kept(slow_photos, colour_model, tmp_path):
+    import socket
+
+    photos = slow_photos
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    env = dict(os.environ, CLIPSEARCH_MODEL=str(colour_model))
+    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                  "--port", str(port), "--no-dashboard"], env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                               "--no-dashboard", "--host", "127.0.0.1"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        client = distributed.Client(address, timeout=60)
+        client.wait_for_workers(1, timeout=60)
+        client.close()
+        # At most 1 MB in flight: most photos are still to be sent when the scheduler goes.
+        run = index(tmp_path / "cluster.db", photos, "--cluster", address, "--commit-seconds", "0.05",
+                    "--cluster-inflight", "1", wait=False, env=env)
+        deadline = time.time() + 60
+        while time.time() < deadline and rows_or_zero(tmp_path / "cluster.db") < 10:
+            time.sleep(0.01)
+        assert run.poll() is None, "the run ended before the scheduler could be stopped: give it more photos"
+        scheduler.send_signal(signal.SIGKILL)  # the machine running the scheduler went off
+        code = run.wait(240)
+        stderr = run.stderr.read().decode()
+        assert code != 0, stderr
+        assert "went away" in stderr and "Traceback" not in stderr, stderr
+    finally:
+        for process in (scheduler, worker):
+            process.kill()
+            process.wait(10)
+    with sqlite3.connect(tmp_path / "cluster.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    kept = rows_or_zero(tmp_path / "cluster.db")
+    assert 10 <= kept < 150
+    finish = index(tmp_path / "cluster.db", photos, "--workers", "2", "--model", colour_model)  # the rest, locally
+    assert finish.returncode == 0 and f"{150 - kept} new" in finish.stderr, finish.stderr
+
+
+def test_a_run_killed_with_sigkill_resumes_without_duplicates(slow_photos, cluster, tmp_path):
+    photos = slow_photos
+    run = index(tmp_path / "cluster.db", photos, "--cluster", cluster.scheduler_address, "--commit-seconds", "0.05",
+                wait=False)
+    deadline = time.time() + 60
+    while time.time() < deadline and rows_or_zero(tmp_path / "cluster.db") < 10:
+        time.sleep(0.01)
+    assert run.poll() is None, "the run ended before it could be killed: give it more photos"
+    run.send_signal(signal.SIGKILL)
+    run.wait(30)
+    kept = rows_or_zero(tmp_path / "cluster.db")
+    again = index(tmp_path / "cluster.db", photos, "--cluster", cluster.scheduler_address)
+    assert again.returncode == 0 and f"{150 - kept} new" in again.stderr, again.stderr
+    index(tmp_path / "local.db", photos, "--workers", "2")
+    vectors, _, count = rows(tmp_path / "cluster.db")
+    assert count == 150 and vectors == rows(tmp_path / "local.db")[0]
+
+
+def test_plain_tcp_only_to_a_private_address():
+    assert check_address("tcp://127.0.0.1:8786", False) == "tcp://127.0.0.1:8786"
+    assert check_address("192.168.1.10:8786", False) == "tcp://192.168.1.10:8786"
+    assert check_address("tls://8.8.8.8:8786", False) == "tls://8.8.8.8:8786"
+    with pytest.raises(UsageError, match="not a private network address"):
+        check_address("tcp://8.8.8.8:8786", False)
+    assert check_address("tcp://8.8.8.8:8786", True) == "tcp://8.8.8.8:8786"
+    with pytest.raises(UsageError, match="tcp://HOST:PORT"):
+        check_address("http://192.168.1.10", False)
