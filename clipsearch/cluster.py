@@ -123,6 +123,7 @@ class ClusterPool:
         self.used: set[str] = set()
         self.futures: dict = {}  # future -> (file, bytes)
         self.sent = 0
+        self.bytes_shipped = 0  # photo and sidecar bytes sent to workers this run
         self.finished: list[Result] = []
         self.check_workers()
 
@@ -197,6 +198,7 @@ class ClusterPool:
                                "embedded so far are kept: run `clipsearch index` again") from None
         self.futures[future] = (file, len(shipment.data))
         self.sent += len(shipment.data)
+        self.bytes_shipped += len(shipment.data) + sum(len(data or b"") for *_, data in shipment.sidecars)
 
     def _collect(self, wait: bool) -> None:
         if not self.futures:

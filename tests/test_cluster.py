@@ -198,3 +198,51 @@ def test_plain_tcp_only_to_a_private_address():
     assert check_address("tcp://8.8.8.8:8786", True) == "tcp://8.8.8.8:8786"
     with pytest.raises(UsageError, match="tcp://HOST:PORT"):
         check_address("http://192.168.1.10", False)
+
+
+def test_over_tls_with_a_generated_certificate(photos, colour_model, tmp_path):
+    """The README's safe set-up: one certificate made with openssl, given to the scheduler and
+    workers as options and to `clipsearch index` through Dask's own configuration."""
+    import shutil
+    import socket
+
+    if not shutil.which("openssl"):
+        pytest.skip("needs openssl")
+    cert, key = tmp_path / "cluster-cert.pem", tmp_path / "cluster-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=clipsearch",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"tls://127.0.0.1:{port}"
+    tls = ["--tls-ca-file", str(cert), "--tls-cert", str(cert), "--tls-key", str(key)]
+    env = dict(os.environ, CLIPSEARCH_MODEL=str(colour_model))
+    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--protocol", "tls", "--host",
+                                  "127.0.0.1", "--port", str(port), "--no-dashboard", *tls], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                               "--no-dashboard", "--host", "127.0.0.1", *tls], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    client_env = dict(env, DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION="True",
+                      DASK_DISTRIBUTED__COMM__TLS__CA_FILE=str(cert), DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=str(cert),
+                      DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY=str(key))
+    try:
+        deadline = time.time() + 60
+        result = None
+        while time.time() < deadline:
+            result = subprocess.run([sys.executable, "-m", "clipsearch", "index", str(photos), "--db",
+                                     str(tmp_path / "tls.db"), "--cluster", address], cwd=REPO, env=client_env,
+                                    capture_output=True, text=True, timeout=300)
+            if result.returncode == 0 or "Dask worker" in result.stderr:
+                break
+            time.sleep(1)  # the scheduler or the worker still starting
+        assert result.returncode == 0 and "120 new" in result.stderr and "1 Dask worker)" in result.stderr, result.stderr
+        # Without the certificate the scheduler is not reachable at all.
+        plain = subprocess.run([sys.executable, "-m", "clipsearch", "index", str(photos), "--db",
+                                str(tmp_path / "plain.db"), "--cluster", address.replace("tls://", "tcp://")],
+                               cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert plain.returncode != 0 and "cannot reach the Dask scheduler" in plain.stderr, plain.stderr
+    finally:
+        for process in (worker, scheduler):
+            process.kill()
+            process.wait(10)
