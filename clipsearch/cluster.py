@@ -92,10 +92,12 @@ def _worker_model(dask_worker) -> tuple[str | None, str | None]:
     return (plugin.model_id, plugin.problem) if plugin is not None else (None, "no clipsearch model plugin")
 
 
-def _embed(shipment) -> Result:
+def _embed(shipment) -> tuple[Result, str]:
+    """The task: this worker's embedder on one shipped photo; also says which worker it was."""
     from distributed import get_worker
 
-    return get_worker().plugins[PLUGIN].embedder.embed_shipped(shipment)
+    worker = get_worker()
+    return worker.plugins[PLUGIN].embedder.embed_shipped(shipment), worker.address
 
 
 class ClusterPool:
@@ -225,10 +227,9 @@ class ClusterPool:
 
     def _finish(self, future, file) -> None:
         if future.status == "finished":
-            result = future.result()
+            result, worker = future.result()
             self.finished.append(result)
-            who = self.client.who_has(future).get(future.key) or ()
-            self.used.update(who)
+            self.used.add(worker)
             return
         if future.status == "cancelled" or self.client.status in ("closing", "closed"):
             raise ClusterError(f"the Dask scheduler at {self.address} went away; the photos embedded so far are "

@@ -19,7 +19,7 @@ from .embedjob import HEADERS_ONLY, Result, fingerprint_file
 from .errors import EmptyFolderError
 from .manifest import Manifest
 from .walk import DEFAULT_EXCLUDES, Walker, is_under, parent_of
-from .workers import DEFAULT_FILE_TIMEOUT, WorkerPool, default_workers
+from .workers import DEFAULT_FILE_TIMEOUT, Embedder, WorkerPool, default_workers
 
 
 @dataclass
@@ -83,7 +83,7 @@ def kept_empty_error(summary: "Summary") -> EmptyFolderError:
         "mounted? They were kept. If you emptied it on purpose, run `clipsearch index --allow-empty` on it once")
 
 
-def worker_pool(manifest: Manifest, options: IndexOptions, warn=None):
+def worker_pool(manifest: Manifest, options: IndexOptions, warn=None) -> Embedder:
     """The executor the run embeds with: local worker processes, or a Dask cluster."""
     if options.cluster:
         from .cluster import ClusterPool
@@ -148,7 +148,7 @@ class Indexer:
         embedder.close()
         return self.summary
 
-    def index_root(self, root: bytes, embedder: WorkerPool) -> None:
+    def index_root(self, root: bytes, embedder: Embedder) -> None:
         visited: set[bytes] = set()
         empty: list[bytes] = []  # folders with nothing inside: maybe a share that is not mounted
         chunk: list[tuple[bytes, int, int]] = []

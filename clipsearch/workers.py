@@ -19,6 +19,7 @@ import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .config import available_cores
 from .embedjob import HEADERS_ONLY, Result
@@ -117,6 +118,20 @@ class Slot:
     alone: bool = False  # trying a file that stopped a worker before: it gets nothing else
     loading: bool = False  # loading the model, before its first file to embed
     since: float = field(default_factory=time.monotonic)  # started, then: on its current file since
+
+
+class Embedder(Protocol):
+    """What the indexer embeds with: `WorkerPool` here, or `cluster.ClusterPool` on a Dask
+    cluster. Files are the walk's (path, size, mtime[, HEADERS_ONLY]) tuples."""
+
+    def submit(self, files) -> list[Result]:
+        """Queue files; the Results finished so far, in the order they finished."""
+
+    def drain(self) -> list[Result]:
+        """Wait for every queued file; their Results."""
+
+    def close(self, cancel: bool = False) -> None:
+        """Stop the workers (at once with `cancel`: the run is being abandoned)."""
 
 
 class WorkerPool:
