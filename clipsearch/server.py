@@ -28,7 +28,7 @@ WEB = Path(__file__).with_name("web")
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/app.css": ("app.css", "text/css; charset=utf-8")}
 COOKIE = "clipsearch_token"
-MAX_CONNECTIONS = 32  # handled at once; a stalled client holds one for at most TIMEOUT
+MAX_CONNECTIONS = 128  # handled at once (a thread each); a stalled client holds one for at most TIMEOUT
 TIMEOUT = 10.0  # s a client may take to send a request or read a response chunk
 MAX_QUERIES = 2  # concurrent rankings (CPU-bound: more only queue inside onnxruntime)
 MAX_RENDERS = 2  # concurrent thumbnail decodes
