@@ -315,7 +315,7 @@ class BoundedServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 64
+    request_queue_size = 128
 
     def __init__(self, address, app: App):
         self.app = app
