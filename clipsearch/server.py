@@ -65,7 +65,7 @@ class App:
         self.renders = threading.BoundedSemaphore(MAX_RENDERS)
 
     def search(self, params: dict) -> dict:
-        from .cli import json_path
+        from .output import json_path
         from .filters import make_filters
         from .search import run_query
 
