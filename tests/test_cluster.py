@@ -109,15 +109,20 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(slow_photos, clust
     client.close()
     run = index(tmp_path / "cluster.db", photos, "--cluster", cluster.scheduler_address, "--commit-seconds", "0.05",
                 wait=False)
-    deadline = time.time() + 60
-    while time.time() < deadline and rows_or_zero(tmp_path / "cluster.db") < 10:
-        time.sleep(0.02)
-    assert run.poll() is None, "the run ended before a worker could be killed: give it more photos"
+    mid_run(run, tmp_path / "cluster.db", "a worker could be killed")
     os.kill(next(iter(pids.values())), signal.SIGKILL)  # a laptop closed mid-run
     assert run.wait(240) == 0, run.stderr.read()
     index(tmp_path / "local.db", photos, "--workers", "2")
     vectors, _, count = rows(tmp_path / "cluster.db")
     assert count == 150 and vectors == rows(tmp_path / "local.db")[0]
+
+
+def mid_run(run, db, what: str) -> None:
+    """Wait until the run has committed 10 rows; it must still be running then."""
+    deadline = time.time() + 60
+    while time.time() < deadline and rows_or_zero(db) < 10:
+        time.sleep(0.01)
+    assert run.poll() is None, f"the run ended before {what}: give it more photos"
 
 
 def rows_or_zero(db) -> int:
@@ -150,10 +155,7 @@ def test_a_scheduler_that_goes_away_stops_the_run_with_its_work_kept(slow_photos
         # At most 1 MB in flight: most photos are still to be sent when the scheduler goes.
         run = index(tmp_path / "cluster.db", photos, "--cluster", address, "--commit-seconds", "0.05",
                     "--cluster-inflight", "1", wait=False, env=env)
-        deadline = time.time() + 60
-        while time.time() < deadline and rows_or_zero(tmp_path / "cluster.db") < 10:
-            time.sleep(0.01)
-        assert run.poll() is None, "the run ended before the scheduler could be stopped: give it more photos"
+        mid_run(run, tmp_path / "cluster.db", "the scheduler could be stopped")
         scheduler.send_signal(signal.SIGKILL)  # the machine running the scheduler went off
         code = run.wait(240)
         stderr = run.stderr.read().decode()
@@ -175,10 +177,7 @@ def test_a_run_killed_with_sigkill_resumes_without_duplicates(slow_photos, clust
     photos = slow_photos
     run = index(tmp_path / "cluster.db", photos, "--cluster", cluster.scheduler_address, "--commit-seconds", "0.05",
                 wait=False)
-    deadline = time.time() + 60
-    while time.time() < deadline and rows_or_zero(tmp_path / "cluster.db") < 10:
-        time.sleep(0.01)
-    assert run.poll() is None, "the run ended before it could be killed: give it more photos"
+    mid_run(run, tmp_path / "cluster.db", "it could be killed")
     run.send_signal(signal.SIGKILL)
     run.wait(30)
     kept = rows_or_zero(tmp_path / "cluster.db")
