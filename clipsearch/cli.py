@@ -18,7 +18,7 @@ from .errors import ClipsearchError, LockedError, UsageError
 
 EXIT_CODES = """Exit codes: 0 success (per-file warnings included), 1 unexpected error, 2 bad usage or
 path, 3 model folder problem, 4 database problem, 5 cache built with another model,
-6 a library folder that held photos is empty (not mounted?; its photos were kept), 75 another index run holds the lock, 130 interrupted."""
+6 a library folder that held photos is empty or gone (not mounted?; its photos were kept), 75 another index run holds the lock, 130 interrupted."""
 
 
 class CommandError(click.ClickException):
@@ -158,9 +158,13 @@ def warn(path: bytes, message: str) -> None:
 @click.option("--cluster-insecure", is_flag=True, help="Allow plain TCP to a scheduler outside the private networks.")
 @click.option("--cluster-inflight", type=click.IntRange(1), default=256, show_default=True, metavar="MB",
               help="Photo bytes sent to the cluster and not answered yet, at most (memory on this machine).")
+@click.option("--retry-failed", is_flag=True,
+              help="Try the remembered failures again, changed or not (those under PATHS; without PATHS, the whole "
+                   "library). `clipsearch status --failed` lists them.")
 @click.option("-q", "--quiet", is_flag=True, envvar="CLIPSEARCH_QUIET", help="Print only warnings and errors (for cron).")
 def index(paths, db_path, model_dir, workers, file_timeout, worker_memory, batch_size, threads, excludes, no_default_excludes, list_excludes,
-          follow_links, wait_seconds, commit_seconds, exact_decode, allow_empty, cluster, cluster_insecure, cluster_inflight, quiet):
+          follow_links, wait_seconds, commit_seconds, exact_decode, allow_empty, cluster, cluster_insecure, cluster_inflight,
+          retry_failed, quiet):
     """Embed new and changed images under PATHS (default: the current folder) into the cache."""
     from .walk import DEFAULT_EXCLUDES
 
@@ -185,11 +189,11 @@ def index(paths, db_path, model_dir, workers, file_timeout, worker_memory, batch
             excludes=(() if no_default_excludes else DEFAULT_EXCLUDES) + tuple(excludes),
             follow_links=follow_links, commit_seconds=commit_seconds, count_first=not quiet and sys.stderr.isatty(),
             use_draft=not exact_decode, allow_empty=allow_empty, cluster=cluster,
-            cluster_inflight_mb=cluster_inflight)
+            cluster_inflight_mb=cluster_inflight, retry_failed=retry_failed)
         signal.signal(signal.SIGTERM, _interrupt)
         progress = None if quiet or not sys.stderr.isatty() else ProgressLine()
         try:
-            summary = index_paths(list(paths) or ["."], db_path, load_model(model_dir), options,
+            summary = index_paths(list(paths) or ([] if retry_failed else ["."]), db_path, load_model(model_dir), options,
                                   warn, progress, wait_seconds)
         except LockedError:
             if quiet:  # cron: a run still busy with a long first index is not news; exit 75 says it
@@ -201,16 +205,18 @@ def index(paths, db_path, model_dir, workers, file_timeout, worker_memory, batch
             click.echo(f"indexed: {run_counts(summary.as_dict())}", err=True)
             for hint, count in summary.missing_decoders.items():
                 click.echo(f"note: {count} file{'s' if count > 1 else ''} skipped: {hint}", err=True)
-        if summary.kept_empty:
-            from .indexer import kept_empty_error
+        from .indexer import kept_empty_error
 
-            raise kept_empty_error(summary)
+        left_alone = kept_empty_error(summary)
+        if left_alone:
+            raise left_alone
 
 
 def run_counts(run: dict) -> str:
     """One index run's counts, as the summary line and `status` print them."""
     return (f"{run['new']} new, {run['updated']} updated, {run['moved']} moved, {run['removed']} removed, "
-            f"{run['failed']} failed, {run.get('skipped', 0)} skipped, {run['unchanged']} unchanged "
+            f"{run['failed']} failed, {run.get('skipped', 0)} skipped, {run['unchanged']} unchanged"
+            + (f", {run['retried']} retried" if run.get("retried") else "") + " "
             f"in {run['elapsed_s']:.1f}s ({run['images_per_s']:.1f} images/s"
             + (f", {run['cluster_workers']} Dask worker{'s' if run['cluster_workers'] != 1 else ''})"
                if run.get("cluster_workers") is not None else ")"))
@@ -340,14 +346,31 @@ def query(terms, top, min_score, within, weighted, negated, like, unlike, after,
 
 
 @main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=str))
 @db_option
 @model_option
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(db_path, model_dir, as_json):
+@click.option("--failed", "list_failed", is_flag=True,
+              help="List the files that could not be indexed (under PATHS if given), with the reason.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (with --failed: one object per line).")
+def status(paths, db_path, model_dir, list_failed, as_json):
     """Library folders, counts, model and database of the cache."""
     with handle_errors():
-        from .library import status_report
+        from .library import failed_report, status_report
 
+        if list_failed:
+            failed = failed_report(db_path, list(paths))
+            for row in failed:
+                if as_json:
+                    click.echo(json.dumps(row))
+                else:
+                    click.echo(f"{row['path']}: {row['error']}" + (f" (retried by itself: {row['retry']})"
+                                                                   if row.get("retry") else ""))
+            if not as_json:
+                click.echo(f"{len(failed)} failed file{'s' if len(failed) != 1 else ''}"
+                           + ("; retry them with `clipsearch index --retry-failed`" if failed else ""), err=True)
+            return
+        if paths:
+            raise UsageError("folders go with --failed; `clipsearch status` describes the whole cache")
         report = status_report(db_path, model_dir)
         if as_json:
             click.echo(json.dumps(report, indent=2))

@@ -17,6 +17,8 @@ from typing import Callable
 from .config import available_cores
 from .embedjob import HEADERS_ONLY, Result, fingerprint_file
 from .errors import EmptyFolderError
+from .failures import metadata_readers, retry_due
+from .failures import record as failure_record
 from .manifest import Manifest
 from .walk import DEFAULT_EXCLUDES, Walker, is_under, parent_of
 from .workers import DEFAULT_FILE_TIMEOUT, Embedder, WorkerPool, default_workers
@@ -37,6 +39,7 @@ class IndexOptions:
     allow_empty: bool = False  # an empty folder that held photos was emptied on purpose: remove them
     cluster: str | None = None  # a Dask scheduler's address: embed there (`cluster.py`)
     cluster_inflight_mb: int = 256  # photo bytes sent to the cluster and not answered yet
+    retry_failed: bool = False  # try every remembered failure again, changed or not
 
 
 @dataclass
@@ -56,6 +59,9 @@ class Summary:
     started: float = field(default_factory=time.monotonic)
     embedded: int = 0
     headers_read: int = 0  # photos cached before whose metadata was read (nothing re-embedded)
+    retried: int = 0  # remembered failures tried again (--retry-failed, or their environment changed)
+    meta_problems: int = 0  # photos indexed whose metadata could not (all) be read
+    absent: list[bytes] = field(default_factory=list)  # library folders given that are gone (disk unplugged)
     cluster_workers: int | None = None  # Dask workers that embedded photos, with --cluster
 
     @property
@@ -70,17 +76,26 @@ class Summary:
         elapsed = self.elapsed
         return {"new": self.new, "updated": self.updated, "moved": self.moved, "removed": self.removed,
                 "failed": self.failed, "skipped": self.skipped, "unchanged": self.unchanged,
-                "vanished": self.vanished, "missing_decoders": dict(self.missing_decoders),
+                "vanished": self.vanished, "retried": self.retried, "meta_problems": self.meta_problems,
+                "missing_decoders": dict(self.missing_decoders), "absent": [os.fsdecode(f) for f in self.absent],
                 "kept_empty": [os.fsdecode(f) for f in self.kept_empty], "headers_read": self.headers_read,
                 "elapsed_s": round(elapsed, 2), "images_per_s": round(self.embedded / elapsed, 2) if elapsed else 0.0,
                 **({"cluster_workers": self.cluster_workers} if self.cluster_workers is not None else {})}
 
 
-def kept_empty_error(summary: "Summary") -> EmptyFolderError:
-    folders = ", ".join(os.fsdecode(f) for f in summary.kept_empty)
-    return EmptyFolderError(
-        f"{folders}: empty, but the cache holds {summary.kept_empty_photos} photos from there; is the share or disk "
-        "mounted? They were kept. If you emptied it on purpose, run `clipsearch index --allow-empty` on it once")
+def kept_empty_error(summary: "Summary") -> EmptyFolderError | None:
+    """The run's one line about library folders it had to leave alone (exit 6), or None."""
+    lines = []
+    if summary.absent:
+        folders = ", ".join(os.fsdecode(f) for f in summary.absent)
+        lines.append(f"{folders}: not there (disk unplugged, share not mounted?); its cached photos were kept and the "
+                     "other folders indexed. Run again once it is back")
+    if summary.kept_empty:
+        folders = ", ".join(os.fsdecode(f) for f in summary.kept_empty)
+        lines.append(f"{folders}: empty, but the cache holds {summary.kept_empty_photos} photos from there; is the "
+                     "share or disk mounted? They were kept. If you emptied it on purpose, run "
+                     "`clipsearch index --allow-empty` on it once")
+    return EmptyFolderError("; ".join(lines)) if lines else None
 
 
 def worker_pool(manifest: Manifest, options: IndexOptions, warn=None) -> Embedder:
@@ -110,6 +125,7 @@ class Indexer:
         self.displaced: set[int] = set()  # rows pushed to the other name of a swap, not yet walked
         self.seq = 0
         self.last_commit = 0.0
+        self.bounds: dict[str, float] = {}  # the worker bounds a failure can depend on (`failures.py`)
 
     # -- transaction ---------------------------------------------------------------------
 
@@ -131,6 +147,8 @@ class Indexer:
         if self.options.count_first:
             self.summary.pending_total = sum(count_pending(self.store, root, self.options) for root in roots)
         embedder = worker_pool(self.manifest, self.options, self.warn)
+        if isinstance(embedder, WorkerPool):
+            self.bounds = {"timeout": embedder.file_timeout, "memory": embedder.memory_mb}
         try:
             for root in roots:
                 self.index_root(root, embedder)
@@ -161,9 +179,19 @@ class Indexer:
             for entry in folder.files:
                 done.add(entry.path)
                 row = known.pop(entry.path, None)
+                if unchanged(row, entry) and row.failed and (self.options.retry_failed
+                                                             or retry_due(row.failure, self.bounds)):
+                    self.summary.retried += 1
+                    self.kinds[entry.path] = "new"
+                    chunk.append((entry.path, entry.size, entry.mtime_ns))
+                    if len(chunk) >= self.options.batch_size:
+                        self.record(embedder.submit(chunk))
+                        chunk = []
+                    continue
                 if unchanged(row, entry):
                     self.count_unchanged(row)
-                    if not row.failed and row.meta != (entry.size, entry.mtime_ns, folder.sidecar_stamp(entry.path)):
+                    if not row.failed and (row.meta != (entry.size, entry.mtime_ns, folder.sidecar_stamp(entry.path))
+                                           or row.meta_readers not in (None, metadata_readers())):
                         # Cached before metadata was kept, or its sidecar changed: headers only.
                         chunk.append((entry.path, entry.size, entry.mtime_ns, HEADERS_ONLY))
                         if len(chunk) >= self.options.batch_size:
@@ -204,12 +232,20 @@ class Indexer:
                 self.summary.kept_empty.append(folder)
                 self.summary.kept_empty_photos += held[folder]
         for folder in self.store.dirs_under(root):
-            if folder not in visited and not is_under(folder, self.walker.unreadable + kept):
+            if folder not in visited and not is_under(folder, self.walker.unreadable + kept + self.summary.absent):
                 self.summary.removed += self.write().mark_dir_deleted(folder, self.seq)
             elif folder in visited and folder in held and not is_under(folder, kept):
                 # An empty folder the user confirmed (--allow-empty), or whose photos moved.
                 self.mark_gone([row.id for row in self.store.rows_in_dir(folder).values() if not row.deleted])
         self.maybe_commit()
+
+    def note_meta_problems(self, result: Result) -> None:
+        """One warning per photo whose metadata could not all be read; it is indexed anyway."""
+        problems = (result.meta or {}).get("problems")
+        if problems:
+            self.summary.meta_problems += 1
+            self.warn(result.path, f"metadata partly unread ({'; '.join(problems)}); the photo is indexed, those "
+                                   "fields stay empty (read again when the file, its sidecar or clipsearch changes)")
 
     def count_unchanged(self, row) -> None:
         if row.id in self.displaced:  # the other half of a swap: it was moved, not unchanged
@@ -275,6 +311,7 @@ class Indexer:
                 if not result.vanished:  # a failure still records an empty reading: not retried nightly
                     store.put_meta(result.path, result.size, result.mtime_ns, result.sidecars, result.meta or {}, self.seq)
                     self.summary.headers_read += 1
+                    self.note_meta_problems(result)
                 continue
             kind = self.kinds.pop(result.path, "new")
             folder = parent_of(result.path)
@@ -283,8 +320,10 @@ class Indexer:
                 self.warn(result.path, "vanished during the run; skipped")
             elif result.error is not None:
                 self.summary.failed += 1
-                self.warn(result.path, f"{result.error}; remembered and skipped until the file changes")
-                store.put_error(result.path, folder, result.size, result.mtime_ns, result.error, self.seq)
+                self.warn(result.path, f"{result.error}; remembered and skipped until the file changes "
+                                       "(`clipsearch status --failed` lists them, `index --retry-failed` retries)")
+                store.put_error(result.path, folder, result.size, result.mtime_ns, result.error, self.seq,
+                                failure_record(result.error, self.bounds))
             else:
                 setattr(self.summary, kind, getattr(self.summary, kind) + 1)
                 self.summary.embedded += 1
@@ -292,6 +331,7 @@ class Indexer:
                                  result.vector, result.scale, self.seq)
                 if result.meta is not None:
                     store.put_meta(result.path, result.size, result.mtime_ns, result.sidecars, result.meta, self.seq)
+                    self.note_meta_problems(result)
         self.progress(self.summary)
         self.maybe_commit()
 

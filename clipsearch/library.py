@@ -14,10 +14,15 @@ from .store import Store
 from .walk import is_under, normalise_root
 
 
-def check_roots(paths: list[str]) -> list[bytes]:
+def check_roots(paths: list[str], absent: list[str] | None = None) -> list[bytes]:
+    """The folders to walk, outermost only. A path that does not exist is an error, unless
+    `absent` is given: then it is put there for the caller to judge (a disk unplugged)."""
     roots = []
     for path in paths:
         if not os.path.exists(path):
+            if absent is not None:
+                absent.append(path)
+                continue
             raise UsageError(f"{path}: no such folder; check the path (is the share mounted?)")
         if not os.path.isdir(path):
             raise UsageError(f"{path}: is a file, not a folder; give the folder that contains it")
@@ -33,16 +38,23 @@ def index_paths(paths: list[str], db_path: Path, manifest: Manifest, options: In
                 warn, progress=None, wait_seconds: float = 0.0) -> Summary:
     from .vectors import refresh_packed
 
-    roots = check_roots(paths)
+    absent: list[str] = []
+    roots = check_roots(paths, absent)
+    if absent and not db_path.exists():
+        raise UsageError(f"{absent[0]}: no such folder; check the path (is the share mounted?)")
     with IndexLock(db_path, wait_seconds):
         store = Store(db_path)
         try:
+            if not paths:  # --retry-failed alone: the whole library
+                roots = check_roots([f for f in library_folders(store) if os.path.isdir(f)])
+            gone = absent_library_folders(store, absent)
             # Verify model files before any work: a damaged graph must not write vectors.
             manifest.graph_path("vision")
             store.check_model(manifest.model_id, manifest.name, claim=True)
             record_pipeline(store, options.use_draft)
             run_id = store.start_run([os.fsdecode(r) for r in roots])
             indexer = Indexer(store, manifest, options, warn, progress)
+            indexer.summary.absent = gone
             try:
                 summary = indexer.run(roots)
             except BaseException:
@@ -56,6 +68,19 @@ def index_paths(paths: list[str], db_path: Path, manifest: Manifest, options: In
             return summary
         finally:
             store.close()
+
+
+def absent_library_folders(store: Store, absent: list[str]) -> list[bytes]:
+    """Of the paths given that do not exist, those the cache holds photos from: a disk
+    unplugged or a share down. Their photos are kept and the rest is indexed (exit 6 at the
+    end). A path the cache knows nothing of is a typo (exit 2), said before any work."""
+    gone = []
+    for path in absent:
+        root = normalise_root(path)
+        if not store.has_rows_under(root):
+            raise UsageError(f"{path}: no such folder, and the cache holds no photos from there; check the path")
+        gone.append(root)
+    return gone
 
 
 def record_pipeline(store: Store, use_draft: bool) -> None:
@@ -116,6 +141,29 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
         return report
     finally:
         store.close()
+
+
+def failed_report(db_path: Path, paths: list[str]) -> list[dict]:
+    """`status --failed`: every remembered failure (under `paths`), its reason, and whether
+    the next run retries it by itself (its environment changed, `failures.retry_due`)."""
+    from .failures import retry_due
+
+    store = Store(db_path, readonly=True)
+    try:
+        rows = store.failed_rows([normalise_root(p) for p in paths] or None)
+    finally:
+        store.close()
+    report = []
+    for path, error, size, mtime_ns, failed_at, failure in rows:
+        row = {"path": os.fsdecode(path), "error": error, "size": size,
+               "modified": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mtime_ns / 1e9)),
+               "failed_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(failed_at))}
+        # Bounds are a run's options: only what does not depend on them is known here.
+        retry = retry_due(failure, {})
+        if retry:
+            row["retry"] = retry
+        report.append(row)
+    return report
 
 
 def mounted(folder: str) -> bool:

@@ -7,6 +7,10 @@ Everything here is untrusted input written by every kind of software: a value th
 malformed or out of range leaves its field empty (and is named in `problems`), never an
 exception, never a guess. The file's mtime is never taken for a capture time. XMP is parsed by
 `sidecars.py` (defusedxml: no DTDs, entities or external references; size capped).
+`photo_record` never raises: whatever goes wrong (a hostile packet, an unreadable sidecar, a
+reader that cannot be imported) leaves fields empty and a line in `problems`, which the cache
+keeps with the readers' versions so the photo's metadata is read again when they change. A
+photo's vector never depends on its metadata.
 
 The indexing worker reads it with each photo it embeds (and, for photos cached before,
 from their headers alone); the cache keeps it in `photo_meta` with the file and sidecar
@@ -185,6 +189,9 @@ def apply_xmp(meta: PhotoMeta, data: bytes, where: str, sidecar_wins: bool = Fal
     except SidecarError as exc:
         meta.problems.append(f"{where} XMP ignored: {exc}")
         return
+    except ImportError as exc:  # defusedxml broken or removed: the photo keeps its vector
+        meta.problems.append(f"{where} XMP not read ({type(exc).__name__}: {exc})")
+        return
     keywords = _dedupe(xmp.keywords("dc:subject")
                        + [k.replace("|", "/") for k in xmp.keywords("lr:hierarchicalSubject")]
                        + xmp.keywords("digiKam:TagsList"))
@@ -253,24 +260,41 @@ def photo_record(img, upright_size: tuple[int, int] | None, photo: bytes, sideca
     (on the machine that has the files); by default they are found and read here."""
     from dataclasses import asdict
 
-    meta = read_photo_meta(img, upright_size)
-    if sidecars is None:
-        sidecars = []
-        for path, size, mtime in sidecar_files(photo):
-            try:
-                with open(path, "rb") as f:
-                    sidecars.append((path, size, mtime, f.read(MAX_SIDECAR_READ + 1)))
-            except OSError:
-                sidecars.append((path, size, mtime, None))
-    found = [(path, size, mtime) for path, size, mtime, _ in sidecars]
-    for _, _, _, data in sidecars:
-        if data is None:
-            meta.problems.append("sidecar unreadable")
-        else:
-            apply_sidecar(meta, data)
+    found: list = []
+    try:
+        meta = read_photo_meta(img, upright_size)
+        if sidecars is None:
+            sidecars = []
+            for path, size, mtime in sidecar_files(photo):
+                try:
+                    with open(path, "rb") as f:
+                        sidecars.append((path, size, mtime, f.read(MAX_SIDECAR_READ + 1)))
+                except OSError as exc:
+                    sidecars.append((path, size, mtime, exc.strerror))
+        found = [(path, size, mtime) for path, size, mtime, _ in sidecars]
+        for path, _, _, data in sidecars:
+            if not isinstance(data, bytes):
+                meta.problems.append(f"sidecar {_name(path)} unreadable ({data or 'read error'})")
+            else:
+                apply_sidecar(meta, data)
+    except Exception as exc:  # noqa: BLE001 - whatever breaks here, the photo keeps its vector
+        meta = PhotoMeta()
+        if upright_size:
+            meta.width, meta.height = upright_size
+        meta.problems.append(f"metadata not read ({type(exc).__name__}: {str(exc)[:200]})")
     record = asdict(meta)
     record["taken_key"] = taken_key(meta.taken_at)
+    if meta.problems:
+        from .failures import metadata_readers
+
+        record["readers"] = metadata_readers()
     return record, sidecar_stamp(found)
+
+
+def _name(path: bytes) -> str:
+    import os
+
+    return os.path.basename(path).decode("utf-8", "replace")
 
 
 MAX_SIDECAR_READ = 8 << 20

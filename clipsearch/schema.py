@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Readers (query, status) open any version from this one on without upgrading: later steps
-# only add what writers use (v2: the keywords `tag` wrote; v3: what photos say about themselves).
+# only add what writers use (v2: the keywords `tag` wrote; v3: what photos say about themselves;
+# v4: what a failure or a metadata problem depended on).
 READABLE_FROM = 1
 
 
@@ -106,7 +107,20 @@ def _v3(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX photo_keywords_keyword ON photo_keywords(keyword)")
 
 
+def _v4(db: sqlite3.Connection) -> None:
+    # v4: what a failed file's failure depended on (`failures.py`: decoder versions, a missing
+    # module, the worker bound it hit), so a changed environment retries it by itself; and
+    # the problems met reading a photo's metadata with the readers' versions, so it is read
+    # again when they change. Old rows have neither: their failures wait for
+    # `index --retry-failed` or a change of the file, as before.
+    for table, column in (("images", "failure"), ("photo_meta", "problems"), ("photo_meta", "readers")):
+        # A cache taken back to an older version by hand keeps its columns: add only what is missing.
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+    db.execute("CREATE INDEX IF NOT EXISTS images_failed ON images(error) WHERE error IS NOT NULL")
+
+
 # Upgrade steps: MIGRATIONS[n] takes a database at version n to n + 1. Each runs in one
 # transaction together with the user_version bump, so a kill mid-upgrade leaves the old
 # version intact and the next run simply upgrades again.
-MIGRATIONS = {0: _v1, 1: _v2, 2: _v3}
+MIGRATIONS = {0: _v1, 1: _v2, 2: _v3, 3: _v4}

@@ -29,6 +29,8 @@ class KnownRow(NamedTuple):
     deleted: int
     failed: int  # the last attempt could not decode it (error kept); not retried until it changes
     meta: tuple | None = None  # (size, mtime, sidecars) its metadata was read from; None: never read
+    failure: str | None = None  # what a failure depended on (`failures.record`)
+    meta_readers: str | None = None  # what read metadata that had problems (`failures.metadata_readers`)
 
 
 class Store(PhotoQueries):
@@ -194,9 +196,10 @@ class Store(PhotoQueries):
 
     def rows_in_dir(self, folder: bytes) -> dict[bytes, "KnownRow"]:
         rows = self.query("SELECT i.filepath, i.id, i.size, i.modified_at, i.deleted, i.error IS NOT NULL, "
-                          "m.read_size, m.read_mtime, m.sidecars FROM images i "
+                          "m.read_size, m.read_mtime, m.sidecars, i.failure, "
+                          "CASE WHEN m.problems IS NOT NULL THEN m.readers END FROM images i "
                           "LEFT JOIN photo_meta m ON m.image_id = i.id WHERE i.dir = ?", (folder,))
-        return {row[0]: KnownRow(*row[1:6], None if row[6] is None else tuple(row[6:9])) for row in rows}
+        return {row[0]: KnownRow(*row[1:6], None if row[6] is None else tuple(row[6:9]), *row[9:11]) for row in rows}
 
     # `dir` is `root` or lies below it: an index range scan, since b"0" follows b"/" in byte order.
     UNDER = "(dir = ? OR (dir >= ? AND dir < ?))"
@@ -306,19 +309,22 @@ class Store(PhotoQueries):
                VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, ?, ?)
                ON CONFLICT(filepath) DO UPDATE SET dir = excluded.dir, modified_at = excluded.modified_at,
                  size = excluded.size, fingerprint = excluded.fingerprint, vector = excluded.vector,
-                 scale = excluded.scale, error = NULL, deleted = 0, deleted_at = NULL, seq = excluded.seq,
-                 indexed_at = excluded.indexed_at""",
+                 scale = excluded.scale, error = NULL, failure = NULL, deleted = 0, deleted_at = NULL,
+                 seq = excluded.seq, indexed_at = excluded.indexed_at""",
             (filepath, folder, mtime_ns, size, fingerprint, vector, scale, seq, time.time()))
 
-    def put_error(self, filepath: bytes, folder: bytes, size: int, mtime_ns: int, error: str, seq: int) -> None:
+    def put_error(self, filepath: bytes, folder: bytes, size: int, mtime_ns: int, error: str, seq: int,
+                  failure: str | None = None) -> None:
+        """A file that could not be decoded, with what the failure depended on (`failures.py`)."""
         self.db.execute(
-            """INSERT INTO images (filepath, dir, modified_at, size, fingerprint, vector, scale, error, deleted,
-                                   deleted_at, seq, indexed_at)
-               VALUES (?, ?, ?, ?, NULL, NULL, NULL, ?, 0, NULL, ?, ?)
+            """INSERT INTO images (filepath, dir, modified_at, size, fingerprint, vector, scale, error, failure,
+                                   deleted, deleted_at, seq, indexed_at)
+               VALUES (?, ?, ?, ?, NULL, NULL, NULL, ?, ?, 0, NULL, ?, ?)
                ON CONFLICT(filepath) DO UPDATE SET dir = excluded.dir, modified_at = excluded.modified_at,
                  size = excluded.size, fingerprint = NULL, vector = NULL, scale = NULL, error = excluded.error,
-                 deleted = 0, deleted_at = NULL, seq = excluded.seq, indexed_at = excluded.indexed_at""",
-            (filepath, folder, mtime_ns, size, error, seq, time.time()))
+                 failure = excluded.failure, deleted = 0, deleted_at = NULL, seq = excluded.seq,
+                 indexed_at = excluded.indexed_at""",
+            (filepath, folder, mtime_ns, size, error, failure, seq, time.time()))
 
     def move(self, row_id: int, filepath: bytes, folder: bytes, mtime_ns: int, seq: int) -> None:
         # A stale soft-deleted row may still hold the target path: the new location wins.
@@ -377,6 +383,17 @@ class Store(PhotoQueries):
         row = self.query("SELECT SUM(deleted = 0 AND vector IS NOT NULL), SUM(deleted = 0 AND error IS NOT NULL), "
                          "SUM(deleted = 1) FROM images")[0]
         return {"indexed": row[0] or 0, "failed": row[1] or 0, "deleted_kept": row[2] or 0}
+
+    def failed_rows(self, under: list[bytes] | None = None) -> list[tuple]:
+        """(path, error, size, modified_at, indexed_at, failure) of the live failed files, by
+        path; only those under the folders `under` when given."""
+        failure = "failure" if self.version >= 4 else "NULL"
+        where, params = "deleted = 0 AND error IS NOT NULL", []
+        if under:
+            where += " AND (" + " OR ".join([self.UNDER] * len(under)) + ")"
+            params = [p for root in under for p in self.under_params(root)]
+        return self.query(f"SELECT filepath, error, size, modified_at, indexed_at, {failure} FROM images "
+                          f"WHERE {where} ORDER BY filepath", params)
 
     def last_run(self) -> dict | None:
         rows = self.query("SELECT started_at, finished_at, roots, status, summary FROM runs ORDER BY id DESC LIMIT 1")

@@ -18,18 +18,20 @@ class PhotoQueries:
         The row takes change counter `seq`: the packed file's filter columns follow it."""
         cursor = self.db.execute(
             """INSERT INTO photo_meta (image_id, read_size, read_mtime, sidecars, taken_at, taken_key, taken_source,
-                                       make, model, lens, lat, lon, width, height, rating, keywords)
-               SELECT id, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM images
+                                       make, model, lens, lat, lon, width, height, rating, keywords, problems,
+                                       readers)
+               SELECT id, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM images
                WHERE filepath = ? AND size = ? AND modified_at = ?
                ON CONFLICT(image_id) DO UPDATE SET read_size = excluded.read_size, read_mtime = excluded.read_mtime,
                  sidecars = excluded.sidecars, taken_at = excluded.taken_at, taken_key = excluded.taken_key,
                  taken_source = excluded.taken_source, make = excluded.make, model = excluded.model,
                  lens = excluded.lens, lat = excluded.lat, lon = excluded.lon, width = excluded.width,
-                 height = excluded.height, rating = excluded.rating, keywords = excluded.keywords""",
+                 height = excluded.height, rating = excluded.rating, keywords = excluded.keywords,
+                 problems = excluded.problems, readers = excluded.readers""",
             (size, mtime_ns, sidecars, meta.get("taken_at"), meta.get("taken_key"), meta.get("taken_source"),
              meta.get("make"), meta.get("model"), meta.get("lens"), meta.get("lat"), meta.get("lon"),
              meta.get("width"), meta.get("height"), meta.get("rating"), json.dumps(meta.get("keywords") or []),
-             filepath, size, mtime_ns))
+             "; ".join(meta.get("problems") or []) or None, meta.get("readers"), filepath, size, mtime_ns))
         if cursor.rowcount <= 0:
             return False
         image_id = self.db.execute("SELECT id FROM images WHERE filepath = ?", (filepath,)).fetchone()[0]

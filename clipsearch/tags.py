@@ -25,16 +25,6 @@ from .sidecars import (SidecarError, delete_sidecar, field_values, new_sidecar_p
 DEFAULT_PARENT = "clipsearch"
 
 
-def require_defusedxml() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("defusedxml") is None:
-        from .errors import ClipsearchError
-
-        raise ClipsearchError("tagging reads sidecars with defusedxml (hardened XML parsing): "
-                              "pip install 'clipsearch[tags]'")
-
-
 @dataclass
 class TagReport:
     photos: int = 0  # photos selected
@@ -122,7 +112,6 @@ def untag(keyword: str, db_path: Path, options: TagOptions, warn: Callable[[byte
     from .walk import normalise_root
 
     check_keyword(keyword)
-    require_defusedxml()
     report = TagReport()
     store = Store(db_path)
     try:
@@ -167,7 +156,6 @@ def apply_keywords(chosen: dict[bytes, list[str]], db_path: Path, options: TagOp
     """Add each photo's keywords to its sidecar(s): the existing ones, else a new one."""
     from .store import Store
 
-    require_defusedxml()
     report = TagReport(photos=len(chosen))
     store = Store(db_path, readonly=options.dry_run)
     try:

@@ -14,7 +14,6 @@ from helpers import COLOURS, write_photo
 from test_metadata import XMP, bag, dms
 from test_moves import break_vision_graph
 
-pytest.importorskip("defusedxml")
 
 
 def dated_photo(path, colour, when="2019:07:14 18:03:11", gps=None, make="Canon"):
