@@ -20,6 +20,15 @@ class DatabaseError(ClipsearchError):
     exit_code = 4
 
 
+class ReadOnlyCacheError(DatabaseError):
+    """`index` and `tag` write the cache; on a read-only volume or folder they cannot."""
+
+    def __init__(self, path):
+        super().__init__(f"{path}: the cache is read-only (a read-only volume, snapshot or permissions); query, "
+                         "status and serve still answer from it. To index or tag, remount it read-write or fix its "
+                         "permissions, or copy it elsewhere and use --db / CLIPSEARCH_DB")
+
+
 class ModelMismatchError(ClipsearchError):
     """The cache was built with another model than the one loaded."""
 

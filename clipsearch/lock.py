@@ -2,23 +2,30 @@
 the kernel releases when the holder dies, so a killed run never leaves a stale lock."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
 from pathlib import Path
 
-from .errors import LockedError
+from .errors import DatabaseError, LockedError, ReadOnlyCacheError
 
 
 class IndexLock:
     def __init__(self, db_path: Path, wait_seconds: float = 0.0):
+        self.db_path = db_path
         self.path = db_path.with_name(db_path.name + ".lock")
         self.wait_seconds = wait_seconds
         self.fd: int | None = None
 
     def __enter__(self) -> "IndexLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise ReadOnlyCacheError(self.db_path) from None
+            raise DatabaseError(f"{self.path}: cannot take the index lock ({exc.strerror}); check the folder") from None
         deadline = time.monotonic() + self.wait_seconds
         while True:
             try:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
 from typing import NamedTuple
 
-from .errors import DatabaseError, ModelMismatchError
+from .errors import DatabaseError, ModelMismatchError, ReadOnlyCacheError
 from .schema import MIGRATIONS, READABLE_FROM, SCHEMA_VERSION
 from .store_photos import PhotoQueries
 
@@ -37,6 +38,7 @@ class Store(PhotoQueries):
     def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
         self.readonly = readonly
+        self.immutable = False  # opened as files that cannot change (a read-only volume)
         self.db = self._connect()
         self._upgrade()
 
@@ -46,9 +48,11 @@ class Store(PhotoQueries):
         if self.readonly and not self.path.exists():
             raise DatabaseError(f"{self.path}: no index yet; run `clipsearch index PATH` first")
         try:
-            if not self.readonly:
+            if self.readonly:
+                db = self._connect_readonly()
+            else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+                db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
             db.execute("PRAGMA busy_timeout = 30000")
             mode = db.execute("PRAGMA journal_mode").fetchone()[0]
             if mode != "wal" and not self.readonly:
@@ -63,19 +67,48 @@ class Store(PhotoQueries):
             raise DatabaseError(f"{self.path}: cannot open the index database ({exc.strerror}); check the path and its permissions") from None
         return db
 
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """Readers never write: `mode=ro`. A cache in WAL mode on a read-only volume (a degraded
+        NAS volume, a snapshot, a backup) cannot be opened so, since SQLite would need to create
+        its shared-memory file beside it: it is then opened `immutable`, as the read-only files
+        it is; only a write-ahead log a crash left behind there would go unread."""
+        from urllib.parse import quote
+
+        uri = "file:" + quote(os.fsdecode(self.path.resolve()))
+        for flags in ("?mode=ro", "?mode=ro&immutable=1"):
+            db = sqlite3.connect(uri + flags, uri=True, isolation_level=None, timeout=30, check_same_thread=False)
+            try:
+                db.execute("PRAGMA user_version").fetchone()
+                self.immutable = "immutable" in flags
+                return db
+            except sqlite3.OperationalError as exc:
+                db.close()
+                if "unable to open" not in str(exc) and "readonly" not in str(exc):
+                    raise
+        raise sqlite3.OperationalError("unable to open database file")
+
     def explain(self, exc: Exception) -> DatabaseError:
         text = str(exc)
         if "not a database" in text or "malformed" in text:
             return DatabaseError(f"{self.path}: not a clipsearch database or damaged ({text}); move it aside "
                                  "(it is never overwritten) and run `clipsearch index` to build a new one")
-        if "readonly" in text or "read-only" in text:
-            return DatabaseError(f"{self.path}: the database is read-only; fix its permissions or use --db / CLIPSEARCH_DB")
+        if "readonly" in text or "read-only" in text or ("unable to open" in text and self._on_read_only_folder()):
+            return ReadOnlyCacheError(self.path)
         if "disk is full" in text or "disk I/O error" in text:
             return DatabaseError(f"{self.path}: the disk is full or failing ({text}); the last committed state is "
                                  "intact: free some space and run again")
         if "locked" in text:
             return DatabaseError(f"{self.path}: database is busy ({text}); try again")
         return DatabaseError(f"{self.path}: {text}")
+
+    def _on_read_only_folder(self) -> bool:
+        """The cache's folder is on a read-only volume, or not writable by this user."""
+        try:
+            if os.statvfs(self.path.parent).f_flag & os.ST_RDONLY:
+                return True
+        except OSError:
+            return False
+        return not os.access(self.path.parent, os.W_OK)
 
     def _upgrade(self) -> None:
         if self.version > SCHEMA_VERSION:

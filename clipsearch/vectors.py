@@ -197,9 +197,12 @@ def current_packed(store, dim: int, rebuild_fraction: float = 0.05) -> tuple[Pac
 
 
 def _try_rebuild(store, dim: int) -> Packed | None:
-    if not os.access(store.path.parent, os.W_OK):
+    if store.immutable or not os.access(store.path.parent, os.W_OK):
         return None
-    return write_packed(store, dim)
+    try:
+        return write_packed(store, dim)
+    except OSError:  # a read-only volume that access() did not tell of: rank from the database
+        return None
 
 
 def iter_blocks(packed: Packed):
