@@ -22,7 +22,9 @@ def pytest_configure(config):
 
     import platformdirs
 
-    for key in [k for k in os.environ if k.startswith("CLIPSEARCH_")]:
+    # Registered here too: CI's user-install stage runs tests from a copy, without pyproject.toml.
+    config.addinivalue_line("markers", "journey: a user's first hour on the installed wheel")
+    for key in [k for k in os.environ if k.startswith("CLIPSEARCH_") and k != "CLIPSEARCH_TEST_INSTALLED"]:
         del os.environ[key]
     config.real_data_dir = Path(platformdirs.user_data_dir("clipsearch", appauthor=False))
     config.real_data_before = _files_under(config.real_data_dir)
@@ -45,7 +47,7 @@ def pytest_sessionfinish(session, exitstatus):
 def isolated_home(tmp_path, monkeypatch):
     """Every test gets its own data dir; no CLIPSEARCH_* from the developer's shell leaks in."""
     for key in list(os.environ):
-        if key.startswith("CLIPSEARCH_"):
+        if key.startswith("CLIPSEARCH_") and key != "CLIPSEARCH_TEST_INSTALLED":
             monkeypatch.delenv(key)
     home = tmp_path / "home"
     monkeypatch.setenv("CLIPSEARCH_HOME", str(home))

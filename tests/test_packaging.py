@@ -28,3 +28,48 @@ def test_export_without_pytorch_fails_in_one_line():
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "(torch" in result.stderr and "not installed)" in result.stderr
     assert "copy the model folder" in result.stderr
+
+
+# Optional packages the runtime imports, the extra that brings each, and the test proving its
+# absence is handled (one note naming the extra, nothing remembered as failed).
+OPTIONAL = {"pillow_heif": "heic", "onnx": "models", "distributed": "cluster"}
+
+
+def test_every_runtime_import_is_a_core_dependency_or_a_handled_extra():
+    """What `pip install .` brings must be enough for every module of clipsearch/ to import what
+    it imports; anything else must be one of the optional extras, named in OPTIONAL."""
+    import ast
+    import re
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    core = {re.split(r"[<>=!~ \[;]", dep, maxsplit=1)[0].lower().replace("_", "-") for dep in project["dependencies"]}
+    extras = {name: {re.split(r"[<>=!~ \[;]", dep, maxsplit=1)[0].lower().replace("_", "-") for dep in deps}
+              for name, deps in project["optional-dependencies"].items()}
+    distributions = packages_distributions()
+    imported: dict[str, set[str]] = {}
+    for source in (REPO / "clipsearch").rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                imported.setdefault(name.split(".")[0], set()).add(source.name)
+    unexplained = {}
+    for module, where in sorted(imported.items()):
+        if module in sys.stdlib_module_names or module == "clipsearch":
+            continue
+        if module in OPTIONAL:
+            extra = OPTIONAL[module]
+            dists = distributions.get(module, [module])
+            assert any(d.lower().replace("_", "-") in extras[extra] for d in dists), \
+                f"{module} is said to come with [{extra}], which does not list it"
+            continue
+        dists = {d.lower().replace("_", "-") for d in distributions.get(module, [])}
+        if not dists & core:
+            unexplained[module] = sorted(where)
+    assert not unexplained, f"imported by the runtime but not a core dependency nor a handled extra: {unexplained}"
