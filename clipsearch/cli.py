@@ -399,6 +399,14 @@ def check_model(model_dir, threads):
         for tower in ("text", "vision"):
             diff = check_reference(manifest, tower, threads)
             click.echo(f"{tower}: ok (max diff {diff:.1e} from the export)")
+        answers = manifest.data.get("known_answers")
+        if answers:
+            from .known_answers import check
+
+            measured = check(manifest, answers, threads, then="re-pull the model (`clipsearch models pull`)")
+            worst = max(measured, key=lambda answer: answer["deviation"])
+            click.echo(f"known answers: ok ({len(measured)} pictures; worst deviation {worst['deviation']:.4f} on "
+                       f"{worst['picture']})")
         click.echo(f"model {manifest.name} ({manifest.model_id}) at {manifest.folder}: ok")
         if manifest.untrained:
             click.echo(f"note: {manifest.untrained}")

@@ -73,8 +73,9 @@ def fetch(repo: str, revision: str, path: str, dest: Path, expected: dict | None
     `expected` ({"size", "sha256"}) is checked before the file is renamed into place."""
     url = file_url(repo, revision, path)
     part, validator = dest.with_name(dest.name + ".part"), dest.with_name(dest.name + ".part.etag")
-    if dest.exists() and expected and dest.stat().st_size == expected["size"] and _sha256(dest) == expected["sha256"]:
-        return Fetched(dest, expected["size"], expected["sha256"], None)
+    if dest.exists() and expected and _matches(expected, dest.stat().st_size, None) and _matches(
+            expected, dest.stat().st_size, _sha256(dest)):
+        return Fetched(dest, dest.stat().st_size, expected["sha256"], None)
     dest.unlink(missing_ok=True)
     have = part.stat().st_size if part.exists() and validator.exists() else 0
     headers = {}
@@ -123,15 +124,21 @@ def fetch(repo: str, revision: str, path: str, dest: Path, expected: dict | None
     if total is not None and have != total:
         raise _interrupted(url, have, total, "the connection closed early")
     sha256 = digest.hexdigest()
-    if expected and (have != expected["size"] or sha256 != expected["sha256"]):
+    if expected and not _matches(expected, have, sha256):
         part.unlink()
         validator.unlink(missing_ok=True)
+        pinned = f"{expected['size']} bytes with sha256 " if expected.get("size") is not None else "sha256 "
         raise DownloadError(
-            f"{url}: got {have} bytes with sha256 {sha256[:16]}..., the catalogue pins {expected['size']} bytes "
-            f"with {expected['sha256'][:16]}...: altered on the hub or in transit; nothing was installed")
+            f"{url}: got {have} bytes with sha256 {sha256}, the catalogue pins {pinned}{expected['sha256']}: "
+            "altered on the hub or in transit; nothing was installed")
     os.replace(part, dest)
     validator.unlink(missing_ok=True)
     return Fetched(dest, have, sha256, commit)
+
+
+def _matches(expected: dict, size: int, sha256: str | None) -> bool:
+    """The pinned size (when one was published) and sha256 (unless not computed yet)."""
+    return (expected.get("size") is None or size == expected["size"]) and (sha256 is None or sha256 == expected["sha256"])
 
 
 def _interrupted(url: str, have: int, total: int | None, why) -> DownloadError:

@@ -20,13 +20,14 @@ def models():
 def list_models(as_json):
     """The catalogue: name, source, download size, licence, installed here or not."""
     with handle_errors():
-        from .pull import catalogue_rows
+        from .catalogue import catalogue_rows
 
         for row in catalogue_rows():
             if as_json:
                 click.echo(json.dumps(row))
                 continue
             size = f"{row['download_mb']} MB" if row["download_mb"] else "size not pinned"
+            size += ", pinned" if row["pinned"] else ", NOT pinned" if row["layout"] else ""
             flags = ", ".join(f for f, on in (("default", row["default"]), ("installed", row["installed"])) if on)
             click.echo(f"{row['name']:20} {row['source']:50} {size:16} {row['licence'] or '-'}"
                        + (f"  [{flags}]" if flags else ""))
@@ -44,19 +45,24 @@ def pull(name, repo, revision, layout):
         from . import pull as pulling
         from .errors import UsageError
 
+        from .catalogue import catalogue_sources, repo_source
+
         if repo:
-            source = pulling.repo_source(repo, revision, layout, name)
+            sources = [repo_source(repo, revision, layout, name)]
         elif revision or layout:
             raise UsageError("--revision and --layout go with --repo; catalogue entries pin their own")
         else:
-            source = pulling.catalogue_source(name)
-        click.echo(f"pulling {source.name} from {source.repo}@{source.revision} ({source.layout.name} layout)", err=True)
-        summary = pulling.pull(source, progress=DownloadProgress() if sys.stderr.isatty() else None,
+            sources = catalogue_sources(name)
+        first = sources[0]
+        click.echo(f"pulling {first.name} from {first.repo}@{first.revision} ({first.layout.name} layout)", err=True)
+        summary = pulling.pull(sources, progress=DownloadProgress() if sys.stderr.isatty() else None,
                                log=lambda message: click.echo(f"note: {message}", err=True))
         fidelity = summary["fidelity"]
-        click.echo(f"installed {source.name} at {summary['folder']} in {summary['seconds']} s: int8 vs fp32 cosine "
-                   f"min {fidelity['vision']['int8_vs_fp32_onnx']['min']} (images), "
-                   f"{fidelity['text']['int8_vs_fp32_onnx']['min']} (texts)", err=True)
+        click.echo(f"installed {first.name} at {summary['folder']} from {summary['repo']} in {summary['seconds']} s: "
+                   f"int8 vs fp32 cosine min {fidelity['vision']['int8_vs_fp32_onnx']['min']} (images), "
+                   f"{fidelity['text']['int8_vs_fp32_onnx']['min']} (texts)"
+                   + (f"; known answers kept (worst deviation {summary['known_worst']:.4f})"
+                      if summary.get("known_worst") is not None else ""), err=True)
 
 
 @models.command()

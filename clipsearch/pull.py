@@ -1,6 +1,7 @@
-"""`clipsearch models`: the catalogue of models to pull, and pulling one without PyTorch:
-download a source's published fp32 ONNX towers (`hub.py`), quantize them here with the
-export's own settings, measure int8 against fp32 on the probe set, and write a model folder
+"""`clipsearch models pull` and `remove`: pulling a model without PyTorch: download a
+source's published fp32 ONNX towers (`hub.py`; the sources and their pins are
+`catalogue.py`'s), quantize them here with the export's own settings, measure int8 against
+fp32 on the probe set, embed the known answers (`known_answers.py`), and write a model folder
 exactly like `python -m export`'s (`modelbuild.py`), into place only once it is complete.
 
 Quantizing needs the `onnx` package (`pip install 'clipsearch[models]'`); nothing here is
@@ -12,113 +13,55 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import catalogue_path, models_dir
-from .errors import ClipsearchError, DownloadError, ModelError, UsageError
-from .layouts import (LAYOUTS, Layout, UnsupportedSource, image_spec_from_open_clip, image_spec_from_processor,
-                      prepare_tokenizer, text_spec)
+from .catalogue import Source, check_config_values
+from .config import models_dir
+from .errors import ClipsearchError, ModelError, UsageError
+from .layouts import UnsupportedSource, image_spec_from_open_clip, image_spec_from_processor, prepare_tokenizer, text_spec
 
 NO_ONNX = ("quantizing a pulled model needs the onnx package: pip install 'clipsearch[models]' "
            "(no PyTorch needed)")
 
 
-@dataclass(frozen=True)
-class Source:
-    name: str
-    repo: str
-    revision: str
-    layout: Layout
-    files: dict  # path in the repo -> {"size", "sha256"}, or None where the catalogue pins nothing
-    licence: str = "see the repo"
-
-    @property
-    def pinned(self) -> bool:
-        return all(self.files.get(path) for path in self.layout.files.values())
-
-
-def load_catalogue() -> dict:
-    path = catalogue_path()
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: cannot read the model catalogue ({exc})") from None
-
-
-def catalogue_source(name: str | None) -> Source:
-    catalogue = load_catalogue()
-    name = name or catalogue["default"]
-    entry = catalogue["models"].get(name)
-    if entry is None or "pull" not in entry:
-        pullable = ", ".join(sorted(n for n, e in catalogue["models"].items() if "pull" in e))
-        why = "unknown model" if entry is None else "no published ONNX source for"
-        raise UsageError(f"{why} {name!r}; models to pull: {pullable}, or any hub repo in a supported layout "
-                         "with --repo OWNER/NAME")
-    pull = entry["pull"]
-    return Source(name, pull["repo"], pull["revision"], LAYOUTS[pull["layout"]], pull.get("files") or {},
-                  entry.get("licence", "see the repo"))
-
-
-def repo_source(repo: str, revision: str | None, layout: str | None, name: str | None) -> Source:
-    """A hub repo outside the catalogue: nothing pinned; the layout is found by its config file."""
-    if repo.count("/") != 1:
-        raise UsageError(f"--repo {repo!r}: expected OWNER/NAME, as on the hub")
-    revision = revision or "main"
-    name = name or repo.split("/")[1].lower()
-    if layout is None:
-        import tempfile
-
-        from .hub import fetch
-
-        with tempfile.TemporaryDirectory() as probe:
-            for candidate in LAYOUTS.values():
-                try:
-                    fetch(repo, revision, candidate.files["preprocess"], Path(probe) / "config.json")
-                except DownloadError as exc:
-                    if "(404)" not in str(exc):
-                        raise
-                    continue
-                layout = candidate.name
-                break
-            else:
-                looked = ", ".join(f"{l.files['preprocess']} ({l.name})" for l in LAYOUTS.values())
-                raise DownloadError(f"{repo}@{revision}: no supported layout found (looked for {looked})")
-    return Source(name, repo, revision, LAYOUTS[layout], {})
-
-
-def catalogue_rows() -> list[dict]:
-    """`models list`: every catalogue entry, how to get it, and whether it is installed here."""
-    catalogue = load_catalogue()
-    rows = []
-    for name, entry in catalogue["models"].items():
-        pull = entry.get("pull")
-        sizes = [f["size"] for f in (pull or {}).get("files", {}).values() if f]
-        installed = (models_dir() / name / "manifest.json").is_file()
-        rows.append({
-            "name": name, "default": name == catalogue["default"],
-            "source": f"{pull['repo']}@{pull['revision'][:12]}" if pull else f"{entry['hub_id']} (python -m export only)",
-            "layout": pull["layout"] if pull else None,
-            "download_mb": round(sum(sizes) / 1e6) if pull and sizes and len(sizes) == len(pull["files"]) else None,
-            "pinned": bool(pull) and bool(pull.get("files")) and all(pull["files"].values()),
-            "licence": entry.get("licence"), "installed": installed})
-    return rows
-
-
-def pull(source: Source, out: Path | None = None, progress: Callable[[str, int, int | None], None] | None = None,
+def pull(sources: "list[Source] | Source", out: Path | None = None,
+         progress: Callable[[str, int, int | None], None] | None = None,
          log: Callable[[str], None] = lambda message: None) -> dict:
-    """Download, quantize, verify and install `source` as models/<name>; returns a summary."""
-    from . import modelbuild
-    from .hub import fetch
-
+    """Install the first of `sources` (the same weights, in order) that downloads, verifies,
+    quantizes and gives the known answers, as models/<name>; returns a summary. When every
+    one fails, the error says why for each."""
     try:
         import onnx  # noqa: F401 - needed by onnxruntime.quantization
     except ImportError:
         raise ClipsearchError(NO_ONNX) from None
+    sources = sources if isinstance(sources, list) else [sources]
+    failures: list[ClipsearchError] = []
+    for i, source in enumerate(sources):
+        if i:
+            log(f"trying {source.repo}@{source.revision[:12]} ({source.layout.name} layout), another source of "
+                f"the same weights")
+        try:
+            return dict(_pull_one(source, out, progress, log), repo=source.repo)
+        except UsageError:
+            raise
+        except ClipsearchError as exc:
+            if len(sources) == 1:
+                raise
+            log(str(exc))
+            failures.append(exc)
+    raise type(failures[0])(f"no source of {sources[0].name} could be installed: "
+                            + "; then ".join(str(exc) for exc in failures))
+
+
+def _pull_one(source: Source, out: Path | None, progress, log) -> dict:
+    from . import modelbuild
+    from .hub import fetch
+
     started = time.perf_counter()
     out = (out or models_dir() / source.name).expanduser().resolve()
-    downloads = out.parent / f".{out.name}.download"  # kept after an interruption: the next pull resumes
+    # Kept after an interruption, so the next pull resumes; one folder per source (both have a config.json).
+    downloads = out.parent / f".{out.name}.download" / source.repo.replace("/", "--")
     if not source.pinned:
         log(f"{source.repo}@{source.revision}: no sha256 pinned for its files; trusting the hub's TLS, then "
             "checking int8 against fp32 here")
@@ -132,6 +75,7 @@ def pull(source: Source, out: Path | None = None, progress: Callable[[str, int, 
     work = modelbuild.work_dir(out)
     try:
         data = _manifest_data(source, {role: f.path for role, f in fetched.items()}, work, commit)
+        check_config_values(source, data["image"], data["embedding_dim"])
         fp32 = {"vision": work / "vision.fp32.onnx", "text": work / "text.fp32.onnx"}
         for tower, path in fp32.items():
             _link_or_copy(fetched[tower].path, path)
@@ -149,10 +93,18 @@ def pull(source: Source, out: Path | None = None, progress: Callable[[str, int, 
         problems = modelbuild.failures(fidelity)
         if problems:
             raise ModelError(f"{source.repo}: int8 graphs too far from fp32 ({'; '.join(problems)}); nothing was installed")
+        answers = None
+        if source.known_answers:
+            from . import known_answers
+
+            log("embedding the known answers (pictures with the original model's published answers)")
+            answers = known_answers.check(manifest, source.known_answers, then="nothing was installed")
         sizes = {f"{role}_download_mb": round(f.size / 1e6, 1) for role, f in fetched.items() if role in fp32}
         data = dict(manifest.data, fidelity=dict(fidelity, sizes_mb={
             **sizes, "vision_int8": round(os.path.getsize(int8["vision"]) / 1e6, 1),
             "text_int8": round(os.path.getsize(int8["text"]) / 1e6, 1)}))
+        if answers:
+            data["known_answers"] = answers
         for key in ("files", "model_id", "reference"):
             data.pop(key)
         manifest = modelbuild.finish_folder(work, data, {})
@@ -165,9 +117,10 @@ def pull(source: Source, out: Path | None = None, progress: Callable[[str, int, 
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    shutil.rmtree(downloads, ignore_errors=True)
+    shutil.rmtree(downloads.parent, ignore_errors=True)
     return {"folder": str(out), "model_id": manifest.model_id, "seconds": round(time.perf_counter() - started, 1),
-            "fidelity": data["fidelity"]}
+            "fidelity": data["fidelity"],
+            "known_worst": max((a["deviation"] for a in data.get("known_answers") or []), default=None)}
 
 
 def remove(name: str) -> Path:

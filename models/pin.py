@@ -1,4 +1,4 @@
-"""Pin a catalogue entry's pull source: resolve its revision to the commit the hub serves,
+"""Pin a catalogue entry's pull sources: resolve its revision to the commit the hub serves,
 download each file once through clipsearch's own downloader, and record the commit and every
 file's size and sha256 in the catalogue (`clipsearch/catalogue.json`, or
 `CLIPSEARCH_CATALOGUE`). Run by a maintainer on a machine that reaches the hub; after it,
@@ -20,7 +20,13 @@ from clipsearch.layouts import LAYOUTS  # noqa: E402
 
 
 def pin(catalogue: dict, name: str) -> None:
-    source = catalogue["models"][name]["pull"]
+    """Every source of the entry (one, or a list of sources of the same weights)."""
+    pulls = catalogue["models"][name]["pull"]
+    for source in pulls if isinstance(pulls, list) else [pulls]:
+        pin_source(name, source)
+
+
+def pin_source(name: str, source: dict) -> None:
     files, commit = {}, None
     with tempfile.TemporaryDirectory() as tmp:
         for path in LAYOUTS[source["layout"]].files.values():
