@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import CACHE, cpu_summary, median, phone_photo  # noqa: E402
-from clipsearch import formats, preprocess  # noqa: E402
+from clipsearch.photos import formats, preprocess  # noqa: E402
 
 SIZES = ((4032, 3024), (1600, 1200))
 # CLIP ViT-B/32's preprocessing, as in every exported manifest.
@@ -76,8 +76,8 @@ def main(argv=None) -> dict:
     encoder = None
     if args.embeddings:
         from bench.common import full_model
-        from clipsearch.encoders import ImageEncoder
-        from clipsearch.manifest import load_manifest
+        from clipsearch.model.encoders import ImageEncoder
+        from clipsearch.model.manifest import load_manifest
 
         encoder = ImageEncoder(load_manifest(full_model(int8=False)), threads=1)
         reference_vectors = {k: encoder.encode_pixels(v[None])[0] for k, v in reference.items()}

@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import CACHE, cpu_summary, median, phone_photo  # noqa: E402
-from clipsearch import formats, preprocess  # noqa: E402
+from clipsearch.photos import formats, preprocess  # noqa: E402
 
 SHORT_SIDES = (300, 400, 500, 600, 700, 900, 1200, 1600, 2000, 2448, 3024, 4000)
 SPEC = {"size": 224, "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}
@@ -93,8 +93,8 @@ def main(argv=None) -> dict:
     encoder = None
     if args.embeddings:
         from bench.common import full_model
-        from clipsearch.encoders import ImageEncoder
-        from clipsearch.manifest import load_manifest
+        from clipsearch.model.encoders import ImageEncoder
+        from clipsearch.model.manifest import load_manifest
 
         encoder = ImageEncoder(load_manifest(full_model(int8=False)), threads=1)
 

@@ -21,11 +21,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import CACHE, REPO, cpu_summary, full_model, median  # noqa: E402
 from bench.query import build_cache  # noqa: E402
-from clipsearch.encoders import TextEncoder  # noqa: E402
-from clipsearch.filters import make_filters  # noqa: E402
-from clipsearch.manifest import load_manifest  # noqa: E402
-from clipsearch.search import ranked, select_rows  # noqa: E402
-from clipsearch.store import Store  # noqa: E402
+from clipsearch.cache.store import Store  # noqa: E402
+from clipsearch.model.encoders import TextEncoder  # noqa: E402
+from clipsearch.model.manifest import load_manifest  # noqa: E402
+from clipsearch.search.filters import make_filters  # noqa: E402
+from clipsearch.search.query import ranked  # noqa: E402
+from clipsearch.search.select import select_rows  # noqa: E402
 
 YEAR = 365.25 * 86400
 START = 1_420_070_400  # 2015-01-01
@@ -97,7 +98,7 @@ def headers_fill(count: int, model: Path) -> None:
     `clipsearch index` then reads their headers only."""
     from PIL import Image
 
-    from clipsearch.vectors import quantize_rows
+    from clipsearch.cache.packed import quantize_rows
 
     manifest = load_manifest(model)
     with tempfile.TemporaryDirectory() as tmp:

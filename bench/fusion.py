@@ -8,12 +8,16 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import full_model  # noqa: E402
 import tempfile  # noqa: E402
+import time
 
-import time, numpy as np, onnxruntime as ort
-from onnxruntime.quantization import quantize_dynamic, QuantType
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers import optimizer
+
+from bench.common import full_model  # noqa: E402
+
 src=str(full_model(int8=False) / "vision.onnx")
 tmp=tempfile.mkdtemp()
 m=optimizer.optimize_model(src, model_type="clip", num_heads=12, hidden_size=768, opt_level=1)

@@ -28,12 +28,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import CACHE, REPO, cpu_summary, full_model, median, phone_photo  # noqa: E402
 from clipsearch.config import available_cores  # noqa: E402
-from clipsearch.encoders import ImageEncoder  # noqa: E402
-from clipsearch.indexer import IndexOptions  # noqa: E402
-from clipsearch.workers import default_workers  # noqa: E402
-from clipsearch.library import index_paths  # noqa: E402
-from clipsearch.manifest import load_manifest  # noqa: E402
-from clipsearch.preprocess import load_pixels  # noqa: E402
+from clipsearch.index.indexer import IndexOptions  # noqa: E402
+from clipsearch.index.run import index_paths  # noqa: E402
+from clipsearch.index.workers import default_workers  # noqa: E402
+from clipsearch.model.encoders import ImageEncoder  # noqa: E402
+from clipsearch.model.manifest import load_manifest  # noqa: E402
+from clipsearch.photos.preprocess import load_pixels  # noqa: E402
 
 
 def photo_folder(count: int) -> Path:
@@ -134,7 +134,7 @@ def described_folders(count: int) -> tuple[Path, Path]:
 def metadata_cost(count: int, repeats: int) -> dict:
     from PIL import Image
 
-    from clipsearch.metadata import photo_record
+    from clipsearch.photos.metadata import photo_record
 
     bare, described = described_folders(count)
     manifest = load_manifest(full_model(True))

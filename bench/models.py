@@ -17,8 +17,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import cpu_summary, full_model, median, peak_rss_mb  # noqa: E402
 from clipsearch.config import available_cores  # noqa: E402
-from clipsearch.encoders import ImageEncoder, TextEncoder, open_session  # noqa: E402
-from clipsearch.manifest import load_manifest  # noqa: E402
+from clipsearch.model.encoders import ImageEncoder, TextEncoder, open_session  # noqa: E402
+from clipsearch.model.manifest import load_manifest  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:
@@ -91,7 +91,7 @@ TEXTS = [f"a photo of a {thing}." for thing in (
 def text_cut_vs_padded(int8, fp32, threads: int):
     """Cosine to fp32 of int8 text embeddings, ids cut after the end token vs padded to 77.
     Identical in fp32 (causal mask); under int8 the padding enters the activation scales."""
-    from clipsearch.encoders import l2_normalise
+    from clipsearch.model.encoders import l2_normalise
 
     reference = TextEncoder(fp32, threads=threads).encode(TEXTS)
     encoder = TextEncoder(int8, threads=threads)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from bench.common import REPO, cpu_summary, full_model  # noqa: E402
 
 QUANTIZE = ("import resource, sys, time\n"
-            "from clipsearch.modelbuild import quantize\n"
+            "from clipsearch.model.build import quantize\n"
             "t = time.perf_counter(); quantize(sys.argv[1], sys.argv[2])\n"
             "print(round(time.perf_counter() - t, 1), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
 
@@ -100,9 +100,9 @@ def main() -> None:
 def compare_embeddings(pulled: Path, exported: Path) -> None:
     import numpy as np
 
-    from clipsearch.encoders import ImageEncoder, TextEncoder
-    from clipsearch.manifest import load_manifest
-    from clipsearch.modelbuild import PROBE_TEXTS, probe_pixels
+    from clipsearch.model.build import PROBE_TEXTS, probe_pixels
+    from clipsearch.model.encoders import ImageEncoder, TextEncoder
+    from clipsearch.model.manifest import load_manifest
 
     a, b = load_manifest(pulled), load_manifest(exported)
     pixels = probe_pixels(a)

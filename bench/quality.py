@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from clipsearch.encoders import TextEncoder  # noqa: E402
-from clipsearch.indexer import IndexOptions  # noqa: E402
-from clipsearch.library import index_paths  # noqa: E402
-from clipsearch.manifest import load_manifest  # noqa: E402
-from clipsearch.store import Store  # noqa: E402
-from clipsearch.vectors import iter_blocks, packed_path, read_header, read_scales  # noqa: E402
+from clipsearch.cache.packed import iter_blocks, packed_path, read_header, read_scales  # noqa: E402
+from clipsearch.cache.store import Store  # noqa: E402
+from clipsearch.index.indexer import IndexOptions  # noqa: E402
+from clipsearch.index.run import index_paths  # noqa: E402
+from clipsearch.model.encoders import TextEncoder  # noqa: E402
+from clipsearch.model.manifest import load_manifest  # noqa: E402
 
 CLASS_GROUP = 64
 

@@ -22,9 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import CACHE, REPO, cpu_summary, full_model, median  # noqa: E402
-from clipsearch.manifest import load_manifest  # noqa: E402
-from clipsearch.store import Store  # noqa: E402
-from clipsearch.vectors import quantize_rows, write_packed  # noqa: E402
+from clipsearch.cache.packed import quantize_rows, write_packed  # noqa: E402
+from clipsearch.cache.store import Store  # noqa: E402
+from clipsearch.model.manifest import load_manifest  # noqa: E402
 
 WRAPPER = (
     "import resource, subprocess, sys, time\n"
@@ -39,8 +39,8 @@ PHASES = (
     "import time; t0 = time.perf_counter()\n"
     "import numpy, onnxruntime, tokenizers, click, sqlite3; t1 = time.perf_counter()\n"
     "from pathlib import Path\n"
-    "from clipsearch.manifest import load_manifest; from clipsearch.encoders import TextEncoder\n"
-    "from clipsearch.store import Store; from clipsearch.search import search\n"
+    "from clipsearch.model.manifest import load_manifest; from clipsearch.model.encoders import TextEncoder\n"
+    "from clipsearch.cache.store import Store; from clipsearch.search.query import search\n"
     "m = load_manifest(Path(MODEL)); enc = TextEncoder(m); t2 = time.perf_counter()\n"
     "enc.tokenizer; t3 = time.perf_counter()\n"
     "enc.session; t4 = time.perf_counter()\n"

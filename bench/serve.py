@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import CACHE, REPO, cpu_summary, full_model, median  # noqa: E402
 from bench.query import build_cache  # noqa: E402
-from clipsearch.manifest import load_manifest  # noqa: E402
+from clipsearch.model.manifest import load_manifest  # noqa: E402
 
 TEXTS = ["a kitten peeking from behind a corner", "a sandy beach with the sea", "birthday cake with candles",
          "snow on the mountains", "a dog running in a park", "city lights at night"]

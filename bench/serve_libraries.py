@@ -26,11 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import CACHE, REPO, cpu_summary, full_model  # noqa: E402
 from bench.query import build_cache  # noqa: E402
 from bench.serve import TEXTS, free_port, memory_mb  # noqa: E402
-from clipsearch.manifest import load_manifest  # noqa: E402
+from clipsearch.model.manifest import load_manifest  # noqa: E402
+
 
 # One server process: `python bench/serve_libraries.py --run stdlib|waitress DB MODEL PORT`.
 def run_server(kind: str, db: str, model: str, port: int) -> None:
-    from clipsearch.server import BadRequest, make_server
+    from clipsearch.serve.server import BadRequest, make_server
 
     server, _ = make_server(Path(db), Path(model), "127.0.0.1", port if kind == "stdlib" else 0, None, False)
     if kind == "stdlib":

@@ -15,9 +15,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import CACHE, cpu_summary, full_model  # noqa: E402
 from bench.query import build_cache  # noqa: E402
-from clipsearch.manifest import load_manifest  # noqa: E402
-from clipsearch.store import Store  # noqa: E402
-from clipsearch.tags import TagOptions, apply_keywords, tag_labels  # noqa: E402
+from clipsearch.cache.store import Store  # noqa: E402
+from clipsearch.model.manifest import load_manifest  # noqa: E402
+from clipsearch.tag.keywords import TagOptions, apply_keywords
+from clipsearch.tag.labels import tag_labels  # noqa: E402
 
 
 def photo_cache(db: Path, folder: Path, count: int, manifest) -> list[bytes]:
@@ -27,7 +28,7 @@ def photo_cache(db: Path, folder: Path, count: int, manifest) -> list[bytes]:
 
     import numpy as np
 
-    from clipsearch.vectors import quantize_rows
+    from clipsearch.cache.packed import quantize_rows
 
     store = Store(db)
     store.check_model(manifest.model_id, manifest.name, claim=True)
@@ -73,8 +74,8 @@ def main() -> None:
     labels.write_text("".join(f"label{i}\ta photo of thing number {i}\n" for i in range(args.labels)))
     db = CACHE / f"query-{args.vectors}.db"
     build_cache(db, args.vectors, manifest)
-    from clipsearch.encoders import TextEncoder
-    from clipsearch.tags import read_labels
+    from clipsearch.model.encoders import TextEncoder
+    from clipsearch.tag.labels import read_labels
 
     started = time.perf_counter()
     TextEncoder(manifest).encode(read_labels(labels)[1])

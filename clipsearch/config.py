@@ -65,4 +65,4 @@ def hub_token() -> str | None:
 def catalogue_path() -> Path:
     """`CLIPSEARCH_CATALOGUE` (a catalogue of your own), else the one shipped in the package."""
     env = os.environ.get("CLIPSEARCH_CATALOGUE")
-    return Path(env).expanduser() if env else Path(__file__).resolve().parent / "catalogue.json"
+    return Path(env).expanduser() if env else Path(__file__).resolve().parent / "model" / "catalogue.json"

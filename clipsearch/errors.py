@@ -1,5 +1,5 @@
 """Domain exceptions. Each carries a one-line message that names the file and the fix;
-`cli.py` turns them into click errors in one place."""
+`cli/options.py` turns them into click errors in one place."""
 
 
 class ClipsearchError(Exception):

@@ -3,10 +3,9 @@ click dependency of its own)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
-
-import os
 
 from clipsearch.config import models_dir
 
@@ -45,7 +44,7 @@ def hub_unreachable(timeout: float = 5.0) -> str | None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
-    parser.add_argument("--model", default=None, help="catalogue name (clipsearch/catalogue.json); default openai-vit-b-32")
+    parser.add_argument("--model", default=None, help="catalogue name (clipsearch/model/catalogue.json); default openai-vit-b-32")
     parser.add_argument("--source", default=None, help="a local checkpoint folder (transformers CLIPModel format) instead of the hub")
     parser.add_argument("--revision", default=None, help="hub revision (default: the catalogue's)")
     parser.add_argument("--random-weights", action="store_true", help="untrained model with the real architecture (tests, benchmarks)")

@@ -10,16 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-from clipsearch.layouts import CONTEXT_LENGTH, UnsupportedSource, compact_tokenizer_json
-from clipsearch.manifest import FORMAT_VERSION, Manifest, describe_files
-from clipsearch.modelbuild import failures, finish_folder, quantize, replace_dir, work_dir
+from clipsearch.model.build import failures, finish_folder, quantize, replace_dir, work_dir
+from clipsearch.model.layouts import CONTEXT_LENGTH, UnsupportedSource, compact_tokenizer_json
+from clipsearch.model.manifest import FORMAT_VERSION, Manifest, describe_files
 
 from . import fidelity
+from .checkpoint import load_model, load_preprocess, load_tokenizer, save_random_checkpoint
 from .errors import ExportError
-from .checkpoint import (load_model, load_preprocess, load_tokenizer,
-                         save_random_checkpoint)
 from .graphs import OPSET, TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT, export_towers, file_mb
-
 
 
 def log(message: str) -> None:

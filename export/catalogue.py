@@ -1,13 +1,13 @@
-"""The model catalogue (`clipsearch/catalogue.json`, shared with `clipsearch models pull`):
+"""The model catalogue (`clipsearch/model/catalogue.json`, shared with `clipsearch models pull`):
 which checkpoints clipsearch knows."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from .errors import ExportError
-
 from clipsearch.config import catalogue_path
+
+from .errors import ExportError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VOCAB_PATH = REPO_ROOT / "models" / "vocab" / "bpe_simple_vocab_16e6.txt.gz"

@@ -11,10 +11,9 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-from clipsearch.layouts import image_spec_from_processor
+from clipsearch.model.layouts import image_spec_from_processor
 
 from .catalogue import VOCAB_PATH
-
 
 # A small config with CLIP's structure, for fast tests: same inputs and outputs as ViT-B/32
 # (77-token context, the real 49,408-entry vocabulary) but narrow and shallow.
@@ -89,7 +88,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 def load_preprocess(source: str, revision: str | None, default: dict, image_size: int) -> dict:
     """The checkpoint's own image preprocessing (`preprocessor_config.json`), in the
     manifest's terms; `default` (the catalogue's) when the checkpoint has none. Refuses what
-    clipsearch's runtime cannot reproduce (`clipsearch.layouts.UnsupportedSource`)."""
+    clipsearch's runtime cannot reproduce (`clipsearch.model.layouts.UnsupportedSource`)."""
     config = _read_processor_config(source, revision)
     if config is None:
         return dict({k: v for k, v in default.items() if k != "image_size"}, size=image_size)

@@ -1,15 +1,15 @@
 """Fidelity of the exported graphs, measured by the export itself on the shared probe set
-(`clipsearch.modelbuild`): PyTorch vs fp32 ONNX here, int8 vs fp32 ONNX there. Embeddings go
+(`clipsearch.model.build`): PyTorch vs fp32 ONNX here, int8 vs fp32 ONNX there. Embeddings go
 through the runtime's own preprocessing and tokenizer, so what is measured is what users get."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from clipsearch.encoders import TextEncoder
-from clipsearch.manifest import Manifest
-from clipsearch.modelbuild import PROBE_TEXTS, int8_fidelity, probe_pixels, summary, with_graphs
-from clipsearch.tokens import encode_texts
+from clipsearch.model.build import PROBE_TEXTS, int8_fidelity, probe_pixels, summary, with_graphs
+from clipsearch.model.encoders import TextEncoder
+from clipsearch.model.manifest import Manifest
+from clipsearch.model.tokens import encode_texts
 
 from .graphs import TextTower, VisionTower
 
@@ -22,7 +22,7 @@ def measure(clip, manifest: Manifest, fp32_files: dict[str, str]) -> dict:
     """Cosines torch vs fp32 ONNX and int8 vs fp32 ONNX, per tower, on the probe set.
     `manifest` points at the int8 graphs; `fp32_files` names the fp32 ones in the same folder
     (their sizes/hashes must be in manifest.data['files'])."""
-    from clipsearch.encoders import ImageEncoder
+    from clipsearch.model.encoders import ImageEncoder
 
     fp32_manifest = with_graphs(manifest, fp32_files)
     pixels = probe_pixels(manifest)

@@ -1,4 +1,4 @@
-"""Turning the two CLIP towers into ONNX graphs (quantizing them is `clipsearch.modelbuild`'s,
+"""Turning the two CLIP towers into ONNX graphs (quantizing them is `clipsearch.model.build`'s,
 shared with `clipsearch models pull`)."""
 from __future__ import annotations
 

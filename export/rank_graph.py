@@ -1,4 +1,4 @@
-"""Writes clipsearch/rank.onnx, the integer-GEMM graph the runtime ranks with:
+"""Writes clipsearch/search/rank.onnx, the integer-GEMM graph the runtime ranks with:
 dots[1, n] = (query[1, dim] - query_zero) x block[dim, n], uint8 x int8 -> int32.
 The runtime ships the file (it has no onnx package); `tests/test_export.py` checks that it
 is what this script writes.
@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
-TARGET = Path(__file__).resolve().parent.parent / "clipsearch" / "rank.onnx"
+TARGET = Path(__file__).resolve().parent.parent / "clipsearch" / "search" / "rank.onnx"
 
 
 def build() -> bytes:

@@ -1,6 +1,6 @@
 """Pin a catalogue entry's pull sources: resolve its revision to the commit the hub serves,
 download each file once through clipsearch's own downloader, and record the commit and every
-file's size and sha256 in the catalogue (`clipsearch/catalogue.json`, or
+file's size and sha256 in the catalogue (`clipsearch/model/catalogue.json`, or
 `CLIPSEARCH_CATALOGUE`). Run by a maintainer on a machine that reaches the hub; after it,
 every user's `clipsearch models pull NAME` verifies those bytes before using them.
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from clipsearch.config import catalogue_path  # noqa: E402
-from clipsearch.hub import fetch  # noqa: E402
-from clipsearch.layouts import LAYOUTS  # noqa: E402
+from clipsearch.model.hub import fetch  # noqa: E402
+from clipsearch.model.layouts import LAYOUTS  # noqa: E402
 
 
 def pin(catalogue: dict, name: str) -> None:

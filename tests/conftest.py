@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from helpers import DATA
 
 
@@ -74,7 +73,7 @@ def cli(colour_model, tmp_path):
     the exit code (`expect`)."""
     from click.testing import CliRunner
 
-    from clipsearch.cli import main
+    from clipsearch.cli.main import main
 
     runner = CliRunner()
     db = tmp_path / "index.db"

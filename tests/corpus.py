@@ -10,9 +10,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from helpers import write_photo
+from PIL import Image
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

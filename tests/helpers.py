@@ -2,6 +2,7 @@
 writers of real image files, and the real CLI in a subprocess."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -86,3 +87,24 @@ def run_unprivileged(*args: str, env: dict) -> subprocess.CompletedProcess:
         caps = "-dac_override,-dac_read_search"
         command = [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", "--", *command]
     return subprocess.run(command, cwd=REPO, capture_output=True, timeout=120, env=dict(os.environ, **env))
+
+
+@contextlib.contextmanager
+def serving(command: list[str], env: dict | None = None):
+    """A `clipsearch serve --port 0 ...` process (the whole command line given); yields the
+    http://127.0.0.1:PORT/ it says it serves at, and stops it afterwards."""
+    import re
+    import time
+
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, cwd=REPO, env=dict(os.environ, **(env or {})))
+    try:
+        url, deadline = None, time.monotonic() + 60
+        while url is None and time.monotonic() < deadline:
+            line = proc.stderr.readline().decode()
+            assert line, "serve ended before it listened"
+            match = re.search(r"serving .* at (http://127\.0\.0\.1:\d+/)", line)
+            url = match and match.group(1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

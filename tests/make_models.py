@@ -39,7 +39,7 @@ def build_colour_model(out: Path) -> None:
     from onnx import TensorProto, helper, numpy_helper
     from tokenizers import Tokenizer
 
-    from clipsearch.modelbuild import finish_folder
+    from clipsearch.model.build import finish_folder
 
     out.mkdir(parents=True, exist_ok=True)
     tokenizer_json = DATA / "tiny-model" / "tokenizer.json"

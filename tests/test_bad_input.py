@@ -6,14 +6,14 @@ import os
 import sqlite3
 import time
 
+import corpus
 import pytest
+from helpers import run_cli, run_cli_measured, run_unprivileged, write_photo
 from PIL import Image
 
-from clipsearch.embedjob import EmbedWorker
-from clipsearch.encoders import ImageEncoder
-from clipsearch.manifest import load_manifest
-from helpers import run_cli, run_cli_measured, run_unprivileged, write_photo
-import corpus
+from clipsearch.index.embed import EmbedWorker
+from clipsearch.model.encoders import ImageEncoder
+from clipsearch.model.manifest import load_manifest
 
 
 def indexed_paths(db) -> set[bytes]:
@@ -132,7 +132,7 @@ def test_huge_files_are_not_read_into_memory_whole(tmp_path, colour_model):
         f.truncate(512 * 1024 * 1024)
     # An image above the whole-read limit must still be decoded (from disk) and fingerprinted
     # exactly as the move detection does it.
-    from clipsearch.embedjob import WHOLE_READ_LIMIT
+    from clipsearch.index.embed import WHOLE_READ_LIMIT
 
     width = 5000
     height = WHOLE_READ_LIMIT // (width * 3) + 16
@@ -154,7 +154,7 @@ def test_huge_files_are_not_read_into_memory_whole(tmp_path, colour_model):
 
 def test_postscript_named_jpg_is_never_handed_to_ghostscript(tmp_path):
     """Pillow's EPS plugin would run Ghostscript (`{} loop` hangs it); only photo formats are tried."""
-    from clipsearch.preprocess import ImageDecodeError, open_image
+    from clipsearch.photos.preprocess import ImageDecodeError, open_image
 
     eps = tmp_path / "poster.jpg"
     eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n{} loop\nshowpage\n")

@@ -13,14 +13,14 @@ import sys
 import time
 
 import pytest
-
 from helpers import COLOURS, REPO, write_photo
 
 distributed = pytest.importorskip("distributed")
 
-from clipsearch.cluster import check_address  # noqa: E402
-from clipsearch.errors import UsageError  # noqa: E402
 from test_metadata import XMP, bag  # noqa: E402
+
+from clipsearch.errors import UsageError  # noqa: E402
+from clipsearch.index.cluster import check_address  # noqa: E402
 
 
 @pytest.fixture

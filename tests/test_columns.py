@@ -9,10 +9,11 @@ import time
 import numpy as np
 import pytest
 
-from clipsearch.columns import select
-from clipsearch.filters import distance_m, make_filters
-from clipsearch.store import Store
-from clipsearch.vectors import current_packed, quantize_rows, top_k, write_packed
+from clipsearch.cache.packed import current_packed, quantize_rows, write_packed
+from clipsearch.cache.store import Store
+from clipsearch.search.filters import distance_m, make_filters
+from clipsearch.search.rank import top_k
+from clipsearch.search.select import select
 
 DIM = 8
 COUNT = 3000

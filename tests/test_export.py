@@ -12,9 +12,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from clipsearch.encoders import ImageEncoder, TextEncoder  # noqa: E402
-from clipsearch.manifest import load_manifest  # noqa: E402
 from helpers import DATA, REPO, write_photo  # noqa: E402
+
+from clipsearch.model.encoders import ImageEncoder, TextEncoder  # noqa: E402
+from clipsearch.model.manifest import load_manifest  # noqa: E402
 
 pytestmark = pytest.mark.export
 
@@ -61,8 +62,9 @@ def test_committed_tiny_model_is_still_reproducible(exported):
 
 
 def test_source_folder_export_matches_pytorch(tmp_path):
-    from export.checkpoint import save_random_checkpoint
     from transformers import CLIPModel, CLIPTokenizer
+
+    from export.checkpoint import save_random_checkpoint
 
     checkpoint = save_random_checkpoint(tmp_path / "my-checkpoint", seed=7, tiny=True)
     out = tmp_path / "model"
@@ -80,7 +82,7 @@ def test_source_folder_export_matches_pytorch(tmp_path):
         ref_text = clip.get_text_features(input_ids=batch["input_ids"])
         ref_text = getattr(ref_text, "pooler_output", ref_text).numpy()
         pixels = ImageEncoder(manifest)  # the runtime's own preprocessing feeds both sides
-        from clipsearch.preprocess import load_pixels
+        from clipsearch.photos.preprocess import load_pixels
         px = np.stack([load_pixels(p, manifest.image) for p in photos])
         ref_image = clip.get_image_features(pixel_values=torch.from_numpy(px))
         ref_image = getattr(ref_image, "pooler_output", ref_image).numpy()
@@ -136,7 +138,7 @@ def test_source_export_takes_the_checkpoints_own_preprocessing(tmp_path):
     from PIL import Image
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    from clipsearch.preprocess import to_pixels
+    from clipsearch.photos.preprocess import to_pixels
 
     checkpoint, config = _checkpoint_with_processor(tmp_path / "half-normalised")
     out = tmp_path / "model"

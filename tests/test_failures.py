@@ -10,9 +10,8 @@ import json
 import os
 import sqlite3
 
-from PIL import Image
-
 from helpers import COLOURS, colour_library, run_cli, write_photo
+from PIL import Image
 from test_bad_input import failed_paths, indexed_paths
 from test_metadata import XMP, bag
 from test_poison import big_flat_png

@@ -9,9 +9,9 @@ import os
 
 import pytest
 from click.testing import CliRunner
-
-from clipsearch.cli import main
 from helpers import COLOURS, colour_library, write_photo
+
+from clipsearch.cli.main import main
 
 
 def summary_of(result) -> str:
@@ -46,9 +46,9 @@ def test_in_an_excluded_folder_says_it_is_never_indexed(cli, tmp_path):
 
 
 def test_status_after_an_interrupted_first_run_shows_the_folder_and_whats_left(cli, colour_model, tmp_path):
-    from clipsearch.indexer import IndexOptions
-    from clipsearch.library import index_paths
-    from clipsearch.manifest import load_manifest
+    from clipsearch.index.indexer import IndexOptions
+    from clipsearch.index.run import index_paths
+    from clipsearch.model.manifest import load_manifest
 
     colour_library(tmp_path / "photos", per_colour=3)
 

@@ -7,12 +7,12 @@ import os
 
 import pytest
 from click.testing import CliRunner
+from helpers import COLOURS, run_cli, write_photo
 from PIL import Image
 
-from clipsearch import formats
-from clipsearch.cli import main
-from clipsearch.preprocess import open_image
-from helpers import COLOURS, run_cli, write_photo
+from clipsearch.cli.main import main
+from clipsearch.photos import formats
+from clipsearch.photos.preprocess import open_image
 
 needs_heif = pytest.mark.skipif(not formats.heif_available(), reason="pillow-heif (the heic extra) not installed")
 

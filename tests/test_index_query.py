@@ -9,9 +9,9 @@ import sqlite3
 
 import pytest
 from click.testing import CliRunner
-
-from clipsearch.cli import main
 from helpers import COLOURS, colour_library, write_photo
+
+from clipsearch.cli.main import main
 
 
 def ranked_paths(result) -> list[str]:
@@ -211,7 +211,7 @@ def test_a_folder_that_cannot_be_read_keeps_its_cached_vectors(cli, tmp_path, mo
             raise PermissionError(13, "Permission denied")
         return real_scandir(path)
 
-    monkeypatch.setattr("clipsearch.walk.os.scandir", failing_scandir)
+    monkeypatch.setattr("clipsearch.photos.walk.os.scandir", failing_scandir)
     result = cli("index", str(tmp_path / "photos"), "--workers", "1")
     assert f"warning: {tmp_path / 'photos' / 'album1'}: cannot read folder" in result.stderr
     assert " 0 removed" in summary_of(result)

@@ -10,12 +10,12 @@ import time
 
 import numpy as np
 import pytest
+from helpers import REPO, run_cli_measured
 from PIL import Image
 
-from clipsearch.manifest import load_manifest
-from clipsearch.store import Store
-from clipsearch.vectors import quantize_rows
-from helpers import REPO, run_cli_measured
+from clipsearch.cache.packed import quantize_rows
+from clipsearch.cache.store import Store
+from clipsearch.model.manifest import load_manifest
 
 pytestmark = pytest.mark.slow
 

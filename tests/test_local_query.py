@@ -11,10 +11,10 @@ import sys
 import time
 
 import pytest
-
-from clipsearch.localsocket import serve_socket, socket_path, stop_socket
 from helpers import REPO
 from test_serve import Served, library  # noqa: F401 - the fixture is shared
+
+from clipsearch.serve.localsocket import serve_socket, socket_path, stop_socket
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_what_the_server_cannot_answer_runs_cold(warm, library, cli, tiny_model,
     # Another model folder than the server's: not answered there (the cold run says why).
     from click.testing import CliRunner
 
-    from clipsearch.cli import main
+    from clipsearch.cli.main import main
 
     result = CliRunner().invoke(main, ["query", "red", "--db", str(cli.db), "--model", str(tiny_model)])
     assert result.exit_code == 5

@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
-
-from clipsearch.metadata import PhotoMeta, apply_sidecar, exif_datetime, read_photo_meta, xmp_datetime
+from clipsearch.photos.metadata import PhotoMeta, apply_sidecar, exif_datetime, read_photo_meta, xmp_datetime
 
 XMP = ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
        '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" '

@@ -7,13 +7,12 @@ import json
 import sqlite3
 
 import pytest
-from PIL import Image
-
-from clipsearch.store import Store
 from helpers import COLOURS, write_photo
+from PIL import Image
 from test_metadata import XMP, bag, dms
 from test_moves import break_vision_graph
 
+from clipsearch.cache.store import Store
 
 
 def dated_photo(path, colour, when="2019:07:14 18:03:11", gps=None, make="Canon"):
@@ -179,7 +178,7 @@ def test_each_filter_alone_and_combined(described, cli, args, expected):
 def rewind_packed(db, seq=0):
     """Make the packed vector file look written at change counter `seq`: every row changed
     later is then read from the database."""
-    from clipsearch.vectors import MAGIC, packed_path
+    from clipsearch.cache.packed import MAGIC, packed_path
 
     path = packed_path(db)
     data = bytearray(path.read_bytes())
@@ -194,7 +193,7 @@ def rewind_packed(db, seq=0):
 def test_filters_see_metadata_changed_after_the_packed_file_was_written(described, cli):
     """A sidecar changed alone updates only metadata; it must reach the filters even while the
     packed file (with its filter columns) still holds the old values."""
-    from clipsearch.vectors import packed_path
+    from clipsearch.cache.packed import packed_path
 
     old_packed = packed_path(cli.db).read_bytes()
     (described / "a.jpg.xmp").write_text(XMP.format(attrs='xmp:Rating="1"', body=bag("dc:subject", ["sea"])),

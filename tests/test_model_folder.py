@@ -10,14 +10,14 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from clipsearch.cli import main
-from clipsearch.encoders import ImageEncoder, TextEncoder, check_reference
-from clipsearch.errors import ModelError
-from clipsearch.manifest import load_manifest
-from clipsearch.search import Term, query_vector
-from clipsearch.vectors import quantize_rows
 from helpers import COLOURS, REPO, colour_library, run_cli, write_photo
+
+from clipsearch.cache.packed import quantize_rows
+from clipsearch.cli.main import main
+from clipsearch.errors import ModelError
+from clipsearch.model.encoders import ImageEncoder, TextEncoder, check_reference
+from clipsearch.model.manifest import load_manifest
+from clipsearch.search.query import Term, query_vector
 
 
 def test_tiny_model_loads_and_reproduces_its_reference(tiny_model):
@@ -90,10 +90,12 @@ def test_text_query_never_opens_the_vision_graph(colour_model, tmp_path):
 
 
 def test_runtime_never_imports_torch_or_transformers():
+    # Every module of the package, imported for real (tests/test_layout.py checks the source too).
     code = (
-        "import sys, clipsearch.cli, clipsearch.indexer, clipsearch.search, clipsearch.library, clipsearch.vectors, "
-        "clipsearch.encoders, clipsearch.preprocess, clipsearch.embedjob, clipsearch.store;"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'export')];"
+        "import importlib, pkgutil, sys, clipsearch\n"
+        "for m in pkgutil.walk_packages(clipsearch.__path__, 'clipsearch.'):\n"
+        "    if m.name != 'clipsearch.__main__' and m.name != 'clipsearch.index.cluster': importlib.import_module(m.name)\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'export')]\n"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=REPO)
@@ -140,7 +142,7 @@ def test_missing_default_model_says_how_to_export(tmp_path):
 
 
 def test_tokenizer_prefetch_in_a_child_matches_and_falls_back(tiny_model):
-    from clipsearch.tokens import TokenPrefetch, encode_texts
+    from clipsearch.model.tokens import TokenPrefetch, encode_texts
 
     manifest = load_manifest(tiny_model)
     texts = ["a kitten peeking from behind a corner", "東京の夜景 🎉", "Don\u2019t &amp; ﬁsh"]
@@ -173,7 +175,7 @@ def test_like_query_vector_equals_the_cached_vector_of_that_photo(tiny_model, tm
 
 @pytest.mark.parametrize("how", ["option", "env"])
 def test_exact_decode_embeds_the_full_decode_and_like_follows_the_cache(tiny_model, tmp_path, monkeypatch, how):
-    from clipsearch.preprocess import load_pixels
+    from clipsearch.photos.preprocess import load_pixels
 
     photo = write_photo(tmp_path / "p" / "big.jpg", (90, 140, 200), size=(1600, 1200), grain=25)
     db = tmp_path / "index.db"

@@ -18,7 +18,10 @@ def test_the_wheel_holds_the_runtime_and_no_top_level_export_package(tmp_path):
     (wheel,) = tmp_path.glob("clipsearch-*.whl")
     top = {name.split("/", 1)[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert "clipsearch" in top and "export" not in top and "tests" not in top and "bench" not in top
-    assert "clipsearch/rank.onnx" in zipfile.ZipFile(wheel).namelist()
+    names = zipfile.ZipFile(wheel).namelist()
+    for data in ("clipsearch/search/rank.onnx", "clipsearch/model/catalogue.json", "clipsearch/serve/web/index.html",
+                 "clipsearch/serve/web/app.js", "clipsearch/model/known_answer_pictures/openai-clip-diagram.png"):
+        assert data in names, data
 
 
 def test_export_without_pytorch_fails_in_one_line():
@@ -40,8 +43,9 @@ def test_every_runtime_import_is_a_core_dependency_or_a_handled_extra():
     it imports; anything else must be one of the optional extras, named in OPTIONAL."""
     import ast
     import re
-    import tomllib
     from importlib.metadata import packages_distributions
+
+    import tomllib
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     core = {re.split(r"[<>=!~ \[;]", dep, maxsplit=1)[0].lower().replace("_", "-") for dep in project["dependencies"]}

@@ -12,9 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from PIL import Image
-
 from helpers import REPO, colour_library, run_cli
+from PIL import Image
 from test_bad_input import failed_paths, indexed_paths
 from test_reliability import embedding_workers
 
@@ -116,7 +115,7 @@ def test_a_slow_file_does_not_hold_up_the_others(tmp_path, colour_model):
     """Results come back as they finish: while one worker is on a slow file, the other does
     the rest (collected oldest-chunk-first, they all waited for the slow one). At most one
     file, handed to the slow file's worker so that it never idles, waits behind it."""
-    from clipsearch.workers import WorkerPool
+    from clipsearch.index.workers import WorkerPool
 
     root, photos, big = library_with(tmp_path)
     files = [(os.fsencode(p), p.stat().st_size, p.stat().st_mtime_ns) for p in [big, *sorted(photos)]]
@@ -133,7 +132,7 @@ def test_a_slow_file_does_not_hold_up_the_others(tmp_path, colour_model):
 
 def test_default_worker_count_and_memory_bound_follow_the_available_memory(monkeypatch):
     """One worker per core, unless 80% of the available memory does not hold 400 MB each."""
-    from clipsearch import workers
+    from clipsearch.index import workers
 
     monkeypatch.setattr(workers, "available_cores", lambda: 4)
     for available, expected_workers, expected_bound in ((2500, 4, 1024), (1000, 2, 1024), (300, 1, 1024),
@@ -146,7 +145,7 @@ def test_default_worker_count_and_memory_bound_follow_the_available_memory(monke
 
 
 def test_the_memory_figure_is_this_machines():
-    from clipsearch.workers import available_memory_mb, resident_mb
+    from clipsearch.index.workers import available_memory_mb, resident_mb
 
     with open("/proc/meminfo") as meminfo:
         total = int(next(line for line in meminfo if line.startswith("MemTotal:")).split()[1]) // 1024
@@ -155,7 +154,7 @@ def test_the_memory_figure_is_this_machines():
 
 
 def test_with_two_workers_a_bloating_file_is_retried_in_a_fresh_worker_and_the_rest_indexed(tmp_path, colour_model):
-    from clipsearch.workers import WorkerPool
+    from clipsearch.index.workers import WorkerPool
 
     root, photos, big = library_with(tmp_path)
     files = [(os.fsencode(p), p.stat().st_size, p.stat().st_mtime_ns) for p in [big, *sorted(photos)]]
@@ -175,8 +174,8 @@ def test_workers_that_never_get_ready_end_the_run_with_one_error(tmp_path, colou
     """A worker stuck while loading the model is stopped; three in a row end the run clearly."""
     import pytest
 
-    from clipsearch import workers
     from clipsearch.errors import ClipsearchError
+    from clipsearch.index import workers
 
     monkeypatch.setattr(workers, "START_SECONDS", 0.0)  # no worker can be ready in no time
     photo = colour_library(tmp_path / "photos", per_colour=1)["red"][0]

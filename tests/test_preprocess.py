@@ -12,11 +12,11 @@ import zlib
 
 import numpy as np
 import pytest
+from helpers import DATA, REPO, write_photo
 from PIL import Image
 
-from clipsearch.manifest import load_manifest
-from clipsearch.preprocess import ImageDecodeError, load_pixels, open_image, to_pixels
-from helpers import DATA, REPO, write_photo
+from clipsearch.model.manifest import load_manifest
+from clipsearch.photos.preprocess import ImageDecodeError, load_pixels, open_image, to_pixels
 
 SPEC = load_manifest(DATA / "tiny-model").image | {"size": 224}
 
@@ -111,7 +111,7 @@ def test_truncated_jpeg_is_a_decode_error(tmp_path):
 
 
 def fuzz_formats() -> list[str]:
-    from clipsearch import formats
+    from clipsearch.photos import formats
 
     names = ["JPEG", "PNG", "GIF", "TIFF", "WEBP", "BMP"]
     if formats.avif_available():
@@ -184,7 +184,7 @@ import resource, sys
 import numpy as np
 from PIL import Image
 resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # 2 GB of address space
-from clipsearch.preprocess import load_pixels
+from clipsearch.photos.preprocess import load_pixels
 spec = {"size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 for path in sys.argv[1:]:
     assert load_pixels(path, spec).shape == (3, 224, 224)
@@ -237,7 +237,7 @@ def test_big_16_bit_and_alpha_pictures_convert_in_bounded_memory(tmp_path, mode)
 
 def test_banded_conversion_gives_the_pixels_of_a_whole_conversion():
     """Band edges must not show: each mode converted band by band equals one whole conversion."""
-    from clipsearch import preprocess
+    from clipsearch.photos import preprocess
 
     rng = np.random.default_rng(1)
     images = [Image.fromarray(rng.integers(0, 65535, (700, 333), dtype=np.uint16)),

@@ -224,7 +224,7 @@ def test_a_maintainer_pins_an_entry_and_users_then_verify_against_it(tmp_path, h
 # -- the shipped catalogue: pinned sources of the default model, tried in order, and known answers
 
 DEFAULT = "openai-vit-b-32"
-SHIPPED = json.loads((REPO / "clipsearch" / "catalogue.json").read_text())
+SHIPPED = json.loads((REPO / "clipsearch" / "model" / "catalogue.json").read_text())
 PUBLISHED = {  # issue 21's table: where each hash was published (Git LFS pointers, public manifests)
     ("Xenova/clip-vit-base-patch32", "onnx/vision_model.onnx"): (351685709, "fd6e1402a588279d1723c7534d4bcba5bc0b14b47dfab0e46f8c47b8270d7d40"),
     ("Xenova/clip-vit-base-patch32", "onnx/text_model.onnx"): (254058553, "3f6571f5bad13a97c469c1622e1cfc4d9aef78b79fdbfcff804ca357bfada8cc"),
@@ -244,7 +244,7 @@ def test_the_shipped_catalogue_pins_the_default_model_as_published(env):
     pinned = {(s["repo"], path): (pin.get("size"), pin["sha256"]) for s in sources for path, pin in s["files"].items() if pin}
     assert pinned == PUBLISHED
     for answer in SHIPPED["models"][DEFAULT]["known_answers"]:
-        assert (REPO / "clipsearch" / "known_answer_pictures" / answer["picture"]).is_file()
+        assert (REPO / "clipsearch" / "model" / "known_answer_pictures" / answer["picture"]).is_file()
     rows = {row["name"]: row for row in map(json.loads, run_cli("models", "list", "--json", env=env).stdout.splitlines())}
     assert rows[DEFAULT]["pinned"] is True and rows[DEFAULT]["download_mb"] == 608 and rows[DEFAULT]["known_answers"] == 2
     assert rows["laion2b-vit-b-32"]["pinned"] is False
@@ -339,8 +339,8 @@ def test_an_unpinned_config_is_accepted_only_with_the_catalogues_values(tmp_path
 
 def answers_of_the_test_model(tmp_path, hub, env):
     """What the tiny model answers on the shipped pictures: its 'published' answers."""
-    from clipsearch import known_answers
-    from clipsearch.manifest import load_manifest
+    from clipsearch.model import known_answers
+    from clipsearch.model.manifest import load_manifest
 
     plain, _ = default_on_the_test_hub(tmp_path / "first", hub, env)
     assert pull(plain).returncode == 0

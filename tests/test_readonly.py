@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
-
-from helpers import COLOURS, REPO, write_photo
+from helpers import COLOURS, REPO, serving, write_photo
 
 READ_ONLY = "the cache is read-only (a read-only volume, snapshot or permissions)"
 
@@ -94,18 +91,7 @@ def test_index_and_tag_say_the_cache_is_read_only_in_one_line(read_only_cache, a
 
 def test_serve_answers_from_a_read_only_cache(read_only_cache):
     kind, cache, db, root, model = read_only_cache
-    proc = subprocess.Popen(command(kind, cache, "serve", "--port", "0", "--db", str(db), "--model", str(model)),
-                            stderr=subprocess.PIPE, cwd=REPO)
-    try:
-        url, deadline = None, time.monotonic() + 60
-        while url is None and time.monotonic() < deadline:
-            line = proc.stderr.readline().decode()
-            assert line, "serve ended before it listened"
-            match = re.search(r"serving .* at (http://127\.0\.0\.1:\d+/)", line)
-            url = match and match.group(1)
+    with serving(command(kind, cache, "serve", "--port", "0", "--db", str(db), "--model", str(model))) as url:
         with urllib.request.urlopen(url + "api/search?q=blue", timeout=30) as response:
             answer = json.load(response)
-        assert answer["results"][0]["path"] == str(root / "blue.jpg")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    assert answer["results"][0]["path"] == str(root / "blue.jpg")

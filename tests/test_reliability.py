@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, run_cli, write_photo
 
 PHOTOS = 600
@@ -141,11 +140,11 @@ def test_sigkill_during_a_schema_upgrade_keeps_the_old_version(tmp_path, colour_
     write_photo(tmp_path / "p" / "a.jpg", (200, 10, 10))
     db = tmp_path / "index.db"
     run_cli("index", str(tmp_path / "p"), "--db", str(db), "--model", str(colour_model), check=True)
-    from clipsearch.store import SCHEMA_VERSION
+    from clipsearch.cache.store import SCHEMA_VERSION
 
     # A slow upgrade step (a future one, after the current version) killed halfway through.
     script = (
-        "import time, clipsearch.store as s\n"
+        "import time, clipsearch.cache.store as s\n"
         "def slow(db):\n"
         "    db.execute('ALTER TABLE images ADD COLUMN extra TEXT')\n"
         "    db.execute(\"UPDATE images SET extra = 'x'\")\n"
@@ -297,7 +296,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_its_file_tried_again(big_librar
 def test_a_dead_worker_loses_no_file_wherever_it_dies(tiny_model, tmp_path):
     """Workers killed at random moments (loading, busy, idle): every file still comes back
     exactly once, indexed."""
-    from clipsearch.workers import WorkerPool
+    from clipsearch.index.workers import WorkerPool
 
     photos = [write_photo(tmp_path / f"p{i}.jpg", (10 * i, 200, 10), size=(640, 480), seed=i) for i in range(24)]
     files = [(os.fsencode(p), p.stat().st_size, p.stat().st_mtime_ns) for p in photos]
@@ -339,7 +338,7 @@ def test_workers_still_starting_when_the_main_process_dies_exit_too(tiny_model, 
     marker = f"CLIPSEARCH_TEST_ORPHAN_{os.getpid()}_{time.time_ns()}"
     script = (
         "import os, sys\n"
-        "from clipsearch.workers import WorkerPool\n"
+        "from clipsearch.index.workers import WorkerPool\n"
         "if __name__ == '__main__':\n"
         "    pool = WorkerPool(sys.argv[1], workers=2, threads=1, use_draft=True)\n"
         "    pool.submit([(b'/nonexistent.jpg', 1, 1)] * 2)  # the pool starts its workers\n"
@@ -362,8 +361,8 @@ def test_quiet_run_finding_another_run_in_progress_is_silent(colour_model, tmp_p
     """Cron ticks during a long first index: exit 75 each time, but nothing for cron to mail."""
     from click.testing import CliRunner
 
-    from clipsearch.cli import main
-    from clipsearch.lock import IndexLock
+    from clipsearch.cli.main import main
+    from clipsearch.index.lock import IndexLock
 
     write_photo(tmp_path / "p" / "a.jpg", (200, 10, 10))
     db = tmp_path / "index.db"

@@ -13,11 +13,11 @@ import time
 from io import BytesIO
 
 import pytest
+from helpers import COLOURS, write_photo
 from PIL import Image
 
-from clipsearch import server as server_module
-from clipsearch.server import make_server
-from helpers import COLOURS, write_photo
+from clipsearch.serve import server as server_module
+from clipsearch.serve.server import make_server
 
 TOKEN = "a-test-token-of-enough-length"
 

@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO
 from test_serve import TOKEN, Served, library  # noqa: F401 - the fixture is shared
 

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, colour_library, run_cli, run_unprivileged, write_photo
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None,
@@ -187,7 +186,7 @@ def test_tag_without_a_limit_refuses(library):
 
 def test_a_sidecar_changed_on_disk_meanwhile_is_left_as_it_is(tmp_path):
     """Someone saves the sidecar in digiKam between clipsearch's read and its write."""
-    from clipsearch.sidecars import SidecarError, read_sidecar, write_sidecar
+    from clipsearch.photos.sidecars import SidecarError, read_sidecar, write_sidecar
 
     path = tmp_path / "photo.jpg.xmp"
     path.write_text(DARKTABLE_SIDECAR.format(hand="mine"), encoding="utf-8")
@@ -245,7 +244,7 @@ def test_a_v1_cache_is_read_as_it_is_and_upgraded_by_the_first_tag(library):
     answer = run_cli("query", "red", "--json", "--top", "1", env=env)  # metadata fields empty, not an error
     assert answer.returncode == 0 and json.loads(answer.stdout)["taken_at"] is None, answer.stderr
     assert tag(env, "red", "--top", "2").returncode == 0
-    from clipsearch.schema import SCHEMA_VERSION
+    from clipsearch.cache.schema import SCHEMA_VERSION
 
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)

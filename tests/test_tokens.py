@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
-
-from clipsearch.tokens import clean_text, encode_texts, load_tokenizer
 from helpers import DATA, REPO
+
+from clipsearch.model.tokens import clean_text, encode_texts, load_tokenizer
 
 REFERENCE = json.loads((DATA / "tokenizer-reference.json").read_text())
 END = 49407
@@ -64,7 +64,7 @@ def test_clean_text(text, cleaned):
 
 
 def test_texts_ftfy_cannot_change_never_import_it():
-    code = ("import sys\nfrom clipsearch.tokens import clean_text\n"
+    code = ("import sys\nfrom clipsearch.model.tokens import clean_text\n"
             "assert clean_text('A kitten, 3:30 pm (16:9) -- \"quoted\"!') == 'a kitten, 3:30 pm (16:9) -- \"quoted\"!'\n"
             "assert clean_text('Caf\u00e9 au lait in Z\u00fcrich') == 'caf\u00e9 au lait in z\u00fcrich'\n"
             "assert clean_text('\u6771\u4eac\u30bf\u30ef\u30fc \U0001f431') == '\u6771\u4eac\u30bf\u30ef\u30fc \U0001f431'\n"
@@ -83,7 +83,7 @@ def test_texts_that_skip_ftfy_are_exactly_what_ftfy_would_give():
 
     import ftfy
 
-    from clipsearch.tokens import _CURLY, _PLAIN
+    from clipsearch.model.tokens import _CURLY, _PLAIN
 
     def reference(text: str) -> str:
         return re.sub(r"\s+", " ", html.unescape(html.unescape(ftfy.fix_text(text)))).strip().lower()

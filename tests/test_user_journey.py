@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import COLOURS, REPO, run_cli, serving, write_photo
 from PIL import Image
-
-from helpers import COLOURS, REPO, run_cli, write_photo
 
 pytestmark = pytest.mark.journey
 
@@ -192,23 +189,13 @@ def test_serve_gives_the_page_and_answers_the_api(indexed):
     home, _ = indexed
     command = [sys.executable, "-m", "clipsearch", "serve", "--port", "0", "--db", str(home["db"]),
                "--model", str(home["model"])]
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, cwd=REPO, env=dict(os.environ, **home["env"]))
-    try:
-        url, deadline = None, time.monotonic() + 60
-        while url is None and time.monotonic() < deadline:
-            line = proc.stderr.readline().decode()
-            assert line, "serve ended before it listened"
-            match = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
-            url = match and match.group(1)
+    with serving(command, home["env"]) as url:
         for page, marker in (("", b"<html"), ("app.js", b"fetch"), ("app.css", b"{")):
             with urllib.request.urlopen(url + page, timeout=30) as response:
                 assert response.status == 200 and marker in response.read()
         with urllib.request.urlopen(url + "api/search?q=green", timeout=30) as response:
             answer = json.load(response)
-        assert answer["results"][0]["path"] == str(home["photos"]["apple"])
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    assert answer["results"][0]["path"] == str(home["photos"]["apple"])
 
 
 def test_the_model_catalogue_ships_with_the_package(home):

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from clipsearch.store import Store
-from clipsearch.vectors import packed_path, quantize_rows, read_header, top_k, write_packed
+from clipsearch.cache.packed import packed_path, quantize_rows, read_header, write_packed
+from clipsearch.cache.store import Store
+from clipsearch.search.rank import top_k
 
 DIM = 16
 
@@ -73,7 +74,7 @@ def test_missing_damaged_or_foreign_packed_file_is_rebuilt(tmp_path):
 
 
 def test_a_reader_keeps_the_version_it_opened_while_an_index_run_replaces_it(tmp_path):
-    from clipsearch.vectors import iter_blocks, read_scales
+    from clipsearch.cache.packed import iter_blocks, read_scales
 
     rng = np.random.default_rng(3)
     store = Store(tmp_path / "index.db")
@@ -89,7 +90,7 @@ def test_a_reader_keeps_the_version_it_opened_while_an_index_run_replaces_it(tmp
 
 
 def test_integer_pass_over_several_blocks_finds_the_exact_top_k(tmp_path):
-    from clipsearch.vectors import BLOCK_ROWS
+    from clipsearch.cache.packed import BLOCK_ROWS
 
     rng = np.random.default_rng(4)
     count = BLOCK_ROWS * 2 + 1234

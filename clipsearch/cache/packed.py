@@ -1,0 +1,223 @@
+"""The packed vector file (`<db>.vectors`): a contiguous copy of the cached int8 rows (with
+per-row scales) beside the database, in blocks laid out for the integer GEMM that ranks them
+(`search/rank.py`), with the filter columns of the same rows (`columns.py`).
+
+The packed file is derived state. Its header records the database change counter (`seq`)
+and model it was built from; rows changed since then are read from the database and
+overlaid, and a missing, foreign or badly stale file is rebuilt. It is never trusted blindly.
+Whether it can be used or must be rewritten is decided here (`usable`, `up_to_date`).
+"""
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .columns import PackedColumns, read_columns, write_columns
+
+MAGIC = b"CLSVEC03"  # 03: filter columns after the matrix
+HEADER_BYTES = 4096
+# The matrix is stored in blocks of BLOCK_ROWS rows, each block transposed ([dim, rows],
+# int8): the layout onnxruntime's integer GEMM wants for query x block (see IntegerScorer).
+BLOCK_ROWS = 65536
+
+
+def quantize_rows(unit_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 unit rows -> (int8 rows, float32 scales) with row ~= int8 * scale."""
+    peak = np.abs(unit_vectors).max(axis=1)
+    scales = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(unit_vectors / scales[:, None]), -127, 127).astype(np.int8)
+    return q, scales
+
+
+def packed_path(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".vectors")
+
+
+@dataclass
+class Packed:
+    """An open packed file. Everything is read through `file`, opened once: an index run
+    may replace the path at any moment (atomically), and this keeps reading the version
+    whose header it checked."""
+
+    path: Path
+    seq: int
+    model_id: str
+    count: int
+    dim: int
+    ids: np.ndarray
+    file: object
+    directory_at: int = 0
+    directory_len: int = 0
+    _columns: object = None
+
+    def read_into(self, array: np.ndarray, offset: int) -> None:
+        self.file.seek(offset)
+        if self.file.readinto(memoryview(array).cast("B")) != array.nbytes:
+            raise OSError(f"{self.path}: shorter than its header says")
+
+    def map(self, offset: int, count: int, dtype: str) -> np.ndarray:
+        """`count` values at `offset`, through a read-only mapping of the open file (no copy:
+        a filter reads a column's pages, which the page cache usually already holds)."""
+        size = count * np.dtype(dtype).itemsize
+        if not size:
+            return np.zeros(0, dtype=dtype)
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY
+        mapped = mmap.mmap(self.file.fileno(), offset - base + size, access=mmap.ACCESS_READ, offset=base)
+        return np.frombuffer(mapped, dtype=dtype, count=count, offset=offset - base)
+
+    @property
+    def offsets(self) -> tuple[int, int]:
+        scales_at = HEADER_BYTES + 8 * self.count
+        return scales_at, scales_at + 4 * self.count
+
+    def columns(self):
+        """The filter columns of these rows (`columns.PackedColumns`), read as filters need them."""
+        if self._columns is None:
+            self.file.seek(self.directory_at)
+            directory = json.loads(self.file.read(self.directory_len))
+            self._columns = PackedColumns(self, directory)
+        return self._columns
+
+
+def write_packed(store, dim: int) -> Packed:
+    """Rebuild the packed file from the database in one read snapshot, atomically."""
+    path = packed_path(store.path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    try:
+        with store.snapshot(), os.fdopen(fd, "w+b") as f, tempfile.TemporaryFile(dir=path.parent) as matrix_file:
+            seq, model_id = store.current_seq(), store.meta("model_id", "")  # agree with the rows read below
+            ids, scales, count = [], [], 0
+            for batch in store.live_vectors(BLOCK_ROWS):
+                ids.extend(r[0] for r in batch)
+                scales.extend(r[1] for r in batch)
+                block = np.frombuffer(b"".join(r[2] for r in batch), dtype=np.int8).reshape(len(batch), dim)
+                matrix_file.write(np.ascontiguousarray(block.T).tobytes())
+                count += len(batch)
+            ids = np.asarray(ids, dtype="<i8")
+            f.write(b"\0" * HEADER_BYTES)
+            f.write(ids.tobytes())
+            f.write(np.asarray(scales, dtype="<f4").tobytes())
+            matrix_file.seek(0)
+            while data := matrix_file.read(1 << 24):
+                f.write(data)
+            directory = json.dumps(write_columns(f, read_columns(store, ids)), ensure_ascii=False).encode()
+            directory_at = f.tell()
+            f.write(directory)
+            header = json.dumps({"seq": seq, "model_id": model_id, "count": count, "dim": dim,
+                                 "block_rows": BLOCK_ROWS, "directory_at": directory_at,
+                                 "directory_len": len(directory)}).encode()
+            f.seek(0)
+            f.write(MAGIC + struct.pack("<I", len(header)) + header)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return read_header(path)
+
+
+def read_header(path: Path) -> Packed | None:
+    """The packed file at `path` if it is whole and well-formed, else None."""
+    try:
+        f = open(path, "rb", buffering=0)
+    except OSError:
+        return None
+    try:
+        head = f.read(HEADER_BYTES)
+        if len(head) < 12 or head[:8] != MAGIC:
+            raise ValueError("not a packed vector file")
+        (length,) = struct.unpack("<I", head[8:12])
+        info = json.loads(head[12 : 12 + length])
+        count, dim = int(info["count"]), int(info["dim"])
+        if info.get("block_rows") != BLOCK_ROWS:
+            raise ValueError("another block size")
+        directory_at, directory_len = int(info["directory_at"]), int(info["directory_len"])
+        if (directory_at < HEADER_BYTES + count * (8 + 4 + dim)
+                or os.fstat(f.fileno()).st_size != directory_at + directory_len):
+            raise ValueError("truncated")
+        packed = Packed(path, int(info["seq"]), info["model_id"], count, dim, None, f, directory_at, directory_len)
+        packed.ids = packed.map(HEADER_BYTES, count, "<i8")
+        return packed
+    except (OSError, ValueError, KeyError, TypeError):
+        f.close()
+        return None
+
+
+# -- freshness: the one place that decides whether the packed file can be used ---------------
+
+def usable(packed: Packed | None, store, dim: int | None = None) -> bool:
+    """Whole and made from this database's model (and `dim`): rows changed since can be
+    overlaid from the database."""
+    return (packed is not None and packed.model_id == store.meta("model_id", "")
+            and (dim is None or packed.dim == dim))
+
+
+def up_to_date(packed: Packed | None, store, dim: int | None = None) -> bool:
+    """Usable, and no row changed since it was written."""
+    return usable(packed, store, dim) and packed.seq == store.current_seq()
+
+
+def refresh_packed(store, dim: int) -> None:
+    """After an index run: rewrite the packed file unless it is up to date."""
+    if not up_to_date(read_header(packed_path(store.path)), store, dim):
+        write_packed(store, dim)
+
+
+def packed_status(store) -> str:
+    """What `status` says about the packed file."""
+    packed = read_header(packed_path(store.path))
+    if up_to_date(packed, store):
+        return "up to date"
+    return "stale (refreshed on next query/index)" if packed is not None else "missing (written on next query/index)"
+
+
+def current_packed(store, dim: int, rebuild_fraction: float = 0.05) -> tuple[Packed | None, list]:
+    """The packed file plus the rows changed since it was written (id, deleted, vector, scale).
+    Rebuilds it when missing, foreign or when the overlay would be large, if the folder is writable."""
+    packed = read_header(packed_path(store.path))
+    if not usable(packed, store, dim):
+        packed = _try_rebuild(store, dim)
+    since = packed.seq if packed is not None else -1
+    delta = store.changed_since(since)
+    if packed is not None and len(delta) > max(2000, rebuild_fraction * packed.count):
+        rebuilt = _try_rebuild(store, dim)
+        if rebuilt is not None:
+            packed = rebuilt
+            delta = store.changed_since(packed.seq)
+    return packed, delta
+
+
+def _try_rebuild(store, dim: int) -> Packed | None:
+    if store.immutable or not os.access(store.path.parent, os.W_OK):
+        return None
+    try:
+        return write_packed(store, dim)
+    except OSError:  # a read-only volume that access() did not tell of: rank from the database
+        return None
+
+
+def iter_blocks(packed: Packed):
+    """(first row, int8 [dim, rows]) per stored block, each through its own read-only
+    mapping: no copy (measured 85 ms of copying at 1.28M rows with read()), and a block's
+    mapping goes away with the caller's last reference to it, so at most two blocks
+    (64 MiB at 512 dims) are resident whatever the library size."""
+    _, matrix_at = packed.offsets
+    for start in range(0, packed.count, BLOCK_ROWS):
+        rows = min(BLOCK_ROWS, packed.count - start)
+        offset = matrix_at + start * packed.dim
+        yield start, packed.map(offset, rows * packed.dim, "i1").reshape(packed.dim, rows)
+
+
+def read_scales(packed: Packed) -> np.ndarray:
+    scales = np.empty(packed.count, dtype="<f4")
+    packed.read_into(scales, packed.offsets[0])
+    return scales

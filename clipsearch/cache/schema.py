@@ -1,0 +1,126 @@
+"""The cache's tables, version by version: each upgrade step takes a database from version n
+to n + 1 and runs in one transaction with the `user_version` bump (`store.Store` runs them), so
+a kill mid-upgrade leaves the old version intact and the next run simply upgrades again."""
+from __future__ import annotations
+
+import sqlite3
+
+SCHEMA_VERSION = 4
+# Readers (query, status) open any version from this one on without upgrading: later steps
+# only add what writers use (v2: the keywords `tag` wrote; v3: what photos say about themselves;
+# v4: what a failure or a metadata problem depended on).
+READABLE_FROM = 1
+
+
+def _v1(db: sqlite3.Connection) -> None:
+    # v1: the seed schema (images: id, deleted, filepath UNIQUE, modified_at, size, vector),
+    # with paths as bytes, int8 vectors + scale, the decode error of failed files, a content
+    # fingerprint for move detection and a change counter (seq) that the packed vector file
+    # follows.
+    # Statement by statement: executescript() would COMMIT the surrounding transaction.
+    script = (
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE images (
+            id INTEGER PRIMARY KEY,
+            filepath BLOB NOT NULL UNIQUE,
+            dir BLOB NOT NULL,
+            modified_at INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            fingerprint BLOB,
+            vector BLOB,
+            scale REAL,
+            error TEXT,
+            deleted INTEGER NOT NULL DEFAULT 0,
+            deleted_at REAL,
+            seq INTEGER NOT NULL,
+            indexed_at REAL NOT NULL
+        );
+        CREATE INDEX images_dir ON images(dir);
+        CREATE INDEX images_content ON images(size, fingerprint);
+        CREATE INDEX images_seq ON images(seq);
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            roots TEXT NOT NULL,
+            status TEXT NOT NULL,
+            summary TEXT
+        );
+        INSERT INTO meta (key, value) VALUES ('seq', '0')
+        """
+    )
+    for statement in script.split(";"):
+        db.execute(statement)
+
+
+def _v2(db: sqlite3.Connection) -> None:
+    # v2: which keyword values `clipsearch tag` added to which sidecar field of which photo, so
+    # `untag` removes exactly those and never one a person wrote.
+    db.execute("""
+        CREATE TABLE keywords_added (
+            image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            keyword TEXT NOT NULL,
+            sidecar BLOB NOT NULL,
+            field TEXT NOT NULL,
+            value TEXT NOT NULL,
+            added_at REAL NOT NULL,
+            PRIMARY KEY (image_id, keyword, sidecar, field, value)
+        )""")
+    db.execute("CREATE INDEX keywords_added_keyword ON keywords_added(keyword)")
+
+
+def _v3(db: sqlite3.Connection) -> None:
+    # v3: what each photo says about itself (`photos/metadata.py`), and which file and sidecar versions
+    # it was read from, so a changed sidecar alone is noticed. Rows indexed before v3 have none
+    # until the next `index` reads their headers (no re-embedding).
+    db.execute("""
+        CREATE TABLE photo_meta (
+            image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+            read_size INTEGER NOT NULL,
+            read_mtime INTEGER NOT NULL,
+            sidecars TEXT NOT NULL,
+            taken_at TEXT,
+            taken_key REAL,
+            taken_source TEXT,
+            make TEXT,
+            model TEXT,
+            lens TEXT,
+            lat REAL,
+            lon REAL,
+            width INTEGER,
+            height INTEGER,
+            rating INTEGER,
+            keywords TEXT NOT NULL DEFAULT '[]'
+        )""")
+    db.execute("CREATE INDEX photo_meta_taken ON photo_meta(taken_key)")
+    db.execute("CREATE INDEX photo_meta_camera ON photo_meta(make, model)")  # filters match the few distinct ones
+    db.execute("CREATE INDEX photo_meta_position ON photo_meta(lat, lon)")
+    db.execute("CREATE INDEX photo_meta_rating ON photo_meta(rating)")
+    # One row per photo and keyword (any case), so `--tag` is an index lookup, not a JSON scan.
+    db.execute("""
+        CREATE TABLE photo_keywords (
+            image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            keyword TEXT NOT NULL COLLATE NOCASE,
+            PRIMARY KEY (image_id, keyword)
+        )""")
+    db.execute("CREATE INDEX photo_keywords_keyword ON photo_keywords(keyword)")
+
+
+def _v4(db: sqlite3.Connection) -> None:
+    # v4: what a failed file's failure depended on (`photos/readers.py`: decoder versions, a missing
+    # module, the worker bound it hit), so a changed environment retries it by itself; and
+    # the problems met reading a photo's metadata with the readers' versions, so it is read
+    # again when they change. Old rows have neither: their failures wait for
+    # `index --retry-failed` or a change of the file, as before.
+    for table, column in (("images", "failure"), ("photo_meta", "problems"), ("photo_meta", "readers")):
+        # A cache taken back to an older version by hand keeps its columns: add only what is missing.
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+    db.execute("CREATE INDEX IF NOT EXISTS images_failed ON images(error) WHERE error IS NOT NULL")
+
+
+# Upgrade steps: MIGRATIONS[n] takes a database at version n to n + 1. Each runs in one
+# transaction together with the user_version bump, so a kill mid-upgrade leaves the old
+# version intact and the next run simply upgrades again.
+MIGRATIONS = {0: _v1, 1: _v2, 2: _v3, 3: _v4}

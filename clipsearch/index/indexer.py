@@ -1,0 +1,372 @@
+"""`clipsearch index`: bring the cache in line with the folders, incrementally.
+
+Per folder of the walk: unchanged files (same size and mtime) are not opened; files gone
+are soft-deleted; a new file whose size and content fingerprint match a row whose file is
+gone is a move (the row takes the new path, nothing is decoded); everything else goes to the
+worker processes (`workers.py`), whose results come back as they finish. Writes go into one
+open transaction committed every `commit_seconds`, so a kill loses at most those seconds of
+work and never leaves half a row.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from clipsearch.config import available_cores
+from clipsearch.errors import EmptyFolderError
+from clipsearch.model.manifest import Manifest
+from clipsearch.photos.readers import metadata_readers, retry_due
+from clipsearch.photos.readers import record as failure_record
+from clipsearch.photos.walk import DEFAULT_EXCLUDES, Walker, is_under, parent_of
+
+from .embed import HEADERS_ONLY, Result, fingerprint_file
+from .workers import DEFAULT_FILE_TIMEOUT, Embedder, WorkerPool, default_workers
+
+
+@dataclass
+class IndexOptions:
+    workers: int = field(default_factory=default_workers)
+    batch_size: int = 8  # files the walk gathers before handing them to the pool
+    threads: int | None = None  # ORT threads per worker; default 1 with workers, all cores with one
+    file_timeout: float = DEFAULT_FILE_TIMEOUT  # s a worker may spend on one file
+    worker_memory: int | None = None  # MB a worker may hold; default `workers.default_worker_memory`
+    excludes: tuple[str, ...] = DEFAULT_EXCLUDES
+    follow_links: bool = False
+    commit_seconds: float = 2.0
+    use_draft: bool = True
+    count_first: bool = False  # walk once to count pending work, for a progress bar with ETA
+    allow_empty: bool = False  # an empty folder that held photos was emptied on purpose: remove them
+    cluster: str | None = None  # a Dask scheduler's address: embed there (`cluster.py`)
+    cluster_inflight_mb: int = 256  # photo bytes sent to the cluster and not answered yet
+    retry_failed: bool = False  # try every remembered failure again, changed or not
+
+
+@dataclass
+class Summary:
+    new: int = 0
+    updated: int = 0
+    moved: int = 0
+    removed: int = 0
+    failed: int = 0
+    unchanged: int = 0
+    skipped: int = 0  # failed before and unchanged since, or no decoder installed for the format
+    vanished: int = 0
+    missing_decoders: dict[str, int] = field(default_factory=dict)
+    pending_total: int | None = None
+    kept_empty: list[bytes] = field(default_factory=list)  # empty folders whose photos were kept
+    kept_empty_photos: int = 0
+    started: float = field(default_factory=time.monotonic)
+    embedded: int = 0
+    headers_read: int = 0  # photos cached before whose metadata was read (nothing re-embedded)
+    retried: int = 0  # remembered failures tried again (--retry-failed, or their environment changed)
+    meta_problems: int = 0  # photos indexed whose metadata could not (all) be read
+    absent: list[bytes] = field(default_factory=list)  # library folders given that are gone (disk unplugged)
+    cluster_workers: int | None = None  # Dask workers that embedded photos, with --cluster
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def done(self) -> int:
+        return self.new + self.updated + self.failed + self.vanished
+
+    def as_dict(self) -> dict:
+        elapsed = self.elapsed
+        return {"new": self.new, "updated": self.updated, "moved": self.moved, "removed": self.removed,
+                "failed": self.failed, "skipped": self.skipped, "unchanged": self.unchanged,
+                "vanished": self.vanished, "retried": self.retried, "meta_problems": self.meta_problems,
+                "missing_decoders": dict(self.missing_decoders), "absent": [os.fsdecode(f) for f in self.absent],
+                "kept_empty": [os.fsdecode(f) for f in self.kept_empty], "headers_read": self.headers_read,
+                "elapsed_s": round(elapsed, 2), "images_per_s": round(self.embedded / elapsed, 2) if elapsed else 0.0,
+                **({"cluster_workers": self.cluster_workers} if self.cluster_workers is not None else {})}
+
+
+def kept_empty_error(summary: "Summary") -> EmptyFolderError | None:
+    """The run's one line about library folders it had to leave alone (exit 6), or None."""
+    lines = []
+    if summary.absent:
+        folders = ", ".join(os.fsdecode(f) for f in summary.absent)
+        lines.append(f"{folders}: not there (disk unplugged, share not mounted?); its cached photos were kept and the "
+                     "other folders indexed. Run again once it is back")
+    if summary.kept_empty:
+        folders = ", ".join(os.fsdecode(f) for f in summary.kept_empty)
+        lines.append(f"{folders}: empty, but the cache holds {summary.kept_empty_photos} photos from there; is the "
+                     "share or disk mounted? They were kept. If you emptied it on purpose, run "
+                     "`clipsearch index --allow-empty` on it once")
+    return EmptyFolderError("; ".join(lines)) if lines else None
+
+
+def worker_pool(manifest: Manifest, options: IndexOptions, warn=None) -> Embedder:
+    """The executor the run embeds with: local worker processes, or a Dask cluster."""
+    if options.cluster:
+        from clipsearch.model.encoders import ImageEncoder
+
+        from .cluster import ClusterPool
+        from .embed import EmbedWorker
+
+        # Headers-only work stays here and never loads the model; this encoder only exists for it.
+        local = EmbedWorker(ImageEncoder(manifest, threads=1, verify=False), options.use_draft)
+        return ClusterPool(options.cluster, manifest, options.use_draft, local, warn, options.cluster_inflight_mb)
+    threads = options.threads or (available_cores() if options.workers == 1 else 1)
+    return WorkerPool(str(manifest.folder), options.workers, threads, options.use_draft,
+                      options.file_timeout, options.worker_memory)
+
+
+class Indexer:
+    def __init__(self, store, manifest: Manifest, options: IndexOptions,
+                 warn: Callable[[bytes, str], None], progress: Callable[[Summary], None] | None = None):
+        self.store, self.manifest, self.options = store, manifest, options
+        self.warn, self.progress = warn, progress or (lambda summary: None)
+        self.walker = Walker(options.excludes, options.follow_links, warn)
+        self.summary = Summary()
+        self.kinds: dict[bytes, str] = {}
+        self.removed_this_run: set[int] = set()  # a move found later in the walk revives these
+        self.displaced: set[int] = set()  # rows pushed to the other name of a swap, not yet walked
+        self.seq = 0
+        self.last_commit = 0.0
+        self.bounds: dict[str, float] = {}  # the worker bounds a failure can depend on (`photos/readers.py`)
+
+    # -- transaction ---------------------------------------------------------------------
+
+    def write(self):
+        """The open write transaction, started on first use; committed by `maybe_commit`."""
+        if not self.store.in_transaction:
+            self.store.begin()
+            self.seq = self.store.next_seq()
+            self.last_commit = time.monotonic()
+        return self.store
+
+    def maybe_commit(self, force: bool = False) -> None:
+        if self.store.in_transaction and (force or time.monotonic() - self.last_commit >= self.options.commit_seconds):
+            self.store.commit()
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self, roots: list[bytes]) -> Summary:
+        if self.options.count_first:
+            self.summary.pending_total = sum(count_pending(self.store, root, self.options) for root in roots)
+        embedder = worker_pool(self.manifest, self.options, self.warn)
+        if isinstance(embedder, WorkerPool):
+            self.bounds = {"timeout": embedder.file_timeout, "memory": embedder.memory_mb}
+        try:
+            for root in roots:
+                self.index_root(root, embedder)
+            self.record(embedder.drain())
+            self.maybe_commit(force=True)
+            if self.options.cluster:
+                self.summary.cluster_workers = embedder.workers_used
+        except BaseException:
+            # Results already written are whole rows: keep them, then stop.
+            try:
+                self.maybe_commit(force=True)
+            finally:
+                embedder.close(cancel=True)
+            raise
+        embedder.close()
+        return self.summary
+
+    def index_root(self, root: bytes, embedder: Embedder) -> None:
+        visited: set[bytes] = set()
+        empty: list[bytes] = []  # folders with nothing inside: maybe a share that is not mounted
+        chunk: list[tuple[bytes, int, int]] = []
+        for folder in self.walker.walk(root):
+            visited.add(folder.path)
+            if folder.empty:
+                empty.append(folder.path)
+            known = self.store.rows_in_dir(folder.path)
+            done: set[bytes] = set()
+            for entry in folder.files:
+                done.add(entry.path)
+                row = known.pop(entry.path, None)
+                if unchanged(row, entry) and row.failed and (self.options.retry_failed
+                                                             or retry_due(row.failure, self.bounds)):
+                    self.summary.retried += 1
+                    self.kinds[entry.path] = "new"
+                    chunk.append((entry.path, entry.size, entry.mtime_ns))
+                    if len(chunk) >= self.options.batch_size:
+                        self.record(embedder.submit(chunk))
+                        chunk = []
+                    continue
+                if unchanged(row, entry):
+                    self.count_unchanged(row)
+                    if not row.failed and (row.meta != (entry.size, entry.mtime_ns, folder.sidecar_stamp(entry.path))
+                                           or row.meta_readers not in (None, metadata_readers())):
+                        # Cached before metadata was kept, or its sidecar changed: headers only.
+                        chunk.append((entry.path, entry.size, entry.mtime_ns, HEADERS_ONLY))
+                        if len(chunk) >= self.options.batch_size:
+                            self.record(embedder.submit(chunk))
+                            chunk = []
+                    continue
+                if returned(row, entry):
+                    # Back where it was (counted as a move back): no fingerprint to read.
+                    self.write().revive(row.id, self.seq)
+                    if self.forget_removal(row.id) or row.failed:
+                        self.count_unchanged(row)
+                    else:
+                        self.summary.moved += 1
+                    continue
+                if self.try_move(entry, row):
+                    # Rows of this folder may have changed places (a rename inside it, two
+                    # names swapped): what is left to compare comes from the database again.
+                    known = {path: row for path, row in self.store.rows_in_dir(folder.path).items() if path not in done}
+                    continue
+                self.kinds[entry.path] = "new" if row is None or row.deleted else "updated"
+                chunk.append((entry.path, entry.size, entry.mtime_ns))
+                if len(chunk) >= self.options.batch_size:
+                    self.record(embedder.submit(chunk))
+                    chunk = []
+            if not folder.empty:
+                self.mark_gone([row.id for row in known.values() if not row.deleted])
+            self.maybe_commit()
+        if chunk:
+            self.record(embedder.submit(chunk))
+        for hint, count in self.walker.missing_decoders.items():
+            self.summary.skipped += count
+            self.summary.missing_decoders[hint] = self.summary.missing_decoders.get(hint, 0) + count
+        # What the cache still holds under an empty folder, once moves out of it were found.
+        held = {folder: self.store.live_count_under(folder) for folder in empty}
+        kept = [folder for folder, count in held.items() if count and not self.options.allow_empty]
+        for folder in kept:
+            if not is_under(folder, self.summary.kept_empty):
+                self.summary.kept_empty.append(folder)
+                self.summary.kept_empty_photos += held[folder]
+        for folder in self.store.dirs_under(root):
+            if folder not in visited and not is_under(folder, self.walker.unreadable + kept + self.summary.absent):
+                self.summary.removed += self.write().mark_dir_deleted(folder, self.seq)
+            elif folder in visited and folder in held and not is_under(folder, kept):
+                # An empty folder the user confirmed (--allow-empty), or whose photos moved.
+                self.mark_gone([row.id for row in self.store.rows_in_dir(folder).values() if not row.deleted])
+        self.maybe_commit()
+
+    def note_meta_problems(self, result: Result) -> None:
+        """One warning per photo whose metadata could not all be read; it is indexed anyway."""
+        problems = (result.meta or {}).get("problems")
+        if problems:
+            self.summary.meta_problems += 1
+            self.warn(result.path, f"metadata partly unread ({'; '.join(problems)}); the photo is indexed, those "
+                                   "fields stay empty (read again when the file, its sidecar or clipsearch changes)")
+
+    def count_unchanged(self, row) -> None:
+        if row.id in self.displaced:  # the other half of a swap: it was moved, not unchanged
+            self.displaced.discard(row.id)
+            self.summary.moved += 1
+        elif row.failed:
+            self.summary.skipped += 1
+        else:
+            self.summary.unchanged += 1
+
+    def mark_gone(self, row_ids: list[int]) -> None:
+        if row_ids:
+            self.write().mark_deleted(row_ids, self.seq)
+            self.removed_this_run.update(row_ids)
+            self.summary.removed += len(row_ids)
+
+    def forget_removal(self, row_id: int) -> bool:
+        """A row soft-deleted earlier in this run is back: it was not removed after all."""
+        if row_id in self.removed_this_run:
+            self.removed_this_run.discard(row_id)
+            self.summary.removed -= 1
+            return True
+        return False
+
+    def try_move(self, entry, row) -> bool:
+        """A new or changed file with the content of a row whose file is gone (or now holds
+        something else) takes over that row: renames, moves and swapped names are never
+        decoded again. `row` is the cache's row at the entry's path, if any.
+
+        The fingerprint is read only when some row has the same size, and rows are then
+        matched on (size, fingerprint) through an index: libraries of same-size files
+        (scanner BMPs, uncompressed TIFFs) cost one lookup per file, not one stat per row."""
+        if not self.store.has_size(entry.size):
+            return False
+        content = fingerprint_file(entry.path)
+        if content is None:
+            return False
+        for row_id, old_path, deleted, modified_at in self.store.same_content(entry.size, content):
+            if row is not None and row_id == row.id and not deleted:
+                continue  # this very row, rewritten in place with the same head and tail: re-embed it
+            if not (deleted or old_path == entry.path or not holds(old_path, entry.size, modified_at)):
+                continue  # its file is still where it was: this is a copy, embedded on its own
+            store = self.write()
+            if row is not None and not row.deleted and row.id != row_id:
+                displaced = store.exchange(row_id, entry.path, parent_of(entry.path), entry.mtime_ns, row.id, self.seq)
+                if deleted or not os.path.lexists(displaced):
+                    self.mark_gone([row.id])
+                else:
+                    self.displaced.add(row.id)
+            else:
+                store.move(row_id, entry.path, parent_of(entry.path), entry.mtime_ns, self.seq)
+            self.summary.moved += 1
+            self.forget_removal(row_id)
+            return True
+        return False
+
+    def record(self, results: list[Result]) -> None:
+        if not results:
+            return
+        store = self.write()
+        for result in results:
+            if result.headers_only:
+                if not result.vanished:  # a failure still records an empty reading: not retried nightly
+                    store.put_meta(result.path, result.size, result.mtime_ns, result.sidecars, result.meta or {}, self.seq)
+                    self.summary.headers_read += 1
+                    self.note_meta_problems(result)
+                continue
+            kind = self.kinds.pop(result.path, "new")
+            folder = parent_of(result.path)
+            if result.vanished:
+                self.summary.vanished += 1
+                self.warn(result.path, "vanished during the run; skipped")
+            elif result.error is not None:
+                self.summary.failed += 1
+                self.warn(result.path, f"{result.error}; remembered and skipped until the file changes "
+                                       "(`clipsearch status --failed` lists them, `index --retry-failed` retries)")
+                store.put_error(result.path, folder, result.size, result.mtime_ns, result.error, self.seq,
+                                failure_record(result.error, self.bounds))
+            else:
+                setattr(self.summary, kind, getattr(self.summary, kind) + 1)
+                self.summary.embedded += 1
+                store.put_vector(result.path, folder, result.size, result.mtime_ns, result.fingerprint,
+                                 result.vector, result.scale, self.seq)
+                if result.meta is not None:
+                    store.put_meta(result.path, result.size, result.mtime_ns, result.sidecars, result.meta, self.seq)
+                    self.note_meta_problems(result)
+        self.progress(self.summary)
+        self.maybe_commit()
+
+
+def unchanged(row, entry) -> bool:
+    """The cache already holds this file as it is now (indexed or failed): don't open it."""
+    return row is not None and not row.deleted and row.size == entry.size and row.modified_at == entry.mtime_ns
+
+
+def returned(row, entry) -> bool:
+    """The file of a soft-deleted row is back at its path as it was (a share mounted again,
+    a folder moved out and back): the row is revived, and a remembered failure stays quiet."""
+    return row is not None and bool(row.deleted) and row.size == entry.size and row.modified_at == entry.mtime_ns
+
+
+def holds(path: bytes, size: int, mtime_ns: int) -> bool:
+    """The file at `path` is still the one a row with this size and mtime describes."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return st.st_size == size and st.st_mtime_ns == mtime_ns
+
+
+def count_pending(store, root: bytes, options: IndexOptions, other_files: dict[str, int] | None = None) -> int:
+    """Files under `root` that an index run would open (new or changed): a stat-only walk.
+    Files it leaves out by extension are added to `other_files` (extension -> count)."""
+    pending = 0
+    walker = Walker(options.excludes, options.follow_links)
+    for folder in walker.walk(root):
+        known = store.rows_in_dir(folder.path)
+        pending += sum(not unchanged(known.get(entry.path), entry) for entry in folder.files)
+    if other_files is not None:
+        for kind, count in walker.other_files.items():
+            other_files[kind] = other_files.get(kind, 0) + count
+    return pending

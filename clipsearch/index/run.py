@@ -1,0 +1,97 @@
+"""`clipsearch index` end to end: validate the paths (an absent one that the cache knows is a
+disk unplugged, not a typo), take the lock, open the cache, check the model, index, refresh
+the packed vectors, record the run."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from clipsearch.cache.store import Store
+from clipsearch.errors import UsageError
+from clipsearch.model.manifest import Manifest
+from clipsearch.photos.walk import is_under, normalise_root
+
+from .indexer import Indexer, IndexOptions, Summary
+from .lock import IndexLock
+from .status import library_folders
+
+
+def check_roots(paths: list[str], absent: list[str] | None = None) -> list[bytes]:
+    """The folders to walk, outermost only. A path that does not exist is an error, unless
+    `absent` is given: then it is put there for the caller to judge (a disk unplugged)."""
+    roots = []
+    for path in paths:
+        if not os.path.exists(path):
+            if absent is not None:
+                absent.append(path)
+                continue
+            raise UsageError(f"{path}: no such folder; check the path (is the share mounted?)")
+        if not os.path.isdir(path):
+            raise UsageError(f"{path}: is a file, not a folder; give the folder that contains it")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise UsageError(f"{path}: folder is not readable by this user; fix its permissions")
+        roots.append(normalise_root(path))
+    # `index A A` or `index A A/sub` walks A once, not every file twice.
+    unique = sorted(set(roots))
+    return [root for root in unique if not is_under(root, [other for other in unique if other != root])]
+
+
+def index_paths(paths: list[str], db_path: Path, manifest: Manifest, options: IndexOptions,
+                warn, progress=None, wait_seconds: float = 0.0) -> Summary:
+    from clipsearch.cache.packed import refresh_packed
+
+    absent: list[str] = []
+    roots = check_roots(paths, absent)
+    if absent and not db_path.exists():
+        raise UsageError(f"{absent[0]}: no such folder; check the path (is the share mounted?)")
+    with IndexLock(db_path, wait_seconds):
+        store = Store(db_path)
+        try:
+            if not paths:  # --retry-failed alone: the whole library
+                roots = check_roots([f for f in library_folders(store) if os.path.isdir(f)])
+            gone = absent_library_folders(store, absent)
+            # Verify model files before any work: a damaged graph must not write vectors.
+            manifest.graph_path("vision")
+            store.check_model(manifest.model_id, manifest.name, claim=True)
+            record_pipeline(store, options.use_draft)
+            run_id = store.start_run([os.fsdecode(r) for r in roots])
+            indexer = Indexer(store, manifest, options, warn, progress)
+            indexer.summary.absent = gone
+            try:
+                summary = indexer.run(roots)
+            except BaseException:
+                store.rollback()
+                store.finish_run(run_id, "interrupted", indexer.summary.as_dict())
+                raise
+            with store.atomic():
+                store.purge_deleted()
+            refresh_packed(store, manifest.embedding_dim)
+            store.finish_run(run_id, "ok", summary.as_dict())
+            return summary
+        finally:
+            store.close()
+
+
+def absent_library_folders(store: Store, absent: list[str]) -> list[bytes]:
+    """Of the paths given that do not exist, those the cache holds photos from: a disk
+    unplugged or a share down. Their photos are kept and the rest is indexed (exit 6 at the
+    end). A path the cache knows nothing of is a typo (exit 2), said before any work."""
+    gone = []
+    for path in absent:
+        root = normalise_root(path)
+        if not store.has_rows_under(root):
+            raise UsageError(f"{path}: no such folder, and the cache holds no photos from there; check the path")
+        gone.append(root)
+    return gone
+
+
+def record_pipeline(store: Store, use_draft: bool) -> None:
+    """Remember which preprocessing made the vectors of this run. A newer pipeline does not
+    force a re-index (its vectors differ from the old ones far less than int8 from fp32);
+    files are re-embedded with it as they change."""
+    from clipsearch.photos.preprocess import pipeline_version
+
+    version = pipeline_version(use_draft)
+    if store.meta("pipeline") != version:
+        with store.atomic():
+            store.set_meta("pipeline", version)
