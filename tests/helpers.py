@@ -92,7 +92,8 @@ def run_unprivileged(*args: str, env: dict) -> subprocess.CompletedProcess:
 @contextlib.contextmanager
 def serving(command: list[str], env: dict | None = None):
     """A `clipsearch serve --port 0 ...` process (the whole command line given); yields the
-    http://127.0.0.1:PORT/ it says it serves at, and stops it afterwards."""
+    link it prints (http://127.0.0.1:PORT/, with ?token=... when it wants one), and stops it
+    afterwards."""
     import re
     import time
 
@@ -102,7 +103,7 @@ def serving(command: list[str], env: dict | None = None):
         while url is None and time.monotonic() < deadline:
             line = proc.stderr.readline().decode()
             assert line, "serve ended before it listened"
-            match = re.search(r"serving .* at (http://127\.0\.0\.1:\d+/)", line)
+            match = re.search(r"serving .* at (http://127\.0\.0\.1:\d+/\S*)", line)
             url = match and match.group(1)
         yield url
     finally:

@@ -10,7 +10,7 @@ import click
 
 from clipsearch.errors import LockedError, UsageError
 
-from .options import db_option, handle_errors, load_model, model_option, threads_option, warn
+from .options import PROGRESS, db_option, handle_errors, load_model, model_option, threads_option, warn
 
 
 @click.command()
@@ -85,7 +85,7 @@ def index(paths, db_path, model_dir, workers, file_timeout, worker_memory, batch
             use_draft=not exact_decode, allow_empty=allow_empty, cluster=cluster,
             cluster_inflight_mb=cluster_inflight, retry_failed=retry_failed)
         signal.signal(signal.SIGTERM, _interrupt)
-        progress = None if quiet or not sys.stderr.isatty() else ProgressLine()
+        progress = None if quiet or not sys.stderr.isatty() else ProgressLine(options.workers)
         try:
             summary = index_paths(list(paths) or ([] if retry_failed else ["."]), db_path, load_model(model_dir), options,
                                   warn, progress, wait_seconds)
@@ -121,23 +121,34 @@ def _interrupt(signum, frame):
 
 
 class ProgressLine:
-    """A one-line progress display with rate and ETA, only drawn on a terminal."""
+    """A one-line progress display with rate and ETA, only drawn on a terminal. The rate is
+    measured from the first finished photo (the workers' start-up, loading the model, is not
+    indexing speed), and the ETA is shown once a few photos per worker are done: the first
+    ETA of a 28 s run was 4:42 when it counted the start-up."""
 
-    def __init__(self):
+    SETTLE = 3  # photos per worker before the rate says anything about the rest
+
+    def __init__(self, workers: int = 1):
         self.last = 0.0
+        self.settle = self.SETTLE * max(1, workers)
+        self.first: tuple[float, int] | None = None  # (when, embedded) at the first finished photo
 
     def __call__(self, summary) -> None:
         now = time.monotonic()
+        if self.first is None and summary.embedded:
+            self.first = (now, summary.embedded)
         if now - self.last < 0.5:
             return
         self.last = now
         done, total = summary.done, summary.pending_total
-        rate = summary.embedded / summary.elapsed if summary.elapsed else 0.0
-        text = f"indexing: {done}" + (f"/{total}" if total else "") + f" images, {rate:.1f}/s"
-        if total and rate > 0:
+        rate = 0.0
+        if self.first is not None and now > self.first[0]:
+            rate = (summary.embedded - self.first[1]) / (now - self.first[0])
+        text = f"indexing: {done}" + (f"/{total}" if total else "") + " images" + (f", {rate:.1f}/s" if rate else "")
+        if total and rate > 0 and summary.embedded - self.first[1] >= self.settle:
             eta = max(0, total - done) / rate
             text += f", ETA {int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}"
-        click.echo(f"\r{text}\x1b[K", err=True, nl=False)
+        PROGRESS.draw(text)
 
     def clear(self) -> None:
-        click.echo("\r\x1b[K", err=True, nl=False)
+        PROGRESS.clear()

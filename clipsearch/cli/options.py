@@ -25,10 +25,33 @@ def handle_errors():
     try:
         yield
     except ClipsearchError as exc:
+        PROGRESS.clear()
         raise CommandError(str(exc), exc.exit_code) from None
     except KeyboardInterrupt:
+        PROGRESS.clear()
         click.echo("clipsearch: interrupted; everything committed so far is kept", err=True)
         sys.exit(130)
+
+
+class ProgressSlot:
+    """The one progress line a command may draw on a terminal's stderr (`\r`, no newline):
+    a warning or an error first clears it, so it starts on its own line instead of being
+    glued to the progress text."""
+
+    def __init__(self):
+        self.drawn = False
+
+    def draw(self, text: str) -> None:
+        click.echo(f"\r{text}\x1b[K", err=True, nl=False)
+        self.drawn = True
+
+    def clear(self) -> None:
+        if self.drawn:
+            click.echo("\r\x1b[K", err=True, nl=False)
+            self.drawn = False
+
+
+PROGRESS = ProgressSlot()
 
 
 # --db and --model fall back to config.py, the one reader of CLIPSEARCH_DB / CLIPSEARCH_MODEL.
@@ -81,4 +104,5 @@ def load_model(model_dir: Path):
 
 
 def warn(path: bytes, message: str) -> None:
+    PROGRESS.clear()
     click.echo(f"warning: {os.fsdecode(path)}: {message}", err=True)

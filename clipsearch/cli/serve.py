@@ -14,8 +14,10 @@ from .options import db_option, handle_errors, model_option, threads_option
 @click.option("--port", type=click.IntRange(0, 65535), default=8750, show_default=True, envvar="CLIPSEARCH_PORT",
               help="Port [env CLIPSEARCH_PORT].")
 @click.option("--token", envvar="CLIPSEARCH_TOKEN", default=None, metavar="TOKEN",
-              help="Access token [env CLIPSEARCH_TOKEN]; default: generated and printed once when --host is not "
-                   "this machine.")
+              help="Access token [env CLIPSEARCH_TOKEN]; default when --host is not this machine: one generated "
+                   "once and kept in the data dir (0600), so links and cookies survive a restart.")
+@click.option("--new-token", is_flag=True, help="Replace the kept access token with a new one (every browser then "
+                                                 "needs the new link).")
 @click.option("--no-auth", is_flag=True, help="Serve without a token even on the network (anyone who can reach "
                                                "the port sees every photo).")
 @click.option("--thumbnail-cache", "cache_mb", type=click.IntRange(16), default=None, metavar="MB",
@@ -23,14 +25,15 @@ from .options import db_option, handle_errors, model_option, threads_option
 @db_option
 @model_option
 @threads_option
-def serve(host, port, token, no_auth, cache_mb, db_path, model_dir, threads):
+def serve(host, port, token, new_token, no_auth, cache_mb, db_path, model_dir, threads):
     """Search the cache from a browser: a page with a search box and thumbnails."""
     with handle_errors():
+        from clipsearch.serve.access import link_with_token
         from clipsearch.serve.server import make_server
 
         if token is not None and len(token) < 16:
             raise click.BadParameter("use at least 16 characters (e.g. `openssl rand -base64 18`)", param_hint="--token")
-        server, token = make_server(db_path, model_dir, host, port, token, no_auth, threads, cache_mb)
+        server, token = make_server(db_path, model_dir, host, port, token, no_auth, threads, cache_mb, new_token)
         shown = f"[{host}]" if ":" in host else host
         if host in ("0.0.0.0", "::"):
             shown = _lan_address() or "THIS-MACHINE"
@@ -38,7 +41,7 @@ def serve(host, port, token, no_auth, cache_mb, db_path, model_dir, threads):
         if no_auth and host not in ("127.0.0.1", "localhost", "::1"):
             click.echo("clipsearch: warning: --no-auth: anyone who can reach this port sees every photo in the cache",
                        err=True)
-        click.echo(f"clipsearch: serving {db_path} at {url + (f'?token={token}' if token else '')}", err=True)
+        click.echo(f"clipsearch: serving {db_path} at {link_with_token(url, token)}", err=True)
         if token:
             click.echo("clipsearch: open that link once per browser (it sets a cookie); keep it private", err=True)
         from clipsearch.serve.localsocket import serve_socket, stop_socket

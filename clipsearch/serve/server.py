@@ -11,10 +11,10 @@ request bodies. docs/serve.md "Serve: search from a phone's browser" gives the m
 """
 from __future__ import annotations
 
+import errno
 import hmac
 import ipaddress
 import json
-import secrets
 import socket
 import threading
 import urllib.parse
@@ -229,7 +229,7 @@ class Handler(BaseHTTPRequestHandler):
                                                  max_num_fields=20, errors="strict"))
         except (ValueError, UnicodeDecodeError):
             raise BadRequest(HTTPStatus.BAD_REQUEST, "malformed query string") from None
-        if self.app.token is not None and not self.authorised(url.path, params):
+        if self.app.token is not None and not self.authorised(url, params):
             return
         if url.path in STATIC:
             name, kind = STATIC[url.path]
@@ -255,13 +255,20 @@ class Handler(BaseHTTPRequestHandler):
         host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
         return host in ("127.0.0.1", "localhost", "::1")
 
-    def authorised(self, path: str, params: dict) -> bool:
-        """A valid cookie, or the token in the link printed at start-up (then set as a cookie
-        and dropped from the address bar). Compared in constant time."""
+    def authorised(self, url, params: dict) -> bool:
+        """A valid cookie, an `Authorization: Bearer` header, or the token in the link printed
+        at start-up (then set as a cookie and dropped from the address bar, the rest of the
+        link kept). Compared in constant time."""
+        from .access import bearer, without_token
+
+        expected = self.app.token.encode()
+        header = bearer(self.headers.get("Authorization"))
+        if header is not None and hmac.compare_digest(header.encode(), expected):
+            return True
         given = params.get("token")
-        if given is not None and hmac.compare_digest(given.encode(), self.app.token.encode()):
+        if given is not None and hmac.compare_digest(given.encode(), expected):
             self.send_response(HTTPStatus.SEE_OTHER)
-            self.send_header("Location", "/")
+            self.send_header("Location", without_token(url.path, url.query))
             self.send_header("Set-Cookie", f"{COOKIE}={self.app.token}; Path=/; HttpOnly; SameSite=Strict; "
                                            f"Max-Age={30 * 86400}")
             self.send_header("Content-Length", "0")
@@ -347,7 +354,8 @@ def is_loopback(host: str) -> bool:
 
 
 def make_server(db_path: Path, model_dir: Path, host: str, port: int, token: str | None, no_auth: bool,
-                threads: int | None = None, cache_mb: int | None = None) -> tuple[BoundedServer, str | None]:
+                threads: int | None = None, cache_mb: int | None = None,
+                new_token: bool = False) -> tuple[BoundedServer, str | None]:
     """The server, bound and warm, and the token it wants (None: none). Not started."""
     from clipsearch.cache.store import Store
     from clipsearch.config import home
@@ -368,11 +376,19 @@ def make_server(db_path: Path, model_dir: Path, host: str, port: int, token: str
     if no_auth:
         token = None
     elif token is None and not local:
-        token = secrets.token_urlsafe(24)
+        from .access import kept_token
+
+        token = kept_token(new_token)
     thumbnails = ThumbnailCache(home() / "thumbnails", (cache_mb or DEFAULT_CACHE_MB) << 20)
     app = App(Path(db_path), Path(model_dir), engine, thumbnails, token, local_only=local and token is None)
     try:
         server = BoundedServer((host, port), app)
     except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise UsageError(f"cannot listen on {host}: not an address of this machine; use one it has "
+                             "(`ip -brief address`), or 0.0.0.0 for all of them") from None
+        if exc.errno == errno.EACCES:
+            raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror}); ports below 1024 need root: "
+                             "choose another --port") from None
         raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
     return server, token
