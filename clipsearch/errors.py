@@ -57,3 +57,9 @@ class DownloadError(ClipsearchError):
     """A model download failed: hub unreachable, a file missing or altered, interrupted."""
 
     exit_code = 7
+
+
+class SidecarWriteError(ClipsearchError):
+    """`tag` / `untag` could write none of the sidecars it had to change."""
+
+    exit_code = 8

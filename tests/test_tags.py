@@ -130,7 +130,8 @@ def test_bad_sidecars_and_read_only_folders_are_left_alone_with_one_warning(libr
     before = broken.read_bytes(), laughs.read_bytes()
     result = tag(env, "yellow", "--top", "2")
     err = result.stderr.decode()
-    assert result.returncode == 0 and "Traceback" not in err, err
+    # Every sidecar it had to change was left alone: exit 8 (issue 23), one line saying so.
+    assert result.returncode == 8 and "Traceback" not in err and "none of the 2 sidecars" in err, err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 2 and all("not tagged" in w for w in warnings), err
     assert (broken.read_bytes(), laughs.read_bytes()) == before
@@ -141,7 +142,7 @@ def test_bad_sidecars_and_read_only_folders_are_left_alone_with_one_warning(libr
     finally:
         os.chmod(folder, 0o755)
     err = locked.stderr.decode()
-    assert locked.returncode == 0 and "0 sidecars written" in err and "2 failed" in err, err
+    assert locked.returncode == 8 and "0 sidecars written" in err and "2 failed" in err, err
     assert "cannot write (Permission denied)" in err
 
 

@@ -17,8 +17,11 @@ from .status import status
 from .tag import tag, untag
 
 EXIT_CODES = """Exit codes: 0 success (per-file warnings included), 1 unexpected error, 2 bad usage or
-path, 3 model folder problem, 4 database problem, 5 cache built with another model,
-6 a library folder that held photos is empty or gone (not mounted?; its photos were kept), 75 another index run holds the lock, 130 interrupted."""
+path, 3 model folder problem (a known answer missed included), 4 database problem (a read-only
+cache for index/tag included), 5 cache built with another model, 6 a library folder that held
+photos is empty or gone (not mounted?; its photos were kept), 7 a model download failed, 8 tag
+or untag could write none of its sidecars, 75 another index run holds the lock, 130
+interrupted."""
 
 
 def run() -> None:

@@ -93,3 +93,8 @@ def say(report, verb: str, dry_run: bool) -> None:
     would = "would be " if dry_run else ""
     click.echo(f"{verb}: {report.photos} photos, {report.written} sidecars {would}written, "
                f"{report.unchanged} already so, {report.failed} failed", err=True)
+    if report.failed and not report.written and not report.unchanged:
+        from clipsearch.errors import SidecarWriteError
+
+        raise SidecarWriteError(f"{verb}: none of the {report.failed} sidecars could be written (see the warnings "
+                                "above); nothing was changed")

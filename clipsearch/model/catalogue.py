@@ -124,7 +124,23 @@ def catalogue_rows() -> list[dict]:
             "pinned": bool(sources) and all(source.pinned for source in sources),
             "known_answers": len(entry.get("known_answers") or []),
             "licence": entry.get("licence"), "installed": (models_dir() / name / "manifest.json").is_file()})
+    for folder in installed_models():
+        if folder.name not in catalogue["models"]:
+            try:
+                source = json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("source") or {}
+            except (OSError, ValueError):
+                source = {}
+            made = f"{source['repo']}@{str(source.get('revision'))[:12]}" if source.get("repo") else "exported here"
+            rows.append({"name": folder.name, "default": False, "source": f"{made} (not in the catalogue)",
+                         "fallback_sources": [], "layout": source.get("layout"), "download_mb": None, "pinned": False,
+                         "known_answers": 0, "licence": None, "installed": True})
     return rows
+
+
+def installed_models() -> list:
+    """The model folders in the data dir's models folder, by name."""
+    base = models_dir()
+    return sorted(p for p in base.iterdir() if (p / "manifest.json").is_file()) if base.is_dir() else []
 
 
 def check_config_values(source: Source, image: dict, dim: int) -> None:

@@ -60,10 +60,16 @@ def _request(url: str, headers: dict | None = None):
     return _opener.open(request, timeout=TIMEOUT)
 
 
+class DownloadInterrupted(DownloadError):
+    """The transfer broke off: what arrived is kept, and the same command resumes it."""
+
+
 def unreachable(reason) -> DownloadError:
+    from clipsearch.config import models_dir
+
     return DownloadError(
         f"cannot reach the model hub at {hub_endpoint()} ({reason}); on a machine without internet, copy a model "
-        "folder made elsewhere (`clipsearch models pull` or `python -m export`) into this machine's models folder, "
+        f"folder made elsewhere (`clipsearch models pull` or `python -m export`) into {models_dir()}, "
         "or set HF_ENDPOINT to a mirror")
 
 
@@ -143,7 +149,7 @@ def _matches(expected: dict, size: int, sha256: str | None) -> bool:
 
 def _interrupted(url: str, have: int, total: int | None, why) -> DownloadError:
     of = f" of {total / 1e6:.1f}" if total else ""
-    return DownloadError(f"{url}: download interrupted after {have / 1e6:.1f}{of} MB ({why}); "
+    return DownloadInterrupted(f"{url}: download interrupted after {have / 1e6:.1f}{of} MB ({why}); "
                          "run the same command again to resume")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from clipsearch.errors import ModelError
 
 FORMAT_VERSION = 1
-EXPORT_HINT = ("get one with `clipsearch models pull` (no PyTorch needed; see README), or make one with "
+EXPORT_HINT = ("get one with `clipsearch models pull` (no PyTorch needed; see docs/models.md), or make one with "
                "`python -m export` on a machine with PyTorch and copy it here, or point --model / CLIPSEARCH_MODEL at one")
 
 
@@ -74,6 +74,11 @@ def load_manifest(folder: Path) -> Manifest:
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
     if not manifest_path.is_file():
+        others = sorted(p.name for p in folder.parent.glob("*") if (p / "manifest.json").is_file()) \
+            if folder.parent.is_dir() else []
+        if others:
+            raise ModelError(f"{folder}: no model there; installed in {folder.parent}: {', '.join(others)}: choose one "
+                             "with --model or CLIPSEARCH_MODEL, or `clipsearch models pull` the default")
         raise ModelError(f"{manifest_path}: no model manifest here; {EXPORT_HINT}")
     try:
         data = json.loads(manifest_path.read_text(encoding="utf-8"))

@@ -43,6 +43,21 @@ def pull(sources: "list[Source] | Source", out: Path | None = None,
     except ImportError:
         raise ClipsearchError(NO_ONNX) from None
     sources = sources if isinstance(sources, list) else [sources]
+    try:
+        return _pull_sources(sources, out, progress, log)
+    except BaseException as exc:
+        from .hub import DownloadInterrupted
+
+        if not isinstance(exc, (DownloadInterrupted, KeyboardInterrupt)):
+            # Nothing to resume: no hidden download folder is left behind.
+            out_dir = (out or models_dir() / sources[0].name).expanduser().resolve()
+            shutil.rmtree(out_dir.parent / f".{out_dir.name}.download", ignore_errors=True)
+        raise
+
+
+def _pull_sources(sources: list[Source], out, progress, log) -> dict:
+    from .hub import DownloadInterrupted
+
     failures: list[ClipsearchError] = []
     for i, source in enumerate(sources):
         if i:
@@ -57,8 +72,8 @@ def pull(sources: "list[Source] | Source", out: Path | None = None,
                 raise
             log(str(exc))
             failures.append(exc)
-    raise type(failures[0])(f"no source of {sources[0].name} could be installed: "
-                            + "; then ".join(str(exc) for exc in failures))
+    kind = DownloadInterrupted if any(isinstance(exc, DownloadInterrupted) for exc in failures) else type(failures[0])
+    raise kind(f"no source of {sources[0].name} could be installed: " + "; then ".join(str(exc) for exc in failures))
 
 
 def _pull_one(source: Source, out: Path | None, progress, log) -> dict:

@@ -151,7 +151,9 @@ def _coordinate(value, ref, hemispheres: str, limit: float) -> float | None:
         parts = [float(part) for part in value]
     except (TypeError, ValueError, ZeroDivisionError):
         return None
-    if len(parts) != 3 or not all(math.isfinite(p) and p >= 0 for p in parts) or parts[1] >= 60 or parts[2] >= 60:
+    # Exactly 60 minutes or seconds is a rounding artefact of real cameras and apps (41/1 8/1
+    # 60/1): normalised as ExifTool does (41 9 0), not a reason to drop the position.
+    if len(parts) != 3 or not all(math.isfinite(p) and p >= 0 for p in parts) or parts[1] > 60 or parts[2] > 60:
         return None
     degrees = parts[0] + parts[1] / 60 + parts[2] / 3600
     ref = (_text(ref) or "").upper()[:1]
