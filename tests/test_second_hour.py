@@ -90,3 +90,62 @@ def test_a_failed_pull_leaves_no_hidden_download_folder_and_names_the_models_fol
         hub.close()
     unreachable = run_cli("models", "pull", "tiny", env=dict(env, HF_ENDPOINT="http://127.0.0.1:9"))
     assert unreachable.returncode == 7 and str(isolated_home / "models").encode() in unreachable.stderr
+
+
+LIGHTROOM_XMP = (
+    '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+    '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" '
+    'xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:lr="http://ns.adobe.com/lightroom/1.0/">'
+    "<dc:subject><rdf:Bag><rdf:li>grandma</rdf:li><rdf:li>Ana</rdf:li></rdf:Bag></dc:subject>"
+    "<lr:hierarchicalSubject><rdf:Bag><rdf:li>People|grandma</rdf:li><rdf:li>People|Ana</rdf:li></rdf:Bag>"
+    "</lr:hierarchicalSubject></rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end=\"w\"?>")
+
+
+def embedded_keywords_photo(path, colour):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 48), colour).save(path, "JPEG", xmp=LIGHTROOM_XMP.encode())
+    return path
+
+
+@pytest.mark.skipif(shutil.which("exiftool") is None, reason="ExifTool not installed (apt-get install libimage-exiftool-perl)")
+def test_tag_keeps_the_photos_own_keywords_visible(tmp_path, cli):
+    from test_tags import as_list, exiftool
+
+    root = tmp_path / "photos"
+    photo = embedded_keywords_photo(root / "lightroom.jpg", COLOURS["blue"])
+    write_photo(root / "other.jpg", COLOURS["red"])
+    cli("index", str(root), "--workers", "1")
+    cli("tag", "sea", "blue", "--top", "1")
+    sidecar = root / "lightroom.jpg.xmp"
+    (read,) = exiftool(sidecar)
+    assert sorted(as_list(read["XMP-dc:Subject"])) == ["Ana", "grandma", "sea"]
+    assert sorted(as_list(read["XMP-lr:HierarchicalSubject"])) == ["People|Ana", "People|grandma", "clipsearch|sea"]
+    cli("index", str(root), "--workers", "1")  # the sidecar now wins: it must not hide grandma
+    found = lambda *tags: cli("query", "--paths", *[a for t in tags for a in ("--tag", t)]).stdout.split()  # noqa: E731
+    assert found("grandma") == [str(photo)] and found("sea") == [str(photo)]
+    run_cli("untag", "sea", "--db", str(cli.db), check=True)
+    (read,) = exiftool(sidecar)
+    assert sorted(as_list(read["XMP-dc:Subject"])) == ["Ana", "grandma"]  # only what tag added is gone
+    cli("index", str(root), "--workers", "1")
+    assert found("grandma") == [str(photo)] and found("sea") == []
+
+
+def test_a_tag_finds_the_keywords_under_it_and_an_exact_one_only_itself(tmp_path, cli):
+    root = tmp_path / "photos"
+    lightroom = embedded_keywords_photo(root / "lightroom.jpg", COLOURS["blue"])
+    digikam = write_photo(root / "digikam.jpg", COLOURS["red"])
+    (root / "digikam.jpg.xmp").write_text(
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:digiKam="http://www.digikam.org/ns/1.0/"><digiKam:TagsList><rdf:Seq>'
+        "<rdf:li>People/Ana</rdf:li><rdf:li>People</rdf:li></rdf:Seq></digiKam:TagsList></rdf:Description></rdf:RDF>"
+        "</x:xmpmeta>", encoding="utf-8")
+    write_photo(root / "plain.jpg", COLOURS["green"])
+    cli("index", str(root), "--workers", "1")
+    found = lambda tag: set(cli("query", "--paths", "--tag", tag).stdout.split())  # noqa: E731
+    assert found("People") == found("people") == {str(lightroom), str(digikam)}
+    assert found("People/Ana") == found("People|Ana") == {str(lightroom), str(digikam)}
+    assert found("=People") == {str(digikam)}  # that keyword itself, not what is under it
+    assert found("Peop") == set()  # a prefix of a name is not a parent
+    assert found("Ana") == {str(lightroom)}  # Lightroom's leaf in dc:subject

@@ -38,6 +38,10 @@ class Columns:
     def keyword_positions(self, keyword: str) -> np.ndarray:
         return self.keywords.get(keyword.lower(), np.zeros(0, dtype=np.int64))
 
+    def keyword_names(self) -> list[str]:
+        """Every keyword the rows carry, lower-cased."""
+        return list(self.keywords)
+
 
 def read_columns(store, ids: np.ndarray, since_seq: int | None = None) -> Columns:
     """Columns of the live rows `ids` (sorted int64) from the database; `since_seq`: only rows
@@ -114,6 +118,9 @@ class PackedColumns(Columns):
     def keyword_positions(self, keyword: str) -> np.ndarray:
         offset, count = self.postings.get(keyword.lower(), (0, 0))
         return self.packed.map(self.directory["postings_at"] + offset, count, "<i4")
+
+    def keyword_names(self) -> list[str]:
+        return list(self.postings)
 
 
 def member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:

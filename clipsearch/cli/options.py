@@ -78,7 +78,9 @@ def filter_options(f):
         click.option("--near", metavar="LAT,LON", help="Taken near this point (decimal degrees; with --within)."),
         click.option("--within", "within_distance", metavar="DIST", help="With --near: at most DIST away (25km, 800m; "
                                                                           "default 10km)."),
-        click.option("--tag", "tags", multiple=True, metavar="KEYWORD", help="Has this keyword (any case; repeatable: all)."),
+        click.option("--tag", "tags", multiple=True, metavar="KEYWORD",
+                     help="Has this keyword or one under it (People finds People/Ana and People|Ana; =People: "
+                          "exactly that one; any case; repeatable: all)."),
         click.option("--min-rating", type=click.IntRange(-1, 5), default=None, metavar="N", help="Rated N stars or more."),
     ]
     for option in reversed(options):

@@ -256,6 +256,39 @@ def _dedupe(values) -> list[str]:
     return out
 
 
+def embedded_keyword_fields(photo: bytes) -> dict[str, list[str]]:
+    """The keywords a photo carries inside itself, field by field (`sidecars.FIELDS`; IPTC
+    keywords count as dc:subject), read from its headers without decoding pixels. What a
+    sidecar `tag` creates must carry too: a sidecar wins over the photo, so one holding only
+    the new keyword would hide the photo's own. Unreadable headers: nothing (never raises)."""
+    import warnings
+
+    from PIL import Image
+
+    from .formats import photo_formats, prepare_decoders
+    from .sidecars import FIELDS, SidecarError, parse_xmp
+
+    found: dict[str, list[str]] = {}
+    prepare_decoders()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with Image.open(photo, formats=photo_formats()) as img:
+                xmp = _embedded_xmp(img)
+                if xmp:
+                    try:
+                        packet = parse_xmp(xmp)
+                        found = {field: _dedupe(packet.keywords(field)) for field in FIELDS}
+                    except (SidecarError, ImportError):
+                        found = {}
+                iptc = _iptc_keywords(img)
+        except Exception:  # noqa: BLE001 - an unreadable photo has no keywords to carry over
+            return {}
+    if iptc:
+        found["dc:subject"] = _dedupe([*found.get("dc:subject", []), *iptc])
+    return {field: values for field, values in found.items() if values}
+
+
 def photo_record(img, upright_size: tuple[int, int] | None, photo: bytes, sidecars=None) -> tuple[dict, str]:
     """The cache's record of a photo (its own headers, then its sidecars), and the stamp of
     the sidecars it read. `sidecars`: (path, size, mtime_ns, bytes or None) read already

@@ -29,7 +29,8 @@ def matches(columns: Columns, filters: Filters) -> np.ndarray:
         keep &= np.isin(columns.column("camera"), [i for i, name in enumerate(columns.cameras) if wanted in name])
     for tag in filters.tags:
         tagged = np.zeros(len(keep), dtype=bool)
-        tagged[columns.keyword_positions(tag)] = True
+        for keyword in tagged_keywords(columns, tag):
+            tagged[columns.keyword_positions(keyword)] = True
         keep &= tagged
     if filters.near is not None:
         lat, lon = columns.column("lat"), columns.column("lon")
@@ -38,6 +39,17 @@ def matches(columns: Columns, filters: Filters) -> np.ndarray:
         rows = np.flatnonzero(keep)
         keep[rows] = distances_m(filters.near, lat[rows], lon[rows]) <= filters.within_m
     return keep
+
+
+def tagged_keywords(columns: Columns, tag: str) -> list[str]:
+    """The keywords `--tag TAG` stands for: TAG and everything under it in a hierarchy
+    (`People` finds `People/Ana` as digiKam writes it and `People|Ana` as Lightroom does; both
+    are kept with `/`), any case; `=TAG` is that keyword exactly."""
+    exact = tag.startswith("=")
+    name = (tag[1:] if exact else tag).replace("|", "/").strip("/").lower()
+    if exact:
+        return [name]
+    return [keyword for keyword in columns.keyword_names() if keyword == name or keyword.startswith(name + "/")]
 
 
 def distances_m(point: tuple[float, float], lat: np.ndarray, lon: np.ndarray) -> np.ndarray:

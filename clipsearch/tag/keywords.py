@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from clipsearch.errors import UsageError
+from clipsearch.photos.metadata import embedded_keyword_fields
 from clipsearch.photos.sidecars import (
     SidecarError,
     delete_sidecar,
@@ -120,9 +121,16 @@ def apply_keywords(chosen: dict[bytes, list[str]], db_path: Path, options: TagOp
         for start in range(0, len(paths), 500):
             ids.update(store.image_ids(paths[start : start + 500]))
         for photo in paths:
-            for sidecar_path in sidecar_paths(photo) or [new_sidecar_path(photo, options.style)]:
+            existing = sidecar_paths(photo)
+            for sidecar_path in existing or [new_sidecar_path(photo, options.style)]:
                 try:
                     sidecar = read_sidecar(sidecar_path)
+                    if not existing:
+                        # A new sidecar wins over the photo: it carries the photo's own keywords
+                        # too (not recorded as added, so `untag` never removes them).
+                        for name, values in embedded_keyword_fields(photo).items():
+                            for value in values:
+                                sidecar.add(name, value)
                     added = {keyword: [(name, value) for name, value in field_values(keyword, options.parent).items()
                                        if sidecar.add(name, value)] for keyword in chosen[photo]}
                     added = {keyword: values for keyword, values in added.items() if values}
