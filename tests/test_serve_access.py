@@ -103,3 +103,35 @@ def test_a_low_port_says_it_needs_root(library, cli):
     with pytest.raises(UsageError) as caught:
         make_server(cli.db, cli.model, "127.0.0.1", 80, TOKEN, False)
     assert "ports below 1024 need root" in str(caught.value)
+
+
+def test_the_service_unit_runs_this_installation_as_this_user_without_secrets(library, cli, isolated_home):
+    import configparser
+    import getpass
+    import shutil
+    import subprocess
+
+    from helpers import run_cli
+
+    result = run_cli("serve", "--host", "0.0.0.0", "--port", "8750", "--print-service", "systemd", "--db", str(cli.db),
+                     "--model", str(cli.model), env={"CLIPSEARCH_TOKEN": OPENSSL_TOKEN}, check=True)
+    unit_text = result.stdout.decode()
+    assert OPENSSL_TOKEN not in unit_text and "--token" not in unit_text  # no secret on a command line
+    assert b"does not carry --token" in result.stderr
+    unit = configparser.ConfigParser(interpolation=None, strict=False)
+    unit.optionxform = str
+    unit.read_string(unit_text)
+    service = unit["Service"]
+    command = service["ExecStart"].split()
+    assert os.path.isabs(command[0]) and os.access(command[0], os.X_OK)  # the venv's, not PATH's
+    assert command[1:4] in (["serve", "--host", "0.0.0.0"], ["-m", "clipsearch", "serve"])
+    assert f"--db {cli.db}" in service["ExecStart"] and f"--model {cli.model}" in service["ExecStart"]
+    assert service["User"] == getpass.getuser() and service["Restart"] == "on-failure"
+    assert service["Environment"] == f"CLIPSEARCH_HOME={isolated_home.resolve()}"  # where the kept token is
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+    if shutil.which("systemd-analyze"):
+        path = isolated_home / "clipsearch-serve.service"
+        path.write_text(unit_text)
+        verified = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True)
+        problems = [line for line in verified.stderr.splitlines() if str(path) in line]
+        assert verified.returncode == 0 and not problems, verified.stderr

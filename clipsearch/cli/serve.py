@@ -20,14 +20,19 @@ from .options import db_option, handle_errors, model_option, threads_option
                                                  "needs the new link).")
 @click.option("--no-auth", is_flag=True, help="Serve without a token even on the network (anyone who can reach "
                                                "the port sees every photo).")
+@click.option("--print-service", type=click.Choice(["systemd"]), default=None,
+              help="Print a service unit that runs this serve (these options) at boot as this user, restarting it "
+                   "on failure, and exit (docs/serve.md).")
 @click.option("--thumbnail-cache", "cache_mb", type=click.IntRange(16), default=None, metavar="MB",
               help="Disk for cached previews under the data dir [default 512].")
 @db_option
 @model_option
 @threads_option
-def serve(host, port, token, new_token, no_auth, cache_mb, db_path, model_dir, threads):
+def serve(host, port, token, new_token, no_auth, print_service, cache_mb, db_path, model_dir, threads):
     """Search the cache from a browser: a page with a search box and thumbnails."""
     with handle_errors():
+        if print_service:
+            return print_unit(host, port, token, no_auth, cache_mb, db_path, model_dir, threads)
         from clipsearch.serve.access import link_with_token
         from clipsearch.serve.server import make_server
 
@@ -73,3 +78,18 @@ def _lan_address() -> str | None:
             return probe.getsockname()[0]
     except OSError:
         return None
+
+
+def print_unit(host, port, token, no_auth, cache_mb, db_path, model_dir, threads) -> None:
+    import getpass
+
+    from clipsearch.config import home
+    from clipsearch.serve.service import systemd_unit
+
+    if token is not None:
+        click.echo("clipsearch: note: the unit does not carry --token / CLIPSEARCH_TOKEN (a command line is "
+                   "visible to every user): it uses the token kept in the data dir; see the comment in the unit",
+                   err=True)
+    extra = (["--no-auth"] if no_auth else []) + (["--thumbnail-cache", str(cache_mb)] if cache_mb else []) + (
+        ["--threads", str(threads)] if threads else [])
+    click.echo(systemd_unit(host, port, db_path, model_dir, home().resolve(), getpass.getuser(), extra), nl=False)
