@@ -294,28 +294,42 @@ def test_a_worker_killed_mid_run_is_replaced_and_its_file_tried_again(big_librar
 
 
 def test_a_dead_worker_loses_no_file_wherever_it_dies(tiny_model, tmp_path):
-    """Workers killed at random moments (loading, busy, idle): every file still comes back
-    exactly once, indexed."""
+    """Workers killed at each kind of moment (loading the model, busy on a file, idle between
+    files): every file still comes back exactly once, indexed. Each kill waits for its moment
+    (it used to be a random moment, which a loaded machine could miss: all files done after
+    one kill)."""
     from clipsearch.index.workers import WorkerPool
 
     photos = [write_photo(tmp_path / f"p{i}.jpg", (10 * i, 200, 10), size=(640, 480), seed=i) for i in range(24)]
     files = [(os.fsencode(p), p.stat().st_size, p.stat().st_mtime_ns) for p in photos]
     pool = WorkerPool(str(tiny_model), workers=2, threads=1, use_draft=True)
-    rng = random.Random(7)
-    results = []
-    try:
-        results += pool.submit(files)
-        kills, deadline = 0, time.time() + 120
-        while (pool.waiting or pool.retry or any(slot.files for slot in pool.slots)) and time.time() < deadline:
+    results, kills = [], []
+
+    def kill_when(moment: str, found) -> None:
+        """Pump the pool until `found(slot)` holds for one of its workers, then SIGKILL it."""
+        nonlocal results
+        deadline = time.time() + 120
+        while time.time() < deadline:
             results += pool.submit([])
-            if kills < 3 and pool.slots and rng.random() < 0.3:
-                os.kill(rng.choice(pool.slots).process.pid, signal.SIGKILL)
-                kills += 1
-            time.sleep(rng.random() * 0.2)
+            victims = [slot for slot in pool.slots if slot.process.is_alive() and found(slot)]
+            if victims:
+                os.kill(victims[0].process.pid, signal.SIGKILL)
+                kills.append(moment)
+                return
+            time.sleep(0.002)
+        raise AssertionError(f"no worker was ever {moment}")
+
+    try:
+        results += pool.submit(files[:8])
+        kill_when("loading", lambda slot: not slot.ready or slot.loading)
+        kill_when("busy", lambda slot: slot.ready and not slot.loading and slot.files)
+        results += pool.drain()  # everything handed out is answered: both workers idle
+        kill_when("idle", lambda slot: slot.ready and not slot.files)
+        results += pool.submit(files[8:])
         results += pool.drain()
     finally:
         pool.close(cancel=True)
-    assert kills == 3
+    assert kills == ["loading", "busy", "idle"]
     assert sorted(r.path for r in results) == sorted(f[0] for f in files)
     assert all(r.vector and r.error is None for r in results), [r.error for r in results]
 
