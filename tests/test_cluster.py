@@ -133,7 +133,10 @@ def rows_or_zero(db) -> int:
         return 0
 
 
-def test_a_scheduler_that_goes_away_stops_the_run_with_its_work_kept(slow_photos, colour_model, tmp_path):
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "shut-down"])
+def test_a_scheduler_that_goes_away_stops_the_run_with_its_work_kept(slow_photos, colour_model, tmp_path, how):
+    """Killed (the machine went off) or shut down gracefully (SIGTERM: a desktop going to
+    sleep, `systemctl stop`): the same one line, no traceback, the work kept."""
     import socket
 
     photos = slow_photos
@@ -156,11 +159,13 @@ def test_a_scheduler_that_goes_away_stops_the_run_with_its_work_kept(slow_photos
         run = index(tmp_path / "cluster.db", photos, "--cluster", address, "--commit-seconds", "0.05",
                     "--cluster-inflight", "1", wait=False, env=env)
         mid_run(run, tmp_path / "cluster.db", "the scheduler could be stopped")
-        scheduler.send_signal(signal.SIGKILL)  # the machine running the scheduler went off
+        scheduler.send_signal(how)
         code = run.wait(240)
         stderr = run.stderr.read().decode()
         assert code != 0, stderr
-        assert "went away" in stderr and "Traceback" not in stderr, stderr
+        assert "went away" in stderr and "Traceback" not in stderr and "CommClosedError" not in stderr, stderr
+        assert [line for line in stderr.splitlines() if line.strip()] == [
+            line for line in stderr.splitlines() if line.startswith("Error: ")], stderr  # one line, nothing else
     finally:
         for process in (scheduler, worker):
             process.kill()
@@ -245,3 +250,25 @@ def test_over_tls_with_a_generated_certificate(photos, colour_model, tmp_path):
         for process in (worker, scheduler):
             process.kill()
             process.wait(10)
+
+
+def test_dasks_own_warnings_are_one_line_and_silent_with_q(cluster, tmp_path):
+    """A photo over Dask's 10 MB graph size makes it warn ("Sending large graph ..."): one line
+    naming the scheduler, once, or nothing at all with -q (cron mails stderr)."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "big"
+    root.mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (2200, 2200, 3), dtype=np.uint8)
+    for i in range(2):
+        Image.fromarray(noise if i == 0 else noise[::-1]).save(root / f"noise{i}.png", compress_level=0)
+    assert (root / "noise0.png").stat().st_size > 12 << 20
+    address = cluster.scheduler_address
+    loud = index(tmp_path / "loud.db", root, "--cluster", address)
+    assert loud.returncode == 0, loud.stderr
+    lines = [line for line in loud.stderr.splitlines() if "large graph" in line]
+    assert lines and len(lines) == 1 and lines[0].startswith(f"warning: {address}: Dask: Sending large graph"), loud.stderr
+    assert "warnings.warn" not in loud.stderr and "UserWarning" not in loud.stderr
+    quiet = index(tmp_path / "quiet.db", root, "--cluster", address, "-q")
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr

@@ -83,7 +83,7 @@ def index(paths, db_path, model_dir, workers, file_timeout, worker_memory, batch
             excludes=(() if no_default_excludes else DEFAULT_EXCLUDES) + tuple(excludes),
             follow_links=follow_links, commit_seconds=commit_seconds, count_first=not quiet and sys.stderr.isatty(),
             use_draft=not exact_decode, allow_empty=allow_empty, cluster=cluster,
-            cluster_inflight_mb=cluster_inflight, retry_failed=retry_failed)
+            cluster_inflight_mb=cluster_inflight, retry_failed=retry_failed, quiet=quiet)
         signal.signal(signal.SIGTERM, _interrupt)
         progress = None if quiet or not sys.stderr.isatty() else ProgressLine(options.workers)
         try:

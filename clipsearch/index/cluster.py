@@ -17,6 +17,7 @@ carries the photo's bytes); a scheduler that goes away stops the run, keeping wh
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import time
 import urllib.parse
@@ -94,6 +95,30 @@ def _worker_model(dask_worker) -> tuple[str | None, str | None]:
     return (plugin.model_id, plugin.problem) if plugin is not None else (None, "no clipsearch model plugin")
 
 
+def _one_line_dask_warnings(address: str, warn, quiet: bool) -> None:
+    """Dask's own Python warnings ("Sending large graph of size 21.56 MiB ...", from its event
+    loop's thread) as one line each, once per kind, or none with `-q`: a nightly run's mail
+    should not hold a two-line warning per big photo."""
+    import warnings
+
+    if quiet:
+        warnings.filterwarnings("ignore", module=r"distributed(\.|$)")
+        return
+    shown: set[str] = set()
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if f"{os.sep}distributed{os.sep}" not in filename:
+            return original(message, category, filename, lineno, file, line)
+        text = " ".join(str(message).split())
+        kind = text.split(" of ")[0][:40]
+        if kind not in shown:
+            shown.add(kind)
+            warn(address.encode(), f"Dask: {text}")
+
+    warnings.showwarning = show
+
+
 def _embed(shipment) -> tuple[Result, str]:
     """The task: this worker's embedder on one shipped photo; also says which worker it was."""
     from distributed import get_worker
@@ -105,7 +130,8 @@ def _embed(shipment) -> tuple[Result, str]:
 class ClusterPool:
     """Files in, Results out, embedded on a Dask cluster (see the module docstring)."""
 
-    def __init__(self, address: str, manifest, use_draft: bool, local, warn, inflight_mb: int = INFLIGHT_MB):
+    def __init__(self, address: str, manifest, use_draft: bool, local, warn, inflight_mb: int = INFLIGHT_MB,
+                 quiet: bool = False):
         import logging
 
         from distributed import Client
@@ -114,6 +140,7 @@ class ClusterPool:
         # one line of its own instead.
         for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] in ("distributed", "tornado")]:
             logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+        _one_line_dask_warnings(address, warn, quiet)
         self.address, self.model_id, self.local, self.warn = address, manifest.model_id, local, warn
         self.inflight_bytes = inflight_mb << 20
         try:

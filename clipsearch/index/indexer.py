@@ -41,6 +41,7 @@ class IndexOptions:
     cluster: str | None = None  # a Dask scheduler's address: embed there (`cluster.py`)
     cluster_inflight_mb: int = 256  # photo bytes sent to the cluster and not answered yet
     retry_failed: bool = False  # try every remembered failure again, changed or not
+    quiet: bool = False  # -q: only what needs a look (cron mails the rest); Dask's own warnings dropped
 
 
 @dataclass
@@ -109,7 +110,8 @@ def worker_pool(manifest: Manifest, options: IndexOptions, warn=None) -> Embedde
 
         # Headers-only work stays here and never loads the model; this encoder only exists for it.
         local = EmbedWorker(ImageEncoder(manifest, threads=1, verify=False), options.use_draft)
-        return ClusterPool(options.cluster, manifest, options.use_draft, local, warn, options.cluster_inflight_mb)
+        return ClusterPool(options.cluster, manifest, options.use_draft, local, warn, options.cluster_inflight_mb,
+                           options.quiet)
     threads = options.threads or (available_cores() if options.workers == 1 else 1)
     return WorkerPool(str(manifest.folder), options.workers, threads, options.use_draft,
                       options.file_timeout, options.worker_memory)
