@@ -123,3 +123,50 @@ def test_the_token_flow_in_the_browser(library, cli):  # noqa: F811
     finally:
         driver.quit()
         served.stop()
+
+
+def test_a_view_link_opened_alone_a_gone_photo_and_the_untrained_note(library, cli, tmp_path, tiny_model):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    from clipsearch.serve.server import make_server
+
+    served = Served(cli)
+    driver = browser(PHONE)
+    try:
+        # A #view=ID link opened on its own (sent to someone, a bookmark) shows the photo's facts.
+        row_id = served.api("q=blue&top=1")[1]["results"][0]["id"]
+        driver.get(f"http://127.0.0.1:{served.port}/#view={row_id}")
+        wait_for(driver, lambda d: "blue.jpg" in d.find_element(By.ID, "facts").text)
+        assert str(library / "blue.jpg") in driver.find_element(By.ID, "facts").text
+        # A photo whose disk is gone: a tile saying so, not a broken image.
+        (library / "yellow.jpg").rename(tmp_path / "elsewhere.jpg")
+        driver.get(f"http://127.0.0.1:{served.port}/?q=yellow")
+        wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#results .missing"))
+        tile = driver.find_element(By.CSS_SELECTOR, "#results .missing")
+        assert "yellow.jpg: not available" in tile.text and tile.is_displayed()
+        assert driver.execute_script("return [...document.querySelectorAll('#results img')]"
+                                     ".every(i => !i.complete || i.naturalWidth > 0)")
+        shot(driver, "serve-phone-gone-photo")
+        assert not driver.find_element(By.ID, "note").is_displayed()  # a trained model: no note
+    finally:
+        driver.quit()
+        served.stop()
+    # An untrained (random-weight) model: the page says so above its results.
+    db = tmp_path / "tiny.db"
+    from helpers import run_cli
+
+    assert run_cli("index", str(library), "--db", str(db), "--model", str(tiny_model), "--workers", "1").returncode == 0
+    server, _ = make_server(db, tiny_model, "127.0.0.1", 0, None, False)
+    import threading
+
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    driver = browser(PHONE)
+    try:
+        driver.get(f"http://127.0.0.1:{server.server_address[1]}/?q=red")
+        wait_for(driver, lambda d: d.find_element(By.ID, "note").is_displayed())
+        assert "untrained" in driver.find_element(By.ID, "note").text
+    finally:
+        driver.quit()
+        server.shutdown()
+        server.server_close()

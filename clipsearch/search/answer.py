@@ -28,3 +28,9 @@ def json_path(path: bytes) -> dict:
 
 # What an answer says of each photo, in this order, in `query --json` and the web API.
 META_FIELDS = ("taken_at", "make", "model", "lens", "lat", "lon", "width", "height", "keywords", "rating")
+
+
+def photo_json(row_id: int, path: bytes, score: float | None, meta: dict) -> dict:
+    """One photo as the web API gives it, in a result list or alone (`/api/photo/ID`)."""
+    return {"id": row_id, "score": None if score is None else round(score, 4), **json_path(path),
+            "name": path.rsplit(b"/", 1)[-1].decode("utf-8", "replace"), **{key: meta.get(key) for key in META_FIELDS}}

@@ -65,7 +65,7 @@ class App:
         self.renders = threading.BoundedSemaphore(MAX_RENDERS)
 
     def search(self, params: dict) -> dict:
-        from clipsearch.search.answer import META_FIELDS, json_path
+        from clipsearch.search.answer import photo_json
         from clipsearch.search.filters import make_filters
         from clipsearch.search.query import run_query
 
@@ -95,14 +95,23 @@ class App:
             raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
         finally:
             self.queries.release()
-        results = []
-        for row_id, (path, score) in zip(answer.ids[:top], answer.results[:top]):
-            meta = answer.meta.get(path, {})
-            results.append({"id": row_id, "score": None if score is None else round(score, 4), **json_path(path),
-                            "name": path.rsplit(b"/", 1)[-1].decode("utf-8", "replace"),
-                            **{key: meta.get(key) for key in META_FIELDS}})
+        results = [photo_json(row_id, path, score, answer.meta.get(path, {}))
+                   for row_id, (path, score) in zip(answer.ids[:top], answer.results[:top])]
         notes = [note.removeprefix("clipsearch: ") for note in answer.notes]
         return {"results": results, "notes": notes, "more": len(answer.ids) > top}
+
+    def facts(self, row_id: int) -> dict:
+        """One photo's facts (`/api/photo/ID`): a `#view=ID` link opened on its own."""
+        from clipsearch.cache.store import Store
+        from clipsearch.search.answer import photo_json
+
+        path = self.photo_row(row_id)[0]
+        store = Store(self.db_path, readonly=True)
+        try:
+            meta = store.metadata_of([row_id]).get(row_id, {})
+        finally:
+            store.close()
+        return photo_json(row_id, path, None, meta)
 
     def local_query(self, request: dict):
         """A `clipsearch query` sent over the local socket (`localsocket.py`): run_query's
@@ -236,6 +245,9 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(HTTPStatus.OK, (WEB / name).read_bytes(), kind, head)
         if url.path == "/api/search":
             return self.send(HTTPStatus.OK, json.dumps(self.app.search(params)).encode(),
+                             "application/json; charset=utf-8", head)
+        if url.path.startswith("/api/photo/") and url.path[11:].isdigit() and len(url.path) <= 29:
+            return self.send(HTTPStatus.OK, json.dumps(self.app.facts(int(url.path[11:]))).encode(),
                              "application/json; charset=utf-8", head)
         kind, _, number = url.path.strip("/").partition("/")
         if kind in ("thumb", "preview", "photo") and number.isdigit() and len(number) <= 18:

@@ -54,6 +54,11 @@ async function loadPage() {
     const body = await response.json();
     if (generation !== state.generation) return;
     if (!response.ok) { $("status").textContent = body.error || "The search failed."; state.more = false; return; }
+    // A note about the whole answer (e.g. an untrained model: rankings are meaningless) stays
+    // in sight above the results, not only when nothing was found.
+    const note = (body.notes || []).find((text) => /untrained|random weights/.test(text));
+    $("note").textContent = note || "";
+    $("note").hidden = !note;
     for (const result of body.results) addResult(result);
     state.offset += body.results.length;
     state.more = body.more;
@@ -84,6 +89,15 @@ function addResult(result) {
   image.loading = "lazy";
   image.decoding = "async";
   image.alt = result.name;
+  // A photo whose disk is gone (or that changed since it was indexed) gets a tile saying so,
+  // not a broken image.
+  image.addEventListener("error", () => {
+    const missing = document.createElement("span");
+    missing.className = "missing";
+    missing.textContent = result.name + ": not available (disk unplugged, moved or changed?)";
+    image.replaceWith(missing);
+    link.classList.add("unavailable");
+  }, { once: true });
   link.append(image);
   if (result.score !== null) {
     const score = document.createElement("span");
@@ -99,7 +113,14 @@ function openView() {
   const match = /^#view=(\d{1,18})$/.exec(location.hash);
   if (!match) { $("viewer").hidden = true; return; }
   const id = match[1];
-  const result = state.byId.get(id) || { id, path: "#" + id };
+  const known = state.byId.get(id);
+  if (!known) {  // a #view=ID link opened on its own: its facts come from the server
+    fetch("/api/photo/" + id, { credentials: "same-origin" })
+      .then((response) => response.ok ? response.json() : null)
+      .then((facts) => { if (facts && location.hash === "#view=" + id) { state.byId.set(id, facts); openView(); } })
+      .catch(() => {});
+  }
+  const result = known || { id, path: "#" + id };
   $("large").src = "/preview/" + id;
   $("large").alt = result.name || "";
   $("original").href = "/photo/" + id;
