@@ -149,3 +149,13 @@ def test_a_tag_finds_the_keywords_under_it_and_an_exact_one_only_itself(tmp_path
     assert found("=People") == {str(digikam)}  # that keyword itself, not what is under it
     assert found("Peop") == set()  # a prefix of a name is not a parent
     assert found("Ana") == {str(lightroom)}  # Lightroom's leaf in dc:subject
+
+
+def test_a_listing_without_text_lists_every_match_unless_top_says(tmp_path, cli):
+    root = tmp_path / "photos"
+    for i in range(14):
+        dated_photo(root / f"p{i:02d}.jpg", (10 * i, 90, 90), when=f"2021:03:{i + 1:02d} 10:00:00")
+    cli("index", str(root), "--workers", "1")
+    listed = cli("query", "--after", "2021", "--paths").stdout.split()
+    assert len(listed) == 14 and listed[0].endswith("p13.jpg")  # all of them, newest first, not 10
+    assert len(cli("query", "--after", "2021", "--paths", "--top", "3").stdout.split()) == 3
