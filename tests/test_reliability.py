@@ -386,3 +386,25 @@ def test_quiet_run_finding_another_run_in_progress_is_silent(colour_model, tmp_p
         loud = CliRunner().invoke(main, args)
     assert quiet.exit_code == 75 and quiet.output == ""
     assert loud.exit_code == 75 and "another clipsearch index" in loud.output
+
+
+def test_a_worker_whose_run_died_while_it_was_starting_leaves_without_a_traceback():
+    """What a worker spawned just before its run was killed meets: the pipe its start-up data
+    comes through is closed. Python's own spawn prints an EOFError traceback there (cron mails
+    it); clipsearch's wrapped command line leaves quietly. Deterministic: the write end is
+    closed before the child starts."""
+    from multiprocessing import spawn
+
+    from clipsearch.index.workers import quiet_if_orphaned
+
+    outcomes = {}
+    for name, command_line in (("python's", spawn.get_command_line), ("clipsearch's", quiet_if_orphaned(spawn.get_command_line))):
+        read, write = os.pipe()
+        os.close(write)
+        try:
+            child = subprocess.run(command_line(pipe_handle=read), pass_fds=(read,), capture_output=True, timeout=60)
+        finally:
+            os.close(read)
+        outcomes[name] = (child.returncode, child.stderr.decode())
+    assert "EOFError" in outcomes["python's"][1]  # the case is real: the check can fail
+    assert outcomes["clipsearch's"] == (1, ""), outcomes["clipsearch's"]

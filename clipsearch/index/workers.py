@@ -222,7 +222,14 @@ class WorkerPool:
         ours, theirs = context.Pipe()
         process = context.Process(target=serve, name="clipsearch-worker", daemon=True,
                                   args=(theirs, self.model_folder, self.threads, self.use_draft, os.getpid()))
-        process.start()
+        from multiprocessing import spawn
+
+        started_by = spawn.get_command_line
+        spawn.get_command_line = quiet_if_orphaned(started_by)
+        try:
+            process.start()
+        finally:
+            spawn.get_command_line = started_by
         theirs.close()
         self.slots.append(Slot(process, ours))
 
@@ -332,6 +339,21 @@ class WorkerPool:
         else:
             self.stopped_once.add(culprit[0])
             self.retry.append(culprit)
+
+
+def quiet_if_orphaned(command_line):
+    """multiprocessing's spawn command line, wrapped: a worker still starting when its run is
+    killed (SIGKILL, the OOM killer, a random moment) finds the pipe its start-up data comes
+    through closed, and Python would print an EOFError traceback on the run's stderr, which
+    cron mails. Such a worker now leaves without a word (exit 1)."""
+
+    def wrapped(**kwds) -> list[str]:
+        line = list(command_line(**kwds))
+        at = line.index("-c") + 1
+        line[at] = f"import sys\ntry:\n    {line[at]}\nexcept EOFError:\n    sys.exit(1)\n"
+        return line
+
+    return wrapped
 
 
 def died(exitcode: int | None) -> str:
