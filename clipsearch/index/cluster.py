@@ -229,7 +229,7 @@ class ClusterPool:
                                "embedded so far are kept: run `clipsearch index` again") from None
         self.futures[future] = (file, len(shipment.data))
         self.sent += len(shipment.data)
-        self.bytes_shipped += len(shipment.data) + sum(len(data or b"") for *_, data in shipment.sidecars)
+        self.bytes_shipped += len(shipment.data) + sum(len(data) for *_, data in shipment.sidecars if isinstance(data, bytes))
 
     def _collect(self, wait: bool) -> None:
         if not self.futures:

@@ -153,7 +153,7 @@ class EmbedWorker:
 @dataclass
 class Shipment:
     """A photo read once where the files are, for a worker that cannot read them: its path
-    (a name only), mtime, bytes, and its sidecars as (path, size, mtime_ns, bytes)."""
+    (a name only), mtime, bytes, and its sidecars as `metadata.read_sidecars` reads them."""
 
     path: bytes
     mtime_ns: int
@@ -164,7 +164,7 @@ class Shipment:
 def ship(file: tuple) -> "Shipment | Result":
     """Read a walked (path, size, mtime) and its sidecars for a remote worker; a Result
     instead when there is nothing to ship (vanished, unreadable, empty)."""
-    from clipsearch.photos.metadata import MAX_SIDECAR_READ, sidecar_files
+    from clipsearch.photos.metadata import read_sidecars
 
     result = Result(*file[:3])
     try:
@@ -180,14 +180,7 @@ def ship(file: tuple) -> "Shipment | Result":
     if not data:
         result.size, result.mtime_ns, result.error = 0, st.st_mtime_ns, "empty file (0 bytes)"
         return result
-    sidecars = []
-    for path, size, mtime in sidecar_files(result.path):
-        try:
-            with open(path, "rb") as f:
-                sidecars.append((path, size, mtime, f.read(MAX_SIDECAR_READ + 1)))
-        except OSError:
-            sidecars.append((path, size, mtime, None))
-    return Shipment(result.path, st.st_mtime_ns, data, sidecars)
+    return Shipment(result.path, st.st_mtime_ns, data, read_sidecars(result.path))
 
 
 def _read_and_decode(f, result: Result, spec: dict, use_draft: bool) -> np.ndarray | None:

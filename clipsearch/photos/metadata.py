@@ -299,13 +299,7 @@ def photo_record(img, upright_size: tuple[int, int] | None, photo: bytes, sideca
     try:
         meta = read_photo_meta(img, upright_size)
         if sidecars is None:
-            sidecars = []
-            for path, size, mtime in sidecar_files(photo):
-                try:
-                    with open(path, "rb") as f:
-                        sidecars.append((path, size, mtime, f.read(MAX_SIDECAR_READ + 1)))
-                except OSError as exc:
-                    sidecars.append((path, size, mtime, exc.strerror))
+            sidecars = read_sidecars(photo)
         found = [(path, size, mtime) for path, size, mtime, _ in sidecars]
         for path, _, _, data in sidecars:
             if not isinstance(data, bytes):
@@ -333,6 +327,20 @@ def _name(path: bytes) -> str:
 
 
 MAX_SIDECAR_READ = 8 << 20
+
+
+def read_sidecars(photo: bytes) -> list[tuple]:
+    """(path, size, mtime_ns, bytes) of the photo's sidecars, read once (up to one byte over the
+    limit, so an oversized one is refused without reading it all); an unreadable one carries
+    the reason (a str) instead of its bytes. Here, or where the files are for a cluster run."""
+    sidecars = []
+    for path, size, mtime in sidecar_files(photo):
+        try:
+            with open(path, "rb") as f:
+                sidecars.append((path, size, mtime, f.read(MAX_SIDECAR_READ + 1)))
+        except OSError as exc:
+            sidecars.append((path, size, mtime, exc.strerror or "read error"))
+    return sidecars
 
 
 def sidecar_files(photo: bytes) -> list[tuple[bytes, int, int]]:
