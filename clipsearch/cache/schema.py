@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Readers (query, status) open any version from this one on without upgrading: later steps
 # only add what writers use (v2: the keywords `tag` wrote; v3: what photos say about themselves;
-# v4: what a failure or a metadata problem depended on).
+# v4: what a failure or a metadata problem depended on; v5: the RAW file paired with a photo).
 READABLE_FROM = 1
 
 
@@ -120,7 +120,16 @@ def _v4(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS images_failed ON images(error) WHERE error IS NOT NULL")
 
 
+def _v5(db: sqlite3.Connection) -> None:
+    # v5: the RAW file of a RAW+JPEG pair (same name, same folder), kept on the row of the photo
+    # that stands for both (`photos/walk.py`), so query, serve and tag can name and reach it, and
+    # a JPEG deleted later hands its row to the RAW without embedding anything again.
+    if "companion" not in {row[1] for row in db.execute("PRAGMA table_info(images)")}:
+        db.execute("ALTER TABLE images ADD COLUMN companion BLOB")
+    db.execute("CREATE INDEX IF NOT EXISTS images_companion ON images(companion) WHERE companion IS NOT NULL")
+
+
 # Upgrade steps: MIGRATIONS[n] takes a database at version n to n + 1. Each runs in one
 # transaction together with the user_version bump, so a kill mid-upgrade leaves the old
 # version intact and the next run simply upgrades again.
-MIGRATIONS = {0: _v1, 1: _v2, 2: _v3, 3: _v4}
+MIGRATIONS = {0: _v1, 1: _v2, 2: _v3, 3: _v4, 4: _v5}

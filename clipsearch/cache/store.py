@@ -20,6 +20,7 @@ from typing import NamedTuple
 from clipsearch.errors import DatabaseError, ModelMismatchError, ReadOnlyCacheError
 
 from .schema import MIGRATIONS, READABLE_FROM, SCHEMA_VERSION
+from .store_pairs import PairQueries
 from .store_photos import PhotoQueries
 from .store_runs import RunQueries
 
@@ -35,9 +36,10 @@ class KnownRow(NamedTuple):
     meta: tuple | None = None  # (size, mtime, sidecars) its metadata was read from; None: never read
     failure: str | None = None  # what a failure depended on (`photos/readers.record`)
     meta_readers: str | None = None  # what read metadata that had problems (`photos/readers.metadata_readers`)
+    companion: bytes | None = None  # the RAW of a RAW+JPEG pair this row stands for
 
 
-class Store(PhotoQueries, RunQueries):
+class Store(PhotoQueries, RunQueries, PairQueries):
     def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
         self.readonly = readonly
@@ -233,9 +235,10 @@ class Store(PhotoQueries, RunQueries):
     def rows_in_dir(self, folder: bytes) -> dict[bytes, "KnownRow"]:
         rows = self.query("SELECT i.filepath, i.id, i.size, i.modified_at, i.deleted, i.error IS NOT NULL, "
                           "m.read_size, m.read_mtime, m.sidecars, i.failure, "
-                          "CASE WHEN m.problems IS NOT NULL THEN m.readers END FROM images i "
+                          "CASE WHEN m.problems IS NOT NULL THEN m.readers END, "
+                          f"{'i.companion' if self.version >= 5 else 'NULL'} FROM images i "
                           "LEFT JOIN photo_meta m ON m.image_id = i.id WHERE i.dir = ?", (folder,))
-        return {row[0]: KnownRow(*row[1:6], None if row[6] is None else tuple(row[6:9]), *row[9:11]) for row in rows}
+        return {row[0]: KnownRow(*row[1:6], None if row[6] is None else tuple(row[6:9]), *row[9:12]) for row in rows}
 
     # `dir` is `root` or lies below it: an index range scan, since b"0" follows b"/" in byte order.
     UNDER = "(dir = ? OR (dir >= ? AND dir < ?))"
@@ -332,16 +335,16 @@ class Store(PhotoQueries, RunQueries):
         return [row[0] for row in self.query("SELECT id FROM images WHERE deleted = 0 AND vector IS NOT NULL ORDER BY id")]
 
     def put_vector(self, filepath: bytes, folder: bytes, size: int, mtime_ns: int, fingerprint: bytes,
-                   vector: bytes, scale: float, seq: int) -> None:
+                   vector: bytes, scale: float, seq: int, companion: bytes | None = None) -> None:
         self.db.execute(
             """INSERT INTO images (filepath, dir, modified_at, size, fingerprint, vector, scale, error, deleted,
-                                   deleted_at, seq, indexed_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, ?, ?)
+                                   deleted_at, seq, indexed_at, companion)
+               VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, ?, ?, ?)
                ON CONFLICT(filepath) DO UPDATE SET dir = excluded.dir, modified_at = excluded.modified_at,
                  size = excluded.size, fingerprint = excluded.fingerprint, vector = excluded.vector,
                  scale = excluded.scale, error = NULL, failure = NULL, deleted = 0, deleted_at = NULL,
-                 seq = excluded.seq, indexed_at = excluded.indexed_at""",
-            (filepath, folder, mtime_ns, size, fingerprint, vector, scale, seq, time.time()))
+                 seq = excluded.seq, indexed_at = excluded.indexed_at, companion = excluded.companion""",
+            (filepath, folder, mtime_ns, size, fingerprint, vector, scale, seq, time.time(), companion))
 
     def put_error(self, filepath: bytes, folder: bytes, size: int, mtime_ns: int, error: str, seq: int,
                   failure: str | None = None) -> None:

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import sys
 
-from clipsearch.search.answer import META_FIELDS, json_path
+from clipsearch.search.answer import META_FIELDS, json_path, raw_json
 
 
-def write_results(results, as_json: bool, bare_paths: bool, null_sep: bool, meta: dict | None = None) -> None:
+def write_results(results, as_json: bool, bare_paths: bool, null_sep: bool, meta: dict | None = None,
+                  raw: dict | None = None) -> None:
+    """`raw`: path -> the RAW of its pair: a third column, or `raw` in JSON (null for others)."""
     out = sys.stdout.buffer
+    raw = raw or {}
     for path, score in results:
         if null_sep:
             out.write(path + b"\0")
@@ -19,8 +22,10 @@ def write_results(results, as_json: bool, bare_paths: bool, null_sep: bool, meta
         elif as_json:
             fields = {key: (meta or {}).get(path, {}).get(key) for key in META_FIELDS}
             fields["keywords"] = fields["keywords"] or []
-            record = json_path(path) | {"score": None if score is None else round(score, 6)} | fields
+            record = json_path(path) | {"score": None if score is None else round(score, 6)} | raw_json(raw.get(path)) \
+                | fields
             out.write(json.dumps(record).encode() + b"\n")
         else:
-            out.write(("-\t" if score is None else f"{score:.4f}\t").encode() + path + b"\n")
+            pair = b"\t" + raw[path] if path in raw else b""
+            out.write(("-\t" if score is None else f"{score:.4f}\t").encode() + path + pair + b"\n")
     out.flush()

@@ -100,7 +100,7 @@ def query(terms, top, min_score, within, weighted, negated, like, unlike, after,
         from .output import write_results
 
         try:
-            write_results(answer.results, as_json, bare_paths, null_sep, answer.meta)
+            write_results(answer.results, as_json, bare_paths, null_sep, answer.meta, answer.raw)
         except BrokenPipeError:  # the reader (e.g. `head`) has all it wanted
             sys.stdout = open(os.devnull, "w")
         global fast_exit

@@ -26,7 +26,7 @@ from distributed import WorkerPlugin  # the caller turns an ImportError into "in
 
 from clipsearch.errors import ClipsearchError, UsageError
 
-from .embed import HEADERS_ONLY, Result, ship
+from .embed import Result, is_headers_only, result_for, ship
 
 PLUGIN = "clipsearch-model"
 INFLIGHT_MB = 256  # photo bytes sent and not answered yet (--cluster-inflight)
@@ -162,7 +162,7 @@ class ClusterPool:
 
     def submit(self, files) -> list[Result]:
         for file in files:
-            if file[3:] == (HEADERS_ONLY,):
+            if is_headers_only(file):
                 self.finished.append(self.local.embed_one(file))  # metadata only: no model, no cluster
                 continue
             shipment = ship(file)
@@ -266,7 +266,7 @@ class ClusterPool:
         # The task itself failed on every try (a worker crashing on this photo): like any file
         # that cannot be embedded, it is remembered as failed.
         exc = future.exception()
-        self.finished.append(Result(*file[:3], error=f"cannot embed on the cluster ({type(exc).__name__}: {exc})"))
+        self.finished.append(result_for(file, error=f"cannot embed on the cluster ({type(exc).__name__}: {exc})"))
 
     def _no_progress(self) -> None:
         self.good.clear()

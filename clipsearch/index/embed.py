@@ -17,6 +17,9 @@ FINGERPRINT_BLOCK = 64 * 1024
 # Files up to this size are read into memory once (fingerprint and decode from the same
 # bytes); larger ones are decoded from disk so a worker never holds a huge file whole.
 WHOLE_READ_LIMIT = 64 * 1024 * 1024
+# A RAW's headers-only read: LibRaw needs the file whole to open it (for the picture's size), and
+# medium-format RAW files pass 100 MB; past this only the EXIF is read.
+HEADERS_READ_LIMIT = 256 * 1024 * 1024
 
 _process_worker = None  # this worker process's EmbedWorker, made once by init_worker
 
@@ -34,9 +37,27 @@ class Result:
     meta: dict | None = None  # what the photo says about itself (metadata.photo_record)
     sidecars: str = ""  # the sidecar versions `meta` was read from
     headers_only: bool = False  # a photo cached before: its metadata read, nothing embedded
+    companion: bytes | None = None  # the RAW of a RAW+JPEG pair this photo stands for (its sidecars are read too)
 
 
 HEADERS_ONLY = "headers"  # a task's 4th element: read the file's metadata, embed nothing
+
+
+def task(path: bytes, size: int, mtime_ns: int, headers: bool = False, companion: bytes | None = None) -> tuple:
+    """What a worker is given for one file: (path, size, mtime[, mode[, companion]]); small to pickle."""
+    if companion is not None:
+        return (path, size, mtime_ns, HEADERS_ONLY if headers else "", companion)
+    return (path, size, mtime_ns, HEADERS_ONLY) if headers else (path, size, mtime_ns)
+
+
+def is_headers_only(file: tuple) -> bool:
+    return len(file) > 3 and file[3] == HEADERS_ONLY
+
+
+def result_for(file: tuple, **fields) -> Result:
+    """The Result of a task, before anything was read."""
+    return Result(*file[:3], headers_only=is_headers_only(file), companion=file[4] if len(file) > 4 else None,
+                  **fields)
 
 
 def fingerprint(data: bytes) -> bytes:
@@ -118,8 +139,8 @@ class EmbedWorker:
         self.encoder.session  # noqa: B018 - the property loads it
 
     def embed_one(self, file: tuple) -> Result:
-        """A (path, size, mtime[, HEADERS_ONLY]) as the walk saw it -> its Result."""
-        result = Result(*file[:3], headers_only=file[3:] == (HEADERS_ONLY,))
+        """A `task` as the walk saw it -> its Result."""
+        result = result_for(file)
         try:
             with open(result.path, "rb") as f:
                 if result.headers_only:
@@ -138,7 +159,8 @@ class EmbedWorker:
     def embed_shipped(self, shipment: "Shipment") -> Result:
         """A photo whose bytes (and sidecars' bytes) were read on another machine -> its
         Result, as `embed_one` would have made it there (`cluster.py`)."""
-        result = Result(shipment.path, len(shipment.data), shipment.mtime_ns, fingerprint(shipment.data))
+        result = Result(shipment.path, len(shipment.data), shipment.mtime_ns, fingerprint(shipment.data),
+                        companion=shipment.companion)
         self._embed(_decode(io.BytesIO(shipment.data), result, self.spec, self.use_draft, shipment.sidecars), result)
         return result
 
@@ -159,6 +181,7 @@ class Shipment:
     mtime_ns: int
     data: bytes
     sidecars: list
+    companion: bytes | None = None
 
 
 def ship(file: tuple) -> "Shipment | Result":
@@ -166,7 +189,7 @@ def ship(file: tuple) -> "Shipment | Result":
     instead when there is nothing to ship (vanished, unreadable, empty)."""
     from clipsearch.photos.metadata import read_sidecars
 
-    result = Result(*file[:3])
+    result = result_for(file)
     try:
         with open(result.path, "rb") as f:
             st = os.fstat(f.fileno())
@@ -180,7 +203,7 @@ def ship(file: tuple) -> "Shipment | Result":
     if not data:
         result.size, result.mtime_ns, result.error = 0, st.st_mtime_ns, "empty file (0 bytes)"
         return result
-    return Shipment(result.path, st.st_mtime_ns, data, read_sidecars(result.path))
+    return Shipment(result.path, st.st_mtime_ns, data, read_sidecars(result.path, result.companion), result.companion)
 
 
 def _read_and_decode(f, result: Result, spec: dict, use_draft: bool) -> np.ndarray | None:
@@ -211,7 +234,8 @@ def _decode(source, result: Result, spec: dict, use_draft: bool, sidecars=None) 
         result.error = "empty file (0 bytes)"
         return None
     try:
-        decoded = decode_image(source, resize_side(spec), use_draft, read_headers=_headers_reader(result, sidecars))
+        decoded = decode_image(source, resize_side(spec), use_draft, read_headers=_headers_reader(result, sidecars),
+                               name=result.path)
         return to_pixels(decoded.image, spec, decoded.full_size, decoded.box)
     except ImageDecodeError as exc:
         result.error = str(exc)
@@ -224,7 +248,7 @@ def _headers_reader(result: Result, sidecars=None):
     def read(img, upright_size):
         from clipsearch.photos.metadata import photo_record
 
-        result.meta, result.sidecars = photo_record(img, upright_size, result.path, sidecars)
+        result.meta, result.sidecars = photo_record(img, upright_size, result.path, sidecars, result.companion)
 
     return read
 
@@ -242,6 +266,12 @@ def _read_headers(f, result: Result) -> None:
     prepare_decoders()
     st = os.fstat(f.fileno())
     result.size, result.mtime_ns = st.st_size, st.st_mtime_ns
+    from clipsearch.photos.raw import is_raw, read_raw_headers
+
+    if is_raw(result.path):
+        headers, upright = read_raw_headers(f.read(HEADERS_READ_LIMIT))
+        result.meta, result.sidecars = photo_record(headers, upright, result.path, None, result.companion)
+        return
     source = io.BytesIO(f.read()) if st.st_size <= WHOLE_READ_LIMIT else f
     upright, img = None, None
     with warnings.catch_warnings():
@@ -253,9 +283,9 @@ def _read_headers(f, result: Result) -> None:
         except Exception:  # noqa: BLE001 - unreadable headers: an empty record, the vector stays
             img = None
         if img is None:
-            result.meta, result.sidecars = photo_record(_NoHeaders(), None, result.path)
+            result.meta, result.sidecars = photo_record(_NoHeaders(), None, result.path, None, result.companion)
         else:
-            result.meta, result.sidecars = photo_record(img, upright, result.path)
+            result.meta, result.sidecars = photo_record(img, upright, result.path, None, result.companion)
 
 
 class _NoHeaders:

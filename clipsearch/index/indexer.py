@@ -21,7 +21,7 @@ from clipsearch.photos.readers import metadata_readers, retry_due
 from clipsearch.photos.readers import record as failure_record
 from clipsearch.photos.walk import DEFAULT_EXCLUDES, Walker, is_under, parent_of
 
-from .embed import HEADERS_ONLY, Result, fingerprint_file
+from .embed import Result, fingerprint_file, task
 from .workers import DEFAULT_FILE_TIMEOUT, Embedder, WorkerPool, default_workers
 
 
@@ -187,17 +187,21 @@ class Indexer:
                                                              or retry_due(row.failure, self.bounds)):
                     self.summary.retried += 1
                     self.kinds[entry.path] = "new"
-                    chunk.append((entry.path, entry.size, entry.mtime_ns))
+                    chunk.append(task(entry.path, entry.size, entry.mtime_ns, companion=entry.companion))
                     if len(chunk) >= self.options.batch_size:
                         self.record(embedder.submit(chunk))
                         chunk = []
                     continue
                 if unchanged(row, entry):
                     self.count_unchanged(row)
-                    if not row.failed and (row.meta != (entry.size, entry.mtime_ns, folder.sidecar_stamp(entry.path))
+                    if not row.failed and row.companion != entry.companion:
+                        # The RAW of its pair appeared, went, or is another file now: no pixel changed.
+                        self.write().set_companion(row.id, entry.companion, self.seq)
+                    stamp = folder.sidecar_stamp(entry.path, entry.companion)
+                    if not row.failed and (row.meta != (entry.size, entry.mtime_ns, stamp)
                                            or row.meta_readers not in (None, metadata_readers())):
                         # Cached before metadata was kept, or its sidecar changed: headers only.
-                        chunk.append((entry.path, entry.size, entry.mtime_ns, HEADERS_ONLY))
+                        chunk.append(task(entry.path, entry.size, entry.mtime_ns, True, entry.companion))
                         if len(chunk) >= self.options.batch_size:
                             self.record(embedder.submit(chunk))
                             chunk = []
@@ -210,13 +214,17 @@ class Indexer:
                     else:
                         self.summary.moved += 1
                     continue
+                if (row is None or row.deleted) and self.adopt_pair(entry, folder.files):
+                    chunk.append(task(entry.path, entry.size, entry.mtime_ns, True))  # its own headers now
+                    known = {path: row for path, row in self.store.rows_in_dir(folder.path).items() if path not in done}
+                    continue
                 if self.try_move(entry, row):
                     # Rows of this folder may have changed places (a rename inside it, two
                     # names swapped): what is left to compare comes from the database again.
                     known = {path: row for path, row in self.store.rows_in_dir(folder.path).items() if path not in done}
                     continue
                 self.kinds[entry.path] = "new" if row is None or row.deleted else "updated"
-                chunk.append((entry.path, entry.size, entry.mtime_ns))
+                chunk.append(task(entry.path, entry.size, entry.mtime_ns, companion=entry.companion))
                 if len(chunk) >= self.options.batch_size:
                     self.record(embedder.submit(chunk))
                     chunk = []
@@ -273,6 +281,20 @@ class Indexer:
             self.summary.removed -= 1
             return True
         return False
+
+    def adopt_pair(self, entry, files) -> bool:
+        """A RAW whose pair's JPEG is gone takes over the pair's row: the vector stands for the
+        same picture, so nothing is embedded again (its metadata is read from its headers)."""
+        if entry.companion is not None:
+            return False
+        pair = self.store.paired_with(entry.path)
+        if pair is None or any(other.path == pair[1] for other in files):
+            return False
+        content = fingerprint_file(entry.path)
+        self.write().adopt(pair[0], entry.path, entry.size, entry.mtime_ns, content, self.seq)
+        self.summary.moved += 1
+        self.forget_removal(pair[0])
+        return True
 
     def try_move(self, entry, row) -> bool:
         """A new or changed file with the content of a row whose file is gone (or now holds
@@ -332,7 +354,7 @@ class Indexer:
                 setattr(self.summary, kind, getattr(self.summary, kind) + 1)
                 self.summary.embedded += 1
                 store.put_vector(result.path, folder, result.size, result.mtime_ns, result.fingerprint,
-                                 result.vector, result.scale, self.seq)
+                                 result.vector, result.scale, self.seq, result.companion)
                 if result.meta is not None:
                     store.put_meta(result.path, result.size, result.mtime_ns, result.sidecars, result.meta, self.seq)
                     self.note_meta_problems(result)

@@ -30,6 +30,7 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
             "library_folders": folders,
             **({"missing_folders": missing} if missing else {}),
             "indexed": counts["indexed"],
+            "raw": raw_line(store.raw_counts()),
             "failed": counts["failed"],
             "deleted_kept_for_moves": counts["deleted_kept"],
             "model_name": store.meta("model_name"),
@@ -97,10 +98,16 @@ def mounted(folder: str) -> bool:
 def formats_line() -> str:
     """The extensions this installation indexes, and what to install for the others."""
     from clipsearch.photos.formats import AVIF, HEIF, JPEG2000, indexed_extensions, missing_decoder
+    from clipsearch.photos.raw import RAW
 
     line = " ".join(sorted(ext[1:].decode() for ext in indexed_extensions()))
-    hints = {missing_decoder(ext) for ext in AVIF | HEIF | JPEG2000} - {None}
+    hints = {missing_decoder(ext) for ext in AVIF | HEIF | JPEG2000 | RAW} - {None}
     return "; ".join([line, *sorted(hints)])
+
+
+def raw_line(counts: dict) -> str:
+    """RAW files indexed on their own, and RAW+JPEG pairs (each one photo among `indexed`)."""
+    return f"{counts['raw']} on their own, {counts['pairs']} RAW+JPEG pairs (one photo each)"
 
 
 def library_folders(store: Store) -> list[str]:

@@ -24,7 +24,7 @@ from typing import Protocol
 from clipsearch.config import available_cores
 from clipsearch.errors import ClipsearchError
 
-from .embed import HEADERS_ONLY, Result
+from .embed import Result, result_for
 
 # Measured with ViT-B/32 int8 (docs/models.md "What it takes"): a worker holds ~250 MB with its
 # model loaded and peaks at 276 MB on a 12 MP JPEG; the largest pictures within the pixel
@@ -94,7 +94,7 @@ def serve(conn, model_folder: str, threads: int, use_draft: bool, parent: int) -
         loaded = False
         while (files := conn.recv()) is not None:
             for file in files:
-                if not loaded and file[3:] != (embedjob.HEADERS_ONLY,):
+                if not loaded and not embedjob.is_headers_only(file):
                     conn.send(("loading", None))
                     embedjob.process_worker().ready()
                     loaded = True
@@ -334,8 +334,7 @@ class WorkerPool:
         self.waiting.extendleft(reversed(rest))
         if culprit[0] in self.stopped_once:
             self.stopped_once.discard(culprit[0])
-            self.finished.append(Result(*culprit[:3], error=f"refused: {why}, twice",
-                                        headers_only=culprit[3:] == (HEADERS_ONLY,)))
+            self.finished.append(result_for(culprit, error=f"refused: {why}, twice"))
         else:
             self.stopped_once.add(culprit[0])
             self.retry.append(culprit)

@@ -6,7 +6,7 @@ Pillow always decodes JPEG (and MPO, the JPEG-based multi-picture format of many
 what scanners and netpbm tools write) and PSD (the flattened composite Photoshop saves), and
 AVIF and JPEG 2000 when it was built with libavif and OpenJPEG (its wheels are). HEIC/HEIF, the iPhone's format, needs pillow-heif (the `heic`
 extra: prebuilt manylinux wheels for x86-64 and ARM64 with libheif/libde265 inside, nothing
-to compile). It is optional rather than a runtime dependency because it adds ~6 MB of native
+to compile). RAW camera files need rawpy (the `raw` extra, `raw.py`). HEIC is optional rather than a runtime dependency because it adds ~6 MB of native
 code only iPhone libraries need, and HEVC decoding is slow on a small CPU (no draft decoding
 like JPEG's): docs/design.md "Formats" has the measured cost.
 
@@ -19,6 +19,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 import sys
+
+from .raw import RAW, missing_raw_decoder, raw_problem
 
 ALWAYS = frozenset({b".jpg", b".jpeg", b".png", b".webp", b".gif", b".bmp", b".tif", b".tiff", b".mpo",
                     b".pbm", b".pgm", b".ppm", b".pnm", b".psd"})
@@ -99,6 +101,8 @@ def indexed_extensions() -> frozenset[bytes]:
         extensions |= JPEG2000
     if heif_available():
         extensions |= HEIF
+    if raw_problem() is None:
+        extensions |= RAW
     return frozenset(extensions)
 
 
@@ -109,6 +113,8 @@ def missing_decoder(extension: bytes) -> str | None:
         if heif_problem() == "not installed":
             return "HEIC/HEIF photos need pillow-heif: pip install 'clipsearch[heic]'"
         return f"HEIC/HEIF photos need a working pillow-heif; it is {heif_problem()}; reinstall it"
+    if extension in RAW and raw_problem() is not None:
+        return missing_raw_decoder()
     if extension in AVIF and not avif_available():
         return "AVIF photos need a Pillow built with libavif (the PyPI wheels are)"
     if extension in JPEG2000 and not jpeg2000_available():

@@ -289,17 +289,19 @@ def embedded_keyword_fields(photo: bytes) -> dict[str, list[str]]:
     return {field: values for field, values in found.items() if values}
 
 
-def photo_record(img, upright_size: tuple[int, int] | None, photo: bytes, sidecars=None) -> tuple[dict, str]:
-    """The cache's record of a photo (its own headers, then its sidecars), and the stamp of
-    the sidecars it read. `sidecars`: (path, size, mtime_ns, bytes or None) read already
-    (on the machine that has the files); by default they are found and read here."""
+def photo_record(img, upright_size: tuple[int, int] | None, photo: bytes, sidecars=None,
+                 companion: bytes | None = None) -> tuple[dict, str]:
+    """The cache's record of a photo (its own headers, then its sidecars and those of the RAW
+    it is paired with), and the stamp of the sidecars it read. `sidecars`: (path, size,
+    mtime_ns, bytes or None) read already (on the machine that has the files); by default they
+    are found and read here."""
     from dataclasses import asdict
 
     found: list = []
     try:
         meta = read_photo_meta(img, upright_size)
         if sidecars is None:
-            sidecars = read_sidecars(photo)
+            sidecars = read_sidecars(photo, companion)
         found = [(path, size, mtime) for path, size, mtime, _ in sidecars]
         for path, _, _, data in sidecars:
             if not isinstance(data, bytes):
@@ -329,12 +331,12 @@ def _name(path: bytes) -> str:
 MAX_SIDECAR_READ = 8 << 20
 
 
-def read_sidecars(photo: bytes) -> list[tuple]:
+def read_sidecars(photo: bytes, companion: bytes | None = None) -> list[tuple]:
     """(path, size, mtime_ns, bytes) of the photo's sidecars, read once (up to one byte over the
     limit, so an oversized one is refused without reading it all); an unreadable one carries
     the reason (a str) instead of its bytes. Here, or where the files are for a cluster run."""
     sidecars = []
-    for path, size, mtime in sidecar_files(photo):
+    for path, size, mtime in sidecar_files(photo, companion):
         try:
             with open(path, "rb") as f:
                 sidecars.append((path, size, mtime, f.read(MAX_SIDECAR_READ + 1)))
@@ -343,15 +345,26 @@ def read_sidecars(photo: bytes) -> list[tuple]:
     return sidecars
 
 
-def sidecar_files(photo: bytes) -> list[tuple[bytes, int, int]]:
-    """(path, size, mtime_ns) of the photo's sidecars, the Adobe name first, so the
-    digiKam/darktable name (`photo.jpg.xmp`, what Immich prefers too) is applied last and wins."""
+def sidecar_files(photo: bytes, companion: bytes | None = None) -> list[tuple[bytes, int, int]]:
+    """(path, size, mtime_ns) of the photo's sidecars (and its paired RAW's), the Adobe name
+    first, so a digiKam/darktable name (`photo.jpg.xmp`, what Immich prefers too) is applied
+    later and wins; the RAW's own (`IMG_0001.CR2.xmp`) last, where a photographer's edits live."""
     import os
 
     from .sidecars import sidecar_paths
 
+    paths = list(sidecar_paths(photo))
+    if companion:
+        paths += [path for path in sidecar_paths(companion) if path not in paths]
+
+    def order(path: bytes) -> int:
+        lower = path.lower()
+        if companion and lower.endswith(os.path.basename(companion).lower() + b".xmp"):
+            return 2
+        return int(lower.endswith(os.path.basename(photo).lower() + b".xmp"))
+
     found = []
-    for path in sorted(sidecar_paths(photo), key=lambda p: p.lower().endswith(os.path.basename(photo).lower() + b".xmp")):
+    for path in sorted(paths, key=order):
         try:
             st = os.stat(path)
         except OSError:

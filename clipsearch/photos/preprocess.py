@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .formats import photo_formats, prepare_decoders
+from .raw import is_raw
 
 # Shortest side kept by draft decoding, as a multiple of the model input size: 1x lets
 # libjpeg scale down until the short side is just above the input size, and bicubic does the
@@ -81,33 +82,56 @@ def open_image(path, image_size: int, use_draft: bool = True) -> Image.Image:
     return decode_image(path, image_size, use_draft).image
 
 
-def decode_image(path, image_size: int, use_draft: bool = True, read_headers=None) -> Decoded:
+def decode_image(path, image_size: int, use_draft: bool = True, read_headers=None, name=None) -> Decoded:
     """`read_headers(img, upright_size)`, if given, reads the opened file's headers (the
-    indexer's metadata) while it is open: no second open, no second read."""
+    indexer's metadata) while it is open: no second open, no second read. `name`: the file's
+    path when `path` is an open file without one; a RAW file (by its extension) is read
+    through `raw.py`."""
     prepare_decoders()
     # Pillow warns through Python's warnings (corrupt EXIF, DecompressionBombWarning, ...),
     # which would print two-line messages even under --quiet. A file that still decodes is
     # indexed; one we refuse gets our own one-line warning. Either way theirs adds nothing.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        return _open_image(path, image_size, use_draft, caught, read_headers)
+        if is_raw(name if name is not None else getattr(path, "name", path)):
+            from .raw import decode_raw
+
+            return decode_raw(path, image_size, use_draft, caught, read_headers)
+        return _decode_opened(_open(path, photo_formats(), caught), image_size, use_draft, read_headers)
 
 
-def _open_image(path, image_size: int, use_draft: bool, caught: list, read_headers=None) -> Decoded:
+def open_jpeg_like(source, image_size: int, use_draft: bool, caught: list, orientation: int,
+                   too_small: int) -> Decoded | None:
+    """A RAW's embedded JPEG preview, decoded as a JPEG photo is but turned by `orientation`
+    (the RAW's, not the preview's own); None when its shorter side is under `too_small`.
+    `Decoded.headers` is the opened preview (its EXIF, for RAWs whose own structure has none)."""
+    img = _open(source, ("JPEG",), caught)
+    if min(img.size) < too_small:
+        return None
+    return _decode_opened(img, image_size, use_draft, lambda opened, upright: opened, orientation)
+
+
+def _open(path, formats, caught: list) -> Image.Image:
     try:
-        img = Image.open(path, formats=photo_formats())
+        return Image.open(path, formats=formats)
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"refused: too many pixels ({exc})") from None
     except Image.UnidentifiedImageError:
         raise ImageDecodeError(unidentified(path, caught)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"cannot decode ({exc})") from None
-    except Exception as exc:  # noqa: BLE001 - see below
+    except Exception as exc:  # noqa: BLE001 - see _decode_opened
         raise ImageDecodeError(f"cannot decode ({type(exc).__name__}: {exc})") from None
+
+
+def _decode_opened(img: Image.Image, image_size: int, use_draft: bool, read_headers=None,
+                   orientation: int | None = None) -> Decoded:
     try:
         width, height = img.size
         if width * height > MAX_PIXELS:
             raise ImageDecodeError(f"refused: {width}x{height} exceeds the {MAX_PIXELS} pixel limit")
+        if orientation is not None:
+            img.getexif()[0x0112] = orientation  # exif_transpose below reads this Exif object
         box = None
         if use_draft and img.format == "JPEG":
             factor = SMALL_SOURCE_FACTOR if min(width, height) < SMALL_SOURCE else DRAFT_FACTOR

@@ -29,7 +29,7 @@ def decoder_versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
-    for name in ("clipsearch", "pillow", "pillow-heif", "defusedxml"):
+    for name in ("clipsearch", "pillow", "pillow-heif", "rawpy", "defusedxml"):
         try:
             found[name] = version(name)
         except PackageNotFoundError:

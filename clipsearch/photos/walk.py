@@ -1,14 +1,21 @@
-"""Walking a photo library: which files are images, which folders to skip, and how
-symlinks are treated. Streams one folder at a time, so memory does not grow with the
-library."""
+"""Walking a photo library: which files are images, which folders to skip, how symlinks are
+treated, and which RAW files are one photo with a JPEG beside them. Streams one folder at a
+time, so memory does not grow with the library.
+
+A RAW+JPEG pair (the same name in the same folder, `IMG_0001.CR2` and `IMG_0001.JPG`, as a
+camera shooting both writes them) is one photo: the walk yields the cheaper file to decode (a
+JPEG, else a HEIC, else another non-RAW photo) with the RAW as its `companion`, and not the RAW
+on its own. Pairing needs no RAW decoder: a pair is indexed from its JPEG without rawpy."""
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from .formats import indexed_extensions, missing_decoder
+from .raw import RAW
 
 # Matched against each folder's and file's own name. Hidden names (leading dot) are always
 # skipped as well, which covers .thumbnails, .@__thumb and .git.
@@ -21,6 +28,7 @@ class FileEntry:
     path: bytes
     size: int
     mtime_ns: int
+    companion: bytes | None = None  # the RAW of a RAW+JPEG pair this file stands for
 
 
 @dataclass(frozen=True)
@@ -33,12 +41,15 @@ class Folder:
     # XMP sidecars here: lower-cased name -> (size, mtime_ns), to notice one that changed alone.
     sidecars: dict = None
 
-    def sidecar_stamp(self, photo: bytes) -> str:
-        """The same stamp `metadata.sidecar_stamp` makes for the sidecars of `photo` here."""
+    def sidecar_stamp(self, photo: bytes, companion: bytes | None = None) -> str:
+        """The same stamp `metadata.sidecar_stamp` makes for the sidecars of `photo` (and of the
+        RAW it is paired with) here."""
         if not self.sidecars:
             return ""
-        name = os.path.basename(photo).lower()
-        names = {name + b".xmp", os.path.splitext(name)[0] + b".xmp"}
+        names = set()
+        for path in (photo, companion) if companion else (photo,):
+            name = os.path.basename(path).lower()
+            names |= {name + b".xmp", os.path.splitext(name)[0] + b".xmp"}
         return ";".join(sorted(f"{n.decode('utf-8', 'replace')}:{self.sidecars[n][0]}:{self.sidecars[n][1]}"
                                for n in names if n in self.sidecars))
 
@@ -62,6 +73,33 @@ class Walker:
         # Other files, not images for clipsearch (.mov, .xmp, .tga, ...): extension -> count.
         self.other_files: dict[str, int] = {}
         self.extensions = indexed_extensions()
+
+    def pair_raw(self, files: list[FileEntry]) -> list[FileEntry]:
+        """RAW files sharing a name with a non-RAW photo become that photo's companion; RAW
+        files left on their own without a decoder are counted as skipped (`missing_decoders`)."""
+        stems: dict[bytes, list[FileEntry]] = {}
+        for entry in files:
+            stems.setdefault(os.path.splitext(os.path.basename(entry.path))[0].lower(), []).append(entry)
+        paired: dict[bytes, FileEntry] = {}
+        dropped: set[bytes] = set()
+        for group in stems.values():
+            raws = [entry for entry in group if _extension(entry.path) in RAW]
+            others = sorted((entry for entry in group if _extension(entry.path) not in RAW),
+                            key=lambda entry: (_PAIR_PREFERENCE.get(_extension(entry.path), len(_PAIR_PREFERENCE)),
+                                               entry.path))
+            if raws and others:
+                paired[others[0].path] = dataclasses.replace(others[0], companion=raws[0].path)
+                dropped.add(raws[0].path)
+        kept = []
+        for entry in files:
+            if entry.path in dropped:
+                continue
+            if _extension(entry.path) not in self.extensions:  # a RAW on its own, no rawpy here
+                hint = missing_decoder(_extension(entry.path))
+                self.missing_decoders[hint] = self.missing_decoders.get(hint, 0) + 1
+                continue
+            kept.append(paired.get(entry.path, entry))
+        return kept
 
     def excluded(self, name: bytes) -> bool:
         return name.startswith(b".") or any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
@@ -103,7 +141,7 @@ class Walker:
                         st = entry.stat(follow_symlinks=self.follow_links)
                         sidecars[entry.name.lower()] = (st.st_size, st.st_mtime_ns)
                         continue
-                    if extension not in self.extensions:
+                    if extension not in self.extensions and extension not in RAW:
                         hint = missing_decoder(extension)
                         if hint:
                             self.missing_decoders[hint] = self.missing_decoders.get(hint, 0) + 1
@@ -119,8 +157,17 @@ class Walker:
                         self.warn(entry.path, f"cannot stat ({exc.strerror}); skipped")
                     continue
                 files.append(FileEntry(entry.path, st.st_size, st.st_mtime_ns))
+            files = self.pair_raw(files)
             stack.extend(reversed(subdirs))
             yield Folder(folder, files, empty=not entries, sidecars=sidecars)
+
+
+# Which file of a RAW+JPEG pair is decoded: the cheapest (draft-decoded JPEG first).
+_PAIR_PREFERENCE = {b".jpg": 0, b".jpeg": 0, b".heic": 1, b".heif": 1, b".hif": 1}
+
+
+def _extension(path: bytes) -> bytes:
+    return os.path.splitext(path)[1].lower()
 
 
 def normalise_root(path: str) -> bytes:

@@ -199,6 +199,7 @@ def run_query(texts: list[str], db_path, model_dir, top: int | None = DEFAULT_TO
             if min_score is not None:
                 found = [row for row in found if row[2] >= min_score]
         meta = store.metadata_of([row[0] for row in found]) if (with_meta or sort == "date") and found else {}
+        companions = store.companions_of([row[0] for row in found])
         coverage = store.meta_coverage() if filters.active and not found else None
         indexed = store.counts()["indexed"] if coverage else 0
     finally:
@@ -215,7 +216,8 @@ def run_query(texts: list[str], db_path, model_dir, top: int | None = DEFAULT_TO
     results = [(path, score) for _, path, score in found]
     by_path = {path: meta[row_id] for row_id, path, _ in found if row_id in meta} if with_meta else {}
     return Answer(results, [f"note: {manifest.untrained}"] if manifest.untrained else [], by_path,
-                  [row_id for row_id, _, _ in found])
+                  [row_id for row_id, _, _ in found], {path: companions[row_id] for row_id, path, _ in found
+                                                       if row_id in companions})
 
 
 def no_results_reason(within: str | None, db_path) -> str:

@@ -68,7 +68,8 @@ def ask_server(db_path, model_dir, request: dict):
 
     paths = [base64.b64decode(item) for item in reply["paths"]]
     return Answer(list(zip(paths, reply["scores"])), reply["notes"],
-                  {paths[i]: meta for i, meta in reply["meta"]}, reply["ids"])
+                  {paths[i]: meta for i, meta in reply["meta"]}, reply["ids"],
+                  {paths[i]: base64.b64decode(raw) for i, raw in reply.get("raw", [])})
 
 
 # -- server: `clipsearch serve` ---------------------------------------------------------------
@@ -115,7 +116,9 @@ def serve_socket(db_path, model_dir, answer) -> tuple[object, Path] | tuple[None
             found = answer(request)
             return {"ok": True, "paths": [base64.b64encode(path).decode("ascii") for path, _ in found.results],
                     "scores": [score for _, score in found.results], "notes": found.notes, "ids": found.ids,
-                    "meta": [[i, found.meta[path]] for i, (path, _) in enumerate(found.results) if path in found.meta]}
+                    "meta": [[i, found.meta[path]] for i, (path, _) in enumerate(found.results) if path in found.meta],
+                    "raw": [[i, base64.b64encode(found.raw[path]).decode("ascii")]
+                            for i, (path, _) in enumerate(found.results) if path in found.raw]}
 
     class Server(socketserver.ThreadingUnixStreamServer):
         daemon_threads = True

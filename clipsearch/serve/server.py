@@ -36,8 +36,6 @@ MAX_URL = 4096
 MAX_TEXT = 500  # characters of query text
 MAX_TOP = 200
 ANSWER_WAIT = 5.0  # s a local `query` waits for a ranking slot before running cold itself
-PHOTO_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
-               ".gif": "image/gif", ".avif": "image/avif"}
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
                                "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
@@ -95,7 +93,7 @@ class App:
             raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
         finally:
             self.queries.release()
-        results = [photo_json(row_id, path, score, answer.meta.get(path, {}))
+        results = [photo_json(row_id, path, score, answer.meta.get(path, {}), answer.raw.get(path))
                    for row_id, (path, score) in zip(answer.ids[:top], answer.results[:top])]
         notes = [note.removeprefix("clipsearch: ") for note in answer.notes]
         return {"results": results, "notes": notes, "more": len(answer.ids) > top}
@@ -108,10 +106,10 @@ class App:
         path = self.photo_row(row_id)[0]
         store = Store(self.db_path, readonly=True)
         try:
-            meta = store.metadata_of([row_id]).get(row_id, {})
+            meta, raw = store.metadata_of([row_id]).get(row_id, {}), store.companions_of([row_id]).get(row_id)
         finally:
             store.close()
-        return photo_json(row_id, path, None, meta)
+        return photo_json(row_id, path, None, meta, raw)
 
     def local_query(self, request: dict):
         """A `clipsearch query` sent over the local socket (`localsocket.py`): run_query's
@@ -160,20 +158,28 @@ class App:
         finally:
             self.renders.release()
 
-    def original(self, row_id: int) -> tuple[bytes, str]:
-        import os
+    def original(self, row_id: int, raw: bool = False) -> tuple[bytes, str, str | None]:
+        """The photo's own bytes and type, and the file name to save it as when it is a
+        download (a RAW); `raw`: the RAW of its RAW+JPEG pair."""
+        from clipsearch.cache.store import Store
 
-        from .thumbnails import PhotoChanged, open_indexed
+        from .thumbnails import PhotoChanged, original_file
 
-        path, size, mtime_ns, _ = self.photo_row(row_id)
-        kind = PHOTO_TYPES.get(os.path.splitext(path)[1].decode("ascii", "replace").lower())
-        if kind is None:  # HEIC, TIFF, ...: browsers cannot show them; the preview stands in
-            return self.picture(row_id, 4096), "image/jpeg"
+        row = self.photo_row(row_id)
+        if raw:
+            store = Store(self.db_path, readonly=True)
+            try:
+                row = (store.companions_of([row_id]).get(row_id), None, None, None)
+            finally:
+                store.close()
+            if row[0] is None:
+                raise BadRequest(HTTPStatus.NOT_FOUND, f"photo #{row_id} has no RAW file beside it")
         try:
-            with open_indexed(path, size, mtime_ns) as f:
-                return f.read(), kind
+            found = original_file(*row[:3])
         except PhotoChanged as exc:
             raise BadRequest(HTTPStatus.NOT_FOUND, f"photo #{row_id} {exc}; run `clipsearch index`") from None
+        # HEIC, TIFF, ...: browsers cannot show them; the preview stands in.
+        return found or (self.picture(row_id, 4096), "image/jpeg", None)
 
 
 def int_param(params: dict, name: str, default, low: int, high: int):
@@ -250,13 +256,13 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(HTTPStatus.OK, json.dumps(self.app.facts(int(url.path[11:]))).encode(),
                              "application/json; charset=utf-8", head)
         kind, _, number = url.path.strip("/").partition("/")
-        if kind in ("thumb", "preview", "photo") and number.isdigit() and len(number) <= 18:
+        if kind in ("thumb", "preview", "photo", "raw") and number.isdigit() and len(number) <= 18:
             from .thumbnails import PREVIEW_SIDE, THUMB_SIDE
 
             row_id = int(number)
-            if kind == "photo":
-                data, content_type = self.app.original(row_id)
-                return self.send(HTTPStatus.OK, data, content_type, head, private_cache=True)
+            if kind in ("photo", "raw"):
+                data, content_type, name = self.app.original(row_id, raw=kind == "raw")
+                return self.send(HTTPStatus.OK, data, content_type, head, private_cache=True, download=name)
             data = self.app.picture(row_id, THUMB_SIDE if kind == "thumb" else PREVIEW_SIDE)
             return self.send(HTTPStatus.OK, data, "image/jpeg", head, private_cache=True)
         raise BadRequest(HTTPStatus.NOT_FOUND, "not found")
@@ -300,9 +306,12 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Cache-Control", cache)
 
-    def send(self, status: int, body: bytes, content_type: str, head: bool = False, private_cache: bool = False):
+    def send(self, status: int, body: bytes, content_type: str, head: bool = False, private_cache: bool = False,
+             download: str | None = None):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        if download:  # a RAW: saved under its own name (RFC 6266), never shown inline
+            self.send_header("Content-Disposition", f"attachment; filename*=UTF-8''{urllib.parse.quote(download)}")
         self.send_header("Content-Length", str(len(body)))
         # A picture by row id changes only with its row: the browser may keep it a while.
         self.common_headers("private, max-age=300" if private_cache else "no-store")

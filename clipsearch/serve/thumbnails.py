@@ -43,6 +43,34 @@ def open_indexed(path: bytes, size: int, mtime_ns: int):
     return os.fdopen(fd, "rb")
 
 
+# What a browser shows itself; a RAW is a download; other formats (HEIC, TIFF) get a large preview.
+PHOTO_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
+               ".gif": "image/gif", ".avif": "image/avif"}
+
+
+def original_file(path: bytes, size: int | None, mtime_ns: int | None) -> tuple[bytes, str, str | None] | None:
+    """(bytes, content type, download name or None) of the photo as it is on disk, or None
+    when a browser cannot show its format (the caller sends a preview). `size` None: the RAW
+    of a pair, whose size the cache does not keep (still a regular file, never a link)."""
+    from clipsearch.photos.raw import is_raw
+
+    extension = os.path.splitext(path)[1].decode("ascii", "replace").lower()
+    raw = is_raw(path)
+    if not raw and extension not in PHOTO_TYPES:
+        return None
+    if size is None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            raise PhotoChanged("has its RAW file gone") from None
+        size, mtime_ns = st.st_size, st.st_mtime_ns
+    with open_indexed(path, size, mtime_ns) as f:
+        data = f.read()
+    if raw:
+        return data, "application/octet-stream", os.path.basename(path).decode("utf-8", "replace")
+    return data, PHOTO_TYPES[extension], None
+
+
 def nas_thumbnail(path: bytes, mtime_ns: int) -> bytes | None:
     """The NAS's own medium thumbnail of the photo, when there is one newer than the photo."""
     folder, name = os.path.split(path)

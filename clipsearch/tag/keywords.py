@@ -120,12 +120,12 @@ def apply_keywords(chosen: dict[bytes, list[str]], db_path: Path, options: TagOp
         paths = sorted(chosen)
         for start in range(0, len(paths), 500):
             ids.update(store.image_ids(paths[start : start + 500]))
+        companions = store.companions_of(list(ids.values()))
         for photo in paths:
-            existing = sidecar_paths(photo)
-            for sidecar_path in existing or [new_sidecar_path(photo, options.style)]:
+            for sidecar_path, new in sidecar_targets(photo, companions.get(ids.get(photo)), options.style):
                 try:
                     sidecar = read_sidecar(sidecar_path)
-                    if not existing:
+                    if new:
                         # A new sidecar wins over the photo: it carries the photo's own keywords
                         # too (not recorded as added, so `untag` never removes them).
                         for name, values in embedded_keyword_fields(photo).items():
@@ -152,6 +152,20 @@ def apply_keywords(chosen: dict[bytes, list[str]], db_path: Path, options: TagOp
     finally:
         store.close()
     return report
+
+
+def sidecar_targets(photo: bytes, raw: bytes | None, style: str) -> list[tuple[bytes, bool]]:
+    """(sidecar, is new) for each file of the photo: its existing sidecars, else a new one. A
+    RAW+JPEG pair gets the keyword where the tools look for each file: the JPEG's sidecars and
+    the RAW's (`IMG_0001.CR2.xmp` for darktable and digiKam; `IMG_0001.xmp`, Lightroom's, is
+    the RAW's and the JPEG's at once and is written once)."""
+    targets: list[tuple[bytes, bool]] = []
+    for file in (photo, raw) if raw else (photo,):
+        existing = sidecar_paths(file)
+        for path in existing or [new_sidecar_path(file, style)]:
+            if path not in (known for known, _ in targets):
+                targets.append((path, not existing))
+    return targets
 
 
 def check_keyword(keyword: str) -> None:

@@ -124,12 +124,15 @@ function openView() {
   $("large").src = "/preview/" + id;
   $("large").alt = result.name || "";
   $("original").href = "/photo/" + id;
+  $("raw").hidden = !result.raw_name;  // the RAW of a RAW+JPEG pair: a download
+  $("raw").href = "/raw/" + id;
+  $("raw").textContent = result.raw_name ? "RAW (" + result.raw_name + ")" : "RAW";
   $("similar").dataset.id = id;
   const facts = $("facts");
   facts.replaceChildren();
   const place = result.lat != null && result.lon != null ? `${result.lat.toFixed(5)}, ${result.lon.toFixed(5)}` : null;
   const camera = [result.make, result.model].filter(Boolean).join(" ");
-  const rows = [["Path", result.path], ["Taken", result.taken_at], ["Camera", camera], ["Place", place],
+  const rows = [["Path", result.path], ["RAW", result.raw], ["Taken", result.taken_at], ["Camera", camera], ["Place", place],
                 ["Size", result.width ? `${result.width} \u00d7 ${result.height}` : null],
                 ["Keywords", (result.keywords || []).join(", ")], ["Rating", result.rating],
                 ["Score", result.score != null ? result.score.toFixed(4) : null]];

@@ -1,0 +1,55 @@
+"""The cache's statements about RAW files: the RAW of a RAW+JPEG pair kept on the row of the
+photo that stands for both (schema v5 `images.companion`), handing that row to the RAW when
+its JPEG is gone, and the counts `status` shows. A mixin of `store.Store`."""
+from __future__ import annotations
+
+import os
+
+from clipsearch.photos.raw import RAW
+
+
+class PairQueries:
+    def companions_of(self, row_ids: list[int]) -> dict[int, bytes]:
+        """The RAW paired with each of these rows that has one."""
+        if self.version < 5 or not row_ids:
+            return {}
+        placeholders = ",".join("?" * len(row_ids))
+        return dict(self.query(f"SELECT id, companion FROM images WHERE id IN ({placeholders}) "
+                               "AND companion IS NOT NULL", row_ids))
+
+    def set_companion(self, row_id: int, companion: bytes | None, seq: int) -> None:
+        self.db.execute("UPDATE images SET companion = ?, seq = ? WHERE id = ?", (companion, seq, row_id))
+
+    def paired_with(self, raw_path: bytes) -> tuple | None:
+        """(id, path, size, mtime_ns) of the live indexed row whose pair's RAW is `raw_path`."""
+        rows = self.query("SELECT id, filepath, size, modified_at FROM images WHERE companion = ? AND deleted = 0 "
+                          "AND vector IS NOT NULL", (raw_path,))
+        return rows[0] if rows else None
+
+    def adopt(self, row_id: int, filepath: bytes, size: int, mtime_ns: int, fingerprint: bytes | None,
+              seq: int) -> None:
+        """The pair's other file is gone: its RAW takes the row, vector kept (the same picture)."""
+        self.db.execute("DELETE FROM images WHERE filepath = ? AND id != ?", (filepath, row_id))
+        self.db.execute("UPDATE images SET filepath = ?, size = ?, modified_at = ?, fingerprint = ?, companion = NULL, "
+                        "deleted = 0, deleted_at = NULL, seq = ? WHERE id = ?",
+                        (filepath, size, mtime_ns, fingerprint, seq, row_id))
+
+    def raw_counts(self) -> dict:
+        """Indexed RAW files on their own, and RAW+JPEG pairs (one photo each)."""
+        if self.version < 5:
+            return {"raw": 0, "pairs": 0}
+        raw = pairs = 0
+        for path, companion in self.query("SELECT filepath, companion FROM images WHERE deleted = 0 "
+                                          "AND vector IS NOT NULL AND (companion IS NOT NULL OR "
+                                          f"{_raw_suffix_clause()})"):
+            if companion is not None:
+                pairs += 1
+            elif os.path.splitext(path)[1].lower() in RAW:
+                raw += 1
+        return {"raw": raw, "pairs": pairs}
+
+
+def _raw_suffix_clause() -> str:
+    """A cheap SQL pre-filter on the path's last 4 bytes (".nef", ".cr2", ...); Python checks."""
+    tails = sorted({ext[-3:].decode() for ext in RAW})
+    return "lower(CAST(substr(filepath, -3) AS TEXT)) IN (" + ",".join(f"'{tail}'" for tail in tails) + ")"
