@@ -32,6 +32,7 @@ THIRD_PARTY = {
     "onnx": ({"model/build.py", "model/pull.py"}, True),
     "distributed": ({"index/cluster.py"}, False),
     "pillow_heif": ({"photos/formats.py"}, True),
+    "rawpy": ({"photos/raw.py"}, True),
 }
 # Inside model/, the runtime side (what `query` and `index` load) never reaches the pulling
 # side, which needs onnx.

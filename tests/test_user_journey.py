@@ -6,7 +6,8 @@ too, with the rest of the suite.
 
 The library is the kind people have: phone JPEGs with the XMP that Google Camera, Apple and
 Lightroom embed, a digiKam-style `photo.jpg.xmp` and an Adobe-style `photo.xmp` sidecar, an
-MPO, a PNG screenshot, an iPhone HEIC (with the heic extra), a damaged file. Then query with
+MPO, a PNG screenshot, an iPhone HEIC (with the heic extra), a camera's RAW (with the raw
+extra) and a RAW+JPEG pair, a damaged file. Then query with
 filters, status, status --failed, tag, serve (page and API), models list, all through the
 real CLI in subprocesses."""
 from __future__ import annotations
@@ -68,6 +69,14 @@ def phone_jpeg(path: Path, colour, make: str, model: str, taken: str, xmp: str) 
     return path
 
 
+def raw_supported() -> bool:
+    try:
+        import rawpy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def heic_supported() -> bool:
     try:
         import pillow_heif  # noqa: F401
@@ -106,6 +115,19 @@ def home(tmp_path_factory):
         pillow_heif.register_heif_opener()
         photos["heic"] = root / "Camera" / "IMG_4013.HEIC"
         Image.new("RGB", (320, 240), COLOURS["black"]).save(photos["heic"], quality=80)
+    import rawfiles
+
+    # A Sony camera's RAW on its own (read with the raw extra) and a RAW+JPEG pair (one photo).
+    sony = {"make": "SONY", "model": "ILCE-7M4", "taken": "2024:09:01 08:00:00", "lens": "FE 24-70mm F2.8 GM II"}
+    if raw_supported():
+        photos["raw"] = root / "Sony" / "DSC00042.ARW"
+        photos["raw"].parent.mkdir(parents=True, exist_ok=True)
+        photos["raw"].write_bytes(rawfiles.make_dng(Image.new("RGB", (640, 480), COLOURS["red"]),
+                                                    preview=Image.new("RGB", (320, 240), COLOURS["red"]), **sony))
+    photos["pair"] = phone_jpeg(root / "Sony" / "DSC00043.JPG", COLOURS["green"], "SONY", "ILCE-7M4",
+                                "2024:09:01 08:00:05", APPLE)
+    (root / "Sony" / "DSC00043.ARW").write_bytes(rawfiles.make_dng(
+        Image.new("RGB", (640, 480), COLOURS["green"]), preview=Image.new("RGB", (320, 240), COLOURS["green"]), **sony))
     broken = root / "Camera" / "IMG_0001.jpg"  # a copy interrupted after its first bytes
     broken.write_bytes((root / "Camera" / "IMG_4012.jpg").read_bytes()[:300])
     data = base / "home"
@@ -165,6 +187,21 @@ def test_query_with_and_without_filters(indexed):
     assert paths(clipsearch(home, *listing, "--after", "2023", "--before", "2024")) == {str(photos["apple"])}
     record = json.loads(clipsearch(home, "query", "yellow", "-n", "1", "--json", "--no-server").stdout)
     assert record["rating"] == 5 and record["make"] == "FUJIFILM" and record["taken_at"] == "2022-04-10T17:30:00"
+
+
+def test_raw_photos_and_raw_jpeg_pairs(indexed):
+    home, _ = indexed
+    photos = home["photos"]
+    listing = paths(clipsearch(home, "query", "--paths", "--no-server", "--camera", "ILCE-7M4"))
+    assert listing == {str(photos["pair"])} | ({str(photos["raw"])} if "raw" in photos else set())
+    pair = json.loads(clipsearch(home, "query", "--json", "--no-server", "--after", "2024-09-01T08:00:03").stdout)
+    assert pair["path"] == str(photos["pair"]) and pair["raw"] == str(photos["pair"].with_suffix(".ARW"))
+    if "raw" not in photos:
+        pytest.skip("RAW files on their own are indexed only with the raw extra (pip install 'clipsearch[raw]')")
+    record = json.loads(clipsearch(home, "query", "--json", "--no-server", "--before", "2024-09-01T08:00:03",
+                                   "--after", "2024-08-31").stdout)
+    assert record["path"] == str(photos["raw"]) and record["lens"] == "FE 24-70mm F2.8 GM II"
+    assert record["width"] == 640 and record["raw"] is None
 
 
 def test_status_and_the_failed_list(indexed):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 
-from clipsearch.photos.raw import RAW
-
 
 class PairQueries:
     def companions_of(self, row_ids: list[int]) -> dict[int, bytes]:
@@ -34,22 +32,23 @@ class PairQueries:
                         "deleted = 0, deleted_at = NULL, seq = ? WHERE id = ?",
                         (filepath, size, mtime_ns, fingerprint, seq, row_id))
 
-    def raw_counts(self) -> dict:
-        """Indexed RAW files on their own, and RAW+JPEG pairs (one photo each)."""
+    def raw_counts(self, extensions: frozenset[bytes]) -> dict:
+        """Indexed RAW files on their own (by their lower-case `extensions`, `photos/raw.RAW`),
+        and RAW+JPEG pairs (one photo each)."""
         if self.version < 5:
             return {"raw": 0, "pairs": 0}
         raw = pairs = 0
         for path, companion in self.query("SELECT filepath, companion FROM images WHERE deleted = 0 "
                                           "AND vector IS NOT NULL AND (companion IS NOT NULL OR "
-                                          f"{_raw_suffix_clause()})"):
+                                          f"{_suffix_clause(extensions)})"):
             if companion is not None:
                 pairs += 1
-            elif os.path.splitext(path)[1].lower() in RAW:
+            elif os.path.splitext(path)[1].lower() in extensions:
                 raw += 1
         return {"raw": raw, "pairs": pairs}
 
 
-def _raw_suffix_clause() -> str:
-    """A cheap SQL pre-filter on the path's last 4 bytes (".nef", ".cr2", ...); Python checks."""
-    tails = sorted({ext[-3:].decode() for ext in RAW})
+def _suffix_clause(extensions: frozenset[bytes]) -> str:
+    """A cheap SQL pre-filter on a path's last 3 bytes ("nef", "cr2", ...); Python checks."""
+    tails = sorted({ext[-3:].decode("ascii") for ext in extensions if ext[-3:].isalnum()})
     return "lower(CAST(substr(filepath, -3) AS TEXT)) IN (" + ",".join(f"'{tail}'" for tail in tails) + ")"

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from clipsearch.cache.store import Store
+from clipsearch.photos.raw import RAW
 from clipsearch.photos.walk import is_under, normalise_root
 
 from .indexer import IndexOptions, count_pending
@@ -30,7 +31,7 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
             "library_folders": folders,
             **({"missing_folders": missing} if missing else {}),
             "indexed": counts["indexed"],
-            "raw": raw_line(store.raw_counts()),
+            "raw": raw_line(store.raw_counts(RAW)),
             "failed": counts["failed"],
             "deleted_kept_for_moves": counts["deleted_kept"],
             "model_name": store.meta("model_name"),
@@ -98,7 +99,6 @@ def mounted(folder: str) -> bool:
 def formats_line() -> str:
     """The extensions this installation indexes, and what to install for the others."""
     from clipsearch.photos.formats import AVIF, HEIF, JPEG2000, indexed_extensions, missing_decoder
-    from clipsearch.photos.raw import RAW
 
     line = " ".join(sorted(ext[1:].decode() for ext in indexed_extensions()))
     hints = {missing_decoder(ext) for ext in AVIF | HEIF | JPEG2000 | RAW} - {None}

@@ -85,7 +85,7 @@ def decode_raw(source, image_size: int, use_draft: bool, caught: list, read_head
     with libraw_stderr() as said:
         try:
             raw = rawpy.RawPy()
-            raw.open_buffer(io.BytesIO(data))
+            raw.open_buffer(io.BytesIO(data))  # read() hands rawpy these bytes, not a copy
         except rawpy.LibRawError as exc:
             raise ImageDecodeError(f"cannot decode RAW ({_libraw_reason(exc, said)})") from None
         except Exception as exc:  # noqa: BLE001 - a C library's surprises stay one file's failure
@@ -191,7 +191,7 @@ def read_raw_headers(data: bytes) -> tuple["RawHeaders", tuple[int, int] | None]
 
         with libraw_stderr():
             with rawpy.RawPy() as raw:
-                raw.open_buffer(io.BytesIO(data))
+                raw.open_buffer(io.BytesIO(data))  # read() hands rawpy these bytes, not a copy
                 upright = upright_size(raw.sizes, FLIP_TO_ORIENTATION.get(raw.sizes.flip, 1))
     except Exception:  # noqa: BLE001 - no size then; the EXIF below is read on its own
         upright = None

@@ -158,7 +158,7 @@ def render(path: bytes, size: int, mtime_ns: int, side: int) -> bytes:
     with open_indexed(path, size, mtime_ns) as f:
         # decode_image's draft makes the picture at least side*2 on its shorter side; the
         # pixel bound and decoder hardening are the indexer's.
-        decoded = decode_image(f, side, use_draft=True)
+        decoded = decode_image(f, side, use_draft=True, name=path)
     image = decoded.image
     image.thumbnail((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
     out = io.BytesIO()
