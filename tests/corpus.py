@@ -131,4 +131,13 @@ def build(root: Path) -> dict[bytes, str]:
     put(root / "@eaDir" / "thumb.jpg", "skipped")
     write_photo(root / ".hidden.jpg", (1, 2, 3))
     put(root / ".hidden.jpg", "skipped")
+    from clipsearch.photos.formats import missing_decoder
+
+    if missing_decoder(b".dng") is None:  # RAW files, with the raw extra (without it: skipped with a note)
+        import rawfiles
+
+        for name, (data, kind) in rawfiles.hostile().items():
+            (root / "raw").mkdir(exist_ok=True)
+            (root / "raw" / name).write_bytes(data)
+            put(root / "raw" / name, kind)
     return policy

@@ -24,17 +24,6 @@ def jpeg_bytes(picture: Image.Image, quality: int = 90, exif: Image.Exif | None 
     return out.getvalue()
 
 
-class _Tiff:
-    """A little-endian TIFF laid out as: header, IFDs, then every value and data block."""
-
-    def __init__(self):
-        self.blobs: list[bytes] = []
-
-    @staticmethod
-    def entry(tag: int, kind: int, values) -> tuple:
-        return (tag, kind, values)
-
-
 def _pack_values(kind: int, values) -> tuple[bytes, int]:
     if kind in (ASCII,):
         data = values.encode("latin-1") + b"\0" if isinstance(values, str) else bytes(values)
@@ -96,7 +85,7 @@ def build_tiff(ifds: list[list[tuple]], blobs: dict[str, bytes], magic: bytes = 
         if len(out_blobs) % 2:
             out_blobs += b"\0"
     out = bytearray(magic + struct.pack("<I", ifd_offsets[0]))
-    for number, packed in enumerate(packed_ifds):
+    for packed in packed_ifds:
         out += struct.pack("<H", len(packed))
         for tag, kind, value, count in packed:
             if isinstance(value, tuple):
@@ -129,24 +118,29 @@ def make_dng(picture: Image.Image, preview: Image.Image | bytes | None = None, o
              make: str = "Canon", model: str = "Canon EOS 5D Mark IV", taken: str | None = "2024:07:14 18:30:05",
              lens: str | None = "EF24-105mm f/4L IS USM", gps: tuple[float, float] | None = None,
              rating: int | None = None, xmp_keywords: list[str] | None = None,
-             raw: bool = True, magic: bytes = b"II*\0") -> bytes:
+             raw: bool = True, magic: bytes = b"II*\0", dng: bool = True, preview_first: bool = False) -> bytes:
     """A DNG of `picture` (sides even): IFD0 holds the CFA data (unless `raw` is False: a file
     whose image data is stripped), a SubIFD the JPEG preview (a picture, or JPEG bytes as they
-    are), the Exif IFD the capture time and lens, a GPS IFD the position."""
+    are), the Exif IFD the capture time and lens, a GPS IFD the position. `dng` False leaves out
+    the DNG tags (a maker's format LibRaw does not know); `preview_first` stores the preview
+    before the sensor data, as most cameras do (a file cut short keeps it)."""
     width, height = picture.size
     cfa = mosaic(picture)
     blobs: dict[str, bytes] = {}
+    if preview_first and preview is not None:
+        blobs["preview"] = b""  # its place, filled below
     ifd0 = [
         (254, LONG, 0), (256, LONG, width), (257, LONG, height), (258, SHORT, 16), (259, SHORT, 1),
         (262, SHORT, 32803), (271, ASCII, make), (272, ASCII, model), (274, SHORT, orientation),
         (277, SHORT, 1), (278, LONG, height), (284, SHORT, 1),
         (33421, SHORT, [2, 2]), (33422, BYTE, [0, 1, 1, 2]),
-        (50706, BYTE, [1, 4, 0, 0]), (50707, BYTE, [1, 1, 0, 0]), (50708, ASCII, f"{make} {model}"),
-        (50714, LONG, 0), (50717, LONG, 65535),
-        (50721, SRATIONAL, [v for row in SRGB_FROM_XYZ for v in row]), (50728, RATIONAL, [1.0, 1.0, 1.0]),
-        (50778, SHORT, 21),
         (34665, LONG, ("ifd", 1)),
     ]
+    if dng:
+        ifd0 += [(50706, BYTE, [1, 4, 0, 0]), (50707, BYTE, [1, 1, 0, 0]), (50708, ASCII, f"{make} {model}"),
+                 (50714, LONG, 0), (50717, LONG, 65535),
+                 (50721, SRATIONAL, [v for row in SRGB_FROM_XYZ for v in row]), (50728, RATIONAL, [1.0, 1.0, 1.0]),
+                 (50778, SHORT, 21)]
     if raw:
         blobs["cfa"] = cfa.astype("<u2").tobytes()
         ifd0 += [(273, LONG, ("offset", "cfa")), (279, LONG, len(blobs["cfa"]))]
@@ -177,6 +171,14 @@ def make_dng(picture: Image.Image, preview: Image.Image | bytes | None = None, o
     if rating is not None or xmp_keywords:
         ifd0.append((700, BYTE, list(xmp_packet(rating, xmp_keywords or []))))
     return build_tiff(ifds, blobs, magic)
+
+
+def raf(jpeg: bytes, make_sure_offset: int = 160) -> bytes:
+    """A Fujifilm RAF's outline: its header, whose bytes 84-91 point at the JPEG it carries
+    (with the camera's EXIF), then that JPEG; no sensor data LibRaw could decode."""
+    header = b"FUJIFILMCCD-RAW 0201FF383501".ljust(84, b"\0")
+    header += make_sure_offset.to_bytes(4, "big") + len(jpeg).to_bytes(4, "big")
+    return header.ljust(make_sure_offset, b"\0") + jpeg + bytes(4096)
 
 
 def _opens(data: bytes) -> bool:
@@ -213,3 +215,32 @@ def landscape(width: int = 640, height: int = 480, left=(220, 30, 30), right=(30
     arr[:, width // 2 :] = right
     arr[: height // 8] = 255
     return Image.fromarray(arr, "RGB")
+
+
+def hostile() -> dict[str, tuple[bytes, str]]:
+    """RAW files as a damaged disk or a hostile upload gives them: name -> (bytes, "failed" or
+    "indexed", what clipsearch does with it). Deterministic, so the outcome is too."""
+    import random
+
+    noise = random.Random(24)
+    red = Image.new("RGB", (64, 48), (220, 30, 30))
+    good = make_dng(red, preview=red)
+    preview_first = make_dng(red, preview=red.resize((320, 240)), preview_first=True)
+    return {
+        "truncated.nef": (good[: len(good) // 3], "failed"),  # the preview (stored last) cut off too
+        "cut_after_preview.nef": (preview_first[: len(preview_first) - 3000], "indexed"),
+        "zeros.cr2": (bytes(200_000), "failed"),
+        "stripped.dng": (make_dng(red, preview=None, raw=False), "failed"),
+        "preview_past_end.arw": (good[: len(good) - 200], "failed"),
+        # A preview whose JPEG header declares 60000 x 60000 pixels; the sensor data is fine.
+        "huge_preview.dng": (make_dng(red, preview=(
+            b"\xff\xd8\xff\xc0\x00\x11\x08\xea\x60\xea\x60\x03\x01\x22\x00\x02\x11\x01\x03\x11\x01" + bytes(64))),
+            "indexed"),
+        "huge_preview_no_sensor.dng": (make_dng(red, raw=False, preview=(
+            b"\xff\xd8\xff\xc0\x00\x11\x08\xea\x60\xea\x60\x03\x01\x22\x00\x02\x11\x01\x03\x11\x01" + bytes(64))),
+            "failed"),
+        "text.orf": (b"IIRO" + b"not a raw file at all " * 100, "failed"),
+        "garbage.raf": (b"FUJIFILMCCD-RAW 0201FF383501" + noise.randbytes(5000), "failed"),
+        "box.cr3": (b"\0\0\0\x18ftypcrx \0\0\0\x01crx isom" + noise.randbytes(3000), "failed"),
+        "many_jpeg_markers.pef": (b"II*\0" + b"\xff\xd8\xff\xe0" * 20000, "failed"),
+    }

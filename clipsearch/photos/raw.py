@@ -3,10 +3,11 @@ bounded half-size decode when it has none big enough), its orientation, and the 
 metadata is read from.
 
 The reading is LibRaw's, through rawpy (the `raw` extra: wheels with LibRaw inside for
-x86-64 and ARM64 Linux, macOS and Windows; rclip reads RAW the same way). Measured on this
-project's files (`bench/raw.py`, docs/design.md "RAW"): a 24 MP DNG through its 1620 px preview
-costs about what a JPEG of the preview's size costs, a half-size demosaic many times that, so
-the preview is used whenever its shorter side reaches the model's input side. ExifTool's
+x86-64 and ARM64 Linux with glibc 2.27+, Apple-silicon macOS and Windows, CPython 3.11+;
+docs/design.md "RAW"; rclip reads RAW the same way). Measured (`bench/raw.py`,
+docs/design.md "RAW"; 24 MP, decode and preprocess to 224): a DNG through its 1620 px preview
+54 ms and 88 MB peak, a JPEG of the same picture 121 ms, LibRaw's half-size decode 375 ms and
+214 MB; so the preview is used whenever its shorter side reaches the model's input side. ExifTool's
 `-PreviewImage -b` gives the same bytes but starts a Perl process per file (or keeps one
 running with -stay_open): more time than LibRaw's whole open, and a system package rather than
 a wheel.
@@ -16,12 +17,9 @@ the RAW's own Orientation (LibRaw's `flip`, read per maker); a preview's own EXI
 (when it has EXIF at all) is ignored, so a picture is never turned twice. The half-size decode
 is turned by LibRaw itself.
 
-Metadata comes from the RAW's own structure, parsed by Pillow's EXIF reader: TIFF-based files
-(CR2, NEF, NRW, ARW, SR2, SRF, DNG, PEF, IIQ, 3FR, ERF, SRW, KDC, DCR, MOS, MEF) as they are,
-ORF and RW2 whose headers only differ in their magic number, RAF through the JPEG its header
-points at, CR3 through its CMT1/CMT2/CMT4 boxes (TIFF structures inside its ISO-BMFF), MRW
-through its TTW block; the preview's own EXIF otherwise. Then the sidecars, as for any photo
-(`IMG_0001.CR2.xmp`, darktable's name, and `IMG_0001.xmp`, Lightroom's).
+Metadata, and the embedded JPEGs when LibRaw cannot open a file at all, come from the RAW's
+own structure (`raw_structure.py`). Then the sidecars, as for any photo (`IMG_0001.CR2.xmp`,
+darktable's name, and `IMG_0001.xmp`, Lightroom's).
 
 Everything here is untrusted input to a large C library: it runs in the index workers under
 their time and memory bounds, refuses sensors over `MAX_RAW_PIXELS`, and every failure is one
@@ -32,7 +30,8 @@ from __future__ import annotations
 import functools
 import io
 import os
-import struct
+
+from .raw_structure import RawHeaders, raw_headers
 
 # Lower-case extensions of the RAW formats LibRaw reads. (.tif stays a TIFF photo.)
 RAW = frozenset({b".cr2", b".cr3", b".crw", b".nef", b".nrw", b".arw", b".srf", b".sr2", b".raf", b".orf",
@@ -42,7 +41,6 @@ RAW = frozenset({b".cr2", b".cr3", b".crw", b".nef", b".nrw", b".arw", b".srf", 
 # (a 151 MP medium-format back included), small enough that a forged header cannot ask
 # LibRaw for gigabytes.
 MAX_RAW_PIXELS = 4 * 89_478_485
-HEADER_BYTES = 4 << 20  # where every format above keeps its EXIF structures
 # LibRaw's `flip` -> the EXIF orientation it came from (dcraw's "50132467" table, inverted).
 FLIP_TO_ORIENTATION = {0: 1, 1: 2, 2: 4, 3: 3, 4: 5, 5: 8, 6: 6, 7: 7}
 
@@ -82,6 +80,20 @@ def decode_raw(source, image_size: int, use_draft: bool, caught: list, read_head
     from .preprocess import ImageDecodeError
 
     data = _bytes_of(source)
+    try:
+        return _decode_with_libraw(rawpy, data, image_size, use_draft, caught, read_headers)
+    except ImageDecodeError as exc:
+        # LibRaw could not open the file (a camera newer than it, sensor data cut short) or
+        # found no picture in it: a JPEG preview the file still carries will do.
+        decoded = _embedded_preview(data, image_size, use_draft, caught, read_headers)
+        if decoded is None:
+            raise exc from None
+        return decoded
+
+
+def _decode_with_libraw(rawpy, data: bytes, image_size: int, use_draft: bool, caught: list, read_headers):
+    from .preprocess import ImageDecodeError
+
     with libraw_stderr() as said:
         try:
             raw = rawpy.RawPy()
@@ -109,34 +121,34 @@ def decode_raw(source, image_size: int, use_draft: bool, caught: list, read_head
 class libraw_stderr:
     """LibRaw prints a damaged file's trouble to stderr itself ("unknown file: Unexpected end
     of file"), bare lines that would reach cron mail under --quiet; rawpy offers no way to set
-    its handler. While LibRaw runs, file descriptor 2 goes to a scratch file instead, and what
-    it said (`self.text()`) becomes part of the file's one-line reason."""
+    its handler. While LibRaw runs, file descriptor 2 goes to a scratch file instead (an
+    unlinked temporary file, one per process), and what LibRaw said (`text()`) becomes part of
+    the file's one-line reason."""
 
-    _scratch = None
+    _scratch: int | None = None  # a bare descriptor: no file object left to close at exit
 
     def __enter__(self) -> "libraw_stderr":
         import sys
         import tempfile
 
         if libraw_stderr._scratch is None:
-            libraw_stderr._scratch = tempfile.TemporaryFile()
+            fd, name = tempfile.mkstemp(prefix="clipsearch-libraw-")
+            os.unlink(name)
+            libraw_stderr._scratch = fd
         sys.stderr.flush()
         self.saved = os.dup(2)
-        os.dup2(libraw_stderr._scratch.fileno(), 2)
+        os.dup2(libraw_stderr._scratch, 2)
         return self
 
     def __exit__(self, *exc) -> None:
         os.dup2(self.saved, 2)
         os.close(self.saved)
-        libraw_stderr._scratch.seek(0)
-        libraw_stderr._scratch.truncate()
+        os.ftruncate(libraw_stderr._scratch, 0)
+        os.lseek(libraw_stderr._scratch, 0, os.SEEK_SET)
 
     def text(self) -> str:
         """LibRaw's words so far, its "unknown file: " prefix dropped, on one line."""
-        scratch = libraw_stderr._scratch
-        scratch.seek(0)
-        said = scratch.read(4096).decode("utf-8", "replace")
-        scratch.seek(0, 2)
+        said = os.pread(libraw_stderr._scratch, 4096, 0).decode("utf-8", "replace")
         lines = [line.removeprefix("unknown file: ").strip() for line in said.splitlines() if line.strip()]
         return "; ".join(dict.fromkeys(lines))[:200]
 
@@ -182,7 +194,7 @@ def upright_size(sizes, orientation: int) -> tuple[int, int] | None:
     return (sizes.height, sizes.width) if orientation in (5, 6, 7, 8) else (sizes.width, sizes.height)
 
 
-def read_raw_headers(data: bytes) -> tuple["RawHeaders", tuple[int, int] | None]:
+def read_raw_headers(data: bytes) -> tuple[RawHeaders, tuple[int, int] | None]:
     """A cached RAW's headers and upright size without decoding any picture (`index`'s
     headers-only pass); never raises."""
     upright = None
@@ -227,6 +239,33 @@ def _decode_preview(thumb, image_size, use_draft, caught, orientation, headers, 
     return Decoded(to_rgb(img), img.size, (0, 0, *img.size), None)
 
 
+def _embedded_preview(data: bytes, image_size: int, use_draft: bool, caught: list, read_headers):
+    """The largest JPEG inside the file, found without LibRaw (`raw_structure.embedded_jpegs`),
+    turned by the RAW's own Orientation tag; None when none is big enough or decodes."""
+    from .preprocess import ImageDecodeError, open_jpeg_like
+    from .raw_structure import Window, embedded_jpegs
+
+    headers = raw_headers(data)
+    try:
+        orientation = int(headers.getexif().get(0x0112, 1))
+    except (TypeError, ValueError):
+        orientation = 1
+    view = memoryview(data)
+    for offset, size in embedded_jpegs(data):
+        if min(size) < image_size:
+            continue
+        try:
+            decoded = open_jpeg_like(Window(view, offset), image_size, use_draft, caught,
+                                     orientation if orientation in FLIP_TO_ORIENTATION.values() else 1, image_size)
+        except ImageDecodeError:
+            continue
+        if decoded is not None:
+            if read_headers:
+                read_headers(headers, decoded.full_size)
+            return decoded._replace(headers=None)
+    return None
+
+
 def _turn(img, orientation: int):
     from PIL import Image
 
@@ -252,101 +291,17 @@ def _half_size(raw, rawpy, why: str, headers, read_headers, said=None, upright=N
         raise ImageDecodeError(f"cannot decode RAW ({why}, and its image data: {_libraw_reason(exc, said)})") from None
     except (MemoryError, ValueError) as exc:
         raise ImageDecodeError(f"cannot decode RAW ({why}, and its image data: {type(exc).__name__})") from None
+    if not array.size or array.min() == array.max():
+        # LibRaw decodes a file whose sensor data was stripped (ExifTool's DNG sample) or
+        # never written to one flat colour, without a word: not a picture of anything.
+        raise ImageDecodeError(f"cannot decode RAW ({why}, and its image data is empty: a stripped or unfinished file)")
+    printed = said.text() if said is not None else ""
+    if printed:
+        # LibRaw fills what it could not read with zeros and carries on: a picture that is
+        # partly black is not this photo (the stripped DNG in ExifTool's samples gave one).
+        raise ImageDecodeError(f"cannot decode RAW ({why}, and its image data is cut short or corrupt: "
+                               f"LibRaw: {printed})")
     img = Image.fromarray(array, "RGB")
     if read_headers:
         read_headers(headers(None), upright or img.size)
     return Decoded(img, img.size, (0, 0, *img.size), None)
-
-
-# -- headers ------------------------------------------------------------------------------------
-
-class RawHeaders:
-    """What `metadata.read_photo_meta` reads from an opened image, for a RAW: its EXIF (a
-    Pillow `Image.Exif`, or an empty dict) and its embedded XMP (DNG's XMLPacket)."""
-
-    def __init__(self, exif, xmp: bytes | None = None):
-        self._exif, self.info = exif, ({"xmp": xmp} if xmp else {})
-
-    def getexif(self):
-        return self._exif
-
-
-def raw_headers(data: bytes, preview_img=None) -> RawHeaders:
-    """The RAW's own EXIF, found by its format (module docstring); the preview's otherwise."""
-    exif = None
-    try:
-        exif = _structure_exif(data)
-    except Exception:  # noqa: BLE001 - a damaged structure: try the preview's headers
-        exif = None
-    if not exif and preview_img is not None:
-        try:
-            exif = preview_img.getexif()
-        except Exception:  # noqa: BLE001
-            exif = None
-    if not exif:
-        return RawHeaders({})
-    xmp = exif.get(700)
-    if isinstance(xmp, tuple):
-        xmp = bytes(xmp)
-    return RawHeaders(exif, xmp if isinstance(xmp, bytes) else None)
-
-
-_TIFF = (b"II*\0", b"MM\0*")
-_ALIASES = {b"IIRO": b"II*\0", b"IIRS": b"II*\0", b"MMOR": b"MM\0*", b"IIU\0": b"II*\0"}
-
-
-def _structure_exif(data: bytes):
-    from PIL import Image
-
-    head = data[:HEADER_BYTES]
-    magic = head[:4]
-    if magic in _TIFF or magic in _ALIASES:
-        exif = Image.Exif()
-        exif.load(_ALIASES.get(magic, magic) + head[4:])
-        return exif
-    if head.startswith(b"FUJIFILMCCD-RAW"):
-        offset, length = struct.unpack(">II", head[84:92])
-        if offset + length > len(data):
-            return None
-        return Image.open(io.BytesIO(data[offset : offset + length]), formats=("JPEG",)).getexif()
-    if head[4:12] == b"ftypcrx ":
-        return _cr3_exif(head)
-    if head.startswith(b"\0MRM"):
-        at = head.find(b"\0TTW", 8, 4096)
-        if at > 0:
-            (length,) = struct.unpack(">I", head[at + 4 : at + 8])
-            exif = Image.Exif()
-            exif.load(head[at + 8 : at + 8 + length])
-            return exif
-    return None
-
-
-def _cr3_exif(head: bytes):
-    """Canon CR3: IFD0 in box CMT1, the Exif IFD in CMT2, GPS in CMT4, each a whole TIFF."""
-    from PIL import Image
-
-    parts = {}
-    for name in (b"CMT1", b"CMT2", b"CMT4"):
-        at = head.find(name)
-        if at < 4:
-            continue
-        (size,) = struct.unpack(">I", head[at - 4 : at])
-        if not 8 < size <= len(head) - at + 4:
-            continue
-        exif = Image.Exif()
-        exif.load(head[at + 4 : at - 4 + size])
-        parts[name] = dict(exif)
-    if b"CMT1" not in parts:
-        return None
-    return _MergedExif(parts[b"CMT1"], {0x8769: parts.get(b"CMT2", {}), 0x8825: parts.get(b"CMT4", {})})
-
-
-class _MergedExif(dict):
-    """IFD0 as a dict, with its sub-IFDs from other structures (`get_ifd` as Pillow's)."""
-
-    def __init__(self, ifd0: dict, subs: dict):
-        super().__init__(ifd0)
-        self._subs = subs
-
-    def get_ifd(self, tag: int) -> dict:
-        return self._subs.get(tag, {})
