@@ -209,7 +209,7 @@ def test_a_raw_and_jpeg_pair_is_one_photo_decoded_from_its_jpeg(tmp_path, cli):
     assert query_json(cli, "green", "--top", "1")[0]["raw"] is None
     assert set(cli("query", "red", "--top", "5", "--paths", "--no-server").stdout.split()) == {str(jpeg), str(lone)}
     status = cli("status").stdout
-    assert "1 on their own, 1 RAW+JPEG pairs" in status and "indexed:                 2" in status
+    assert "raw files:               1 alone, 1 in RAW+JPEG pairs" in status and "indexed:                 2" in status
 
 
 @needs_rawpy

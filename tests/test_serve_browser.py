@@ -170,3 +170,41 @@ def test_a_view_link_opened_alone_a_gone_photo_and_the_untrained_note(library, c
         driver.quit()
         server.shutdown()
         server.server_close()
+
+
+def test_a_raw_and_jpeg_pair_shows_its_jpeg_and_offers_the_raw(tmp_path, cli):
+    """A RAW+JPEG pair (indexed from its JPEG, no RAW decoder needed): the page shows the JPEG,
+    names the RAW in the facts, and its RAW link downloads the RAW file itself."""
+    import http.client
+
+    import rawfiles
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    picture = Image.new("RGB", (640, 480), (230, 20, 20))
+    (root / "IMG_0007.CR2").write_bytes(rawfiles.make_dng(picture, preview=picture.resize((320, 240))))
+    picture.resize((320, 240)).save(root / "IMG_0007.JPG", quality=90)
+    cli("index", str(root), "--workers", "1")
+    served = Served(cli)
+    driver = browser(PHONE)
+    try:
+        driver.get(f"http://127.0.0.1:{served.port}/?q=red")
+        wait_for(driver, lambda d: result_names(d) == ["IMG_0007.JPG"])
+        driver.find_elements(By.CSS_SELECTOR, "#results a")[0].click()
+        wait_for(driver, lambda d: d.find_element(By.ID, "raw").is_displayed())
+        link = driver.find_element(By.ID, "raw")
+        assert link.text == "RAW (IMG_0007.CR2)" and str(root / "IMG_0007.CR2") in driver.find_element(By.ID, "facts").text
+        href = link.get_attribute("href")
+        shot(driver, "serve-phone-raw-pair")
+    finally:
+        driver.quit()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=20)
+        conn.request("GET", href.split(str(served.port), 1)[1])
+        response = conn.getresponse()
+        assert response.status == 200 and response.read() == (root / "IMG_0007.CR2").read_bytes()
+        assert response.getheader("Content-Disposition") == "attachment; filename*=UTF-8''IMG_0007.CR2"
+    finally:
+        served.stop()

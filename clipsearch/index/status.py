@@ -31,7 +31,8 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
             "library_folders": folders,
             **({"missing_folders": missing} if missing else {}),
             "indexed": counts["indexed"],
-            "raw": raw_line(store.raw_counts(RAW)),
+            # Each pair is one photo among `indexed`; `--json` keeps the numbers.
+            "raw_files": {"alone": (raw := store.raw_counts(RAW))["raw"], "in RAW+JPEG pairs": raw["pairs"]},
             "failed": counts["failed"],
             "deleted_kept_for_moves": counts["deleted_kept"],
             "model_name": store.meta("model_name"),
@@ -103,11 +104,6 @@ def formats_line() -> str:
     line = " ".join(sorted(ext[1:].decode() for ext in indexed_extensions()))
     hints = {missing_decoder(ext) for ext in AVIF | HEIF | JPEG2000 | RAW} - {None}
     return "; ".join([line, *sorted(hints)])
-
-
-def raw_line(counts: dict) -> str:
-    """RAW files indexed on their own, and RAW+JPEG pairs (each one photo among `indexed`)."""
-    return f"{counts['raw']} on their own, {counts['pairs']} RAW+JPEG pairs (one photo each)"
 
 
 def library_folders(store: Store) -> list[str]:
