@@ -219,10 +219,10 @@ def test_a_pair_split_later_embeds_nothing_again(tmp_path, cli):
     raw2, jpeg2 = make_pair(root, "red", name="IMG_0002", raw_ext="ARW")
     cli("index", str(root), "--workers", "1")
     before = vectors(cli.db)
-    # The JPEG deleted (the photographer keeps the RAW only): the RAW takes the photo's row and vector.
+    # The JPEG deleted (the photographer keeps the RAW only): the RAW is the photo, with the pair's vector.
     jpeg.unlink()
     result = cli("index", str(root), "--workers", "1")
-    assert "0 new, 0 updated, 1 moved, 0 removed, 0 failed" in result.stderr, result.stderr
+    assert "0 new, 0 updated, 1 moved, 1 removed, 0 failed" in result.stderr, result.stderr
     after = vectors(cli.db)
     assert after["IMG_0001.CR2"] == before["IMG_0001.JPG"] and "IMG_0001.JPG" not in after
     found = query_json(cli, "blue", "--top", "1")[0]
@@ -238,6 +238,15 @@ def test_a_pair_split_later_embeds_nothing_again(tmp_path, cli):
     result = cli("index", str(root), "--workers", "1")
     assert "0 new, 0 updated, 0 moved, 0 removed, 0 failed" in result.stderr, result.stderr
     assert query_json(cli, "red", "--top", "1")[0]["raw"] == str(raw2)
+    # The JPEG moved to another folder (an export, a phone sync): both stay photos, nothing embedded.
+    (root / "exports").mkdir()
+    os.rename(root / "IMG_0002.JPG", root / "exports" / "IMG_0002.JPG")
+    result = cli("index", str(root), "--workers", "1")
+    assert "0 new, 0 updated, 2 moved, 0 removed, 0 failed" in result.stderr, result.stderr
+    now = vectors(cli.db)
+    assert now["IMG_0002.JPG"] == now["IMG_0002.ARW"] == before["IMG_0002.JPG"]
+    assert {f["path"] for f in query_json(cli, "red", "--top", "5")} == {str(raw), str(raw2),
+                                                                         str(root / "exports" / "IMG_0002.JPG")}
 
 
 @needs_rawpy

@@ -24,13 +24,19 @@ class PairQueries:
                           "AND vector IS NOT NULL", (raw_path,))
         return rows[0] if rows else None
 
-    def adopt(self, row_id: int, filepath: bytes, size: int, mtime_ns: int, fingerprint: bytes | None,
-              seq: int) -> None:
-        """The pair's other file is gone: its RAW takes the row, vector kept (the same picture)."""
-        self.db.execute("DELETE FROM images WHERE filepath = ? AND id != ?", (filepath, row_id))
-        self.db.execute("UPDATE images SET filepath = ?, size = ?, modified_at = ?, fingerprint = ?, companion = NULL, "
-                        "deleted = 0, deleted_at = NULL, seq = ? WHERE id = ?",
-                        (filepath, size, mtime_ns, fingerprint, seq, row_id))
+    def split_pair(self, row_id: int, filepath: bytes, folder: bytes, size: int, mtime_ns: int,
+                   fingerprint: bytes | None, seq: int) -> None:
+        """The pair's JPEG is gone from beside its RAW (deleted or moved): the RAW becomes a photo
+        of its own with the pair's vector (the same picture), and the JPEG's row is no longer
+        paired (the walk removes it, or finds it moved, as any file)."""
+        import time
+
+        self.db.execute("DELETE FROM images WHERE filepath = ?", (filepath,))  # a stale soft-deleted row
+        self.db.execute("""INSERT INTO images (filepath, dir, modified_at, size, fingerprint, vector, scale, error,
+                                              deleted, deleted_at, seq, indexed_at, companion)
+                           SELECT ?, ?, ?, ?, ?, vector, scale, NULL, 0, NULL, ?, ?, NULL FROM images WHERE id = ?""",
+                        (filepath, folder, mtime_ns, size, fingerprint, seq, time.time(), row_id))
+        self.db.execute("UPDATE images SET companion = NULL, seq = ? WHERE id = ?", (seq, row_id))
 
     def raw_counts(self, extensions: frozenset[bytes]) -> dict:
         """Indexed RAW files on their own (by their lower-case `extensions`, `photos/raw.RAW`),

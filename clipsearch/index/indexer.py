@@ -283,17 +283,18 @@ class Indexer:
         return False
 
     def adopt_pair(self, entry, files) -> bool:
-        """A RAW whose pair's JPEG is gone takes over the pair's row: the vector stands for the
-        same picture, so nothing is embedded again (its metadata is read from its headers)."""
+        """A RAW whose pair's JPEG left its side (deleted, or moved: the walk then finds it as
+        a move) becomes a photo of its own with the pair's vector, the same picture: nothing is
+        embedded again (its metadata is read from its headers). Counted as a move."""
         if entry.companion is not None:
             return False
         pair = self.store.paired_with(entry.path)
         if pair is None or any(other.path == pair[1] for other in files):
             return False
         content = fingerprint_file(entry.path)
-        self.write().adopt(pair[0], entry.path, entry.size, entry.mtime_ns, content, self.seq)
+        self.write().split_pair(pair[0], entry.path, parent_of(entry.path), entry.size, entry.mtime_ns, content,
+                                self.seq)
         self.summary.moved += 1
-        self.forget_removal(pair[0])
         return True
 
     def try_move(self, entry, row) -> bool:
