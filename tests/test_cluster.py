@@ -272,3 +272,29 @@ def test_dasks_own_warnings_are_one_line_and_silent_with_q(cluster, tmp_path):
     assert "warnings.warn" not in loud.stderr and "UserWarning" not in loud.stderr
     quiet = index(tmp_path / "quiet.db", root, "--cluster", address, "-q")
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_raw_files_and_pairs_through_the_cluster_as_locally(cluster, tmp_path):
+    """RAW bytes and the pair's sidecars (the RAW's own included) shipped to the workers give the
+    vectors and metadata a local run gives."""
+    import rawfiles
+    from PIL import Image
+
+    from clipsearch.photos.formats import missing_decoder
+
+    if missing_decoder(b".dng"):
+        pytest.skip("rawpy (the raw extra) not installed")
+    root = tmp_path / "raw"
+    root.mkdir()
+    red, blue = Image.new("RGB", (640, 480), COLOURS["red"]), Image.new("RGB", (640, 480), COLOURS["blue"])
+    (root / "alone.NEF").write_bytes(rawfiles.make_dng(red, preview=red.resize((320, 240)), orientation=6))
+    (root / "IMG_0001.CR2").write_bytes(rawfiles.make_dng(blue, preview=blue.resize((320, 240))))
+    blue.save(root / "IMG_0001.JPG", quality=90)
+    (root / "IMG_0001.CR2.xmp").write_text(rawfiles.xmp_packet(3, ["harbour"]).decode(), encoding="utf-8")
+    local = index(tmp_path / "local.db", root, "--workers", "1")
+    remote = index(tmp_path / "cluster.db", root, "--cluster", cluster.scheduler_address)
+    assert local.returncode == 0 and remote.returncode == 0, remote.stderr
+    assert "2 new" in remote.stderr and "0 failed" in remote.stderr, remote.stderr
+    vectors, meta, count = rows(tmp_path / "cluster.db")
+    assert (vectors, meta) == rows(tmp_path / "local.db")[:2] and count == 2
+    assert '["harbour"]3' in meta[os.fsencode(root / "IMG_0001.JPG")]
