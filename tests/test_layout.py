@@ -23,7 +23,8 @@ MAY_IMPORT = {
     "search": {"cache", "model", "photos"},  # never index
     "serve": {"search", "cache", "model", "photos"},  # never index, never tag
     "tag": {"search", "cache", "model", "photos"},  # never index, never serve
-    "cli": {"index", "search", "serve", "tag", "cache", "model", "photos"},
+    "health": {"search", "tag", "cache", "model", "photos"},  # never index, never serve
+    "cli": {"index", "search", "serve", "tag", "health", "cache", "model", "photos"},
 }
 # Outside packages only some places may import (None: nowhere); "lazily": inside functions only.
 THIRD_PARTY = {

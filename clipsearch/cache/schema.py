@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Readers (query, status) open any version from this one on without upgrading: later steps
 # only add what writers use (v2: the keywords `tag` wrote; v3: what photos say about themselves;
-# v4: what a failure or a metadata problem depended on; v5: the RAW file paired with a photo).
+# v4: what a failure or a metadata problem depended on; v5: the RAW file paired with a photo; v6: perceptual prints).
 READABLE_FROM = 1
 
 
@@ -129,7 +129,15 @@ def _v5(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS images_companion ON images(companion) WHERE companion IS NOT NULL")
 
 
+def _v6(db: sqlite3.Connection) -> None:
+    # v6: each photo's perceptual print (`photos/prints.py`, 64 bytes; b"" when none could be
+    # made), which `duplicates` compares. Rows indexed before have none until an `index` run
+    # decodes them for it (never the model), resumably, as the metadata fill does.
+    if "print" not in {row[1] for row in db.execute("PRAGMA table_info(images)")}:
+        db.execute("ALTER TABLE images ADD COLUMN print BLOB")
+
+
 # Upgrade steps: MIGRATIONS[n] takes a database at version n to n + 1. Each runs in one
 # transaction together with the user_version bump, so a kill mid-upgrade leaves the old
 # version intact and the next run simply upgrades again.
-MIGRATIONS = {0: _v1, 1: _v2, 2: _v3, 3: _v4, 4: _v5}
+MIGRATIONS = {0: _v1, 1: _v2, 2: _v3, 3: _v4, 4: _v5, 5: _v6}

@@ -22,6 +22,7 @@ from clipsearch.errors import DatabaseError, ModelMismatchError, ReadOnlyCacheEr
 from .schema import MIGRATIONS, READABLE_FROM, SCHEMA_VERSION
 from .store_pairs import PairQueries
 from .store_photos import PhotoQueries
+from .store_prints import PrintQueries
 from .store_runs import RunQueries
 
 
@@ -37,9 +38,10 @@ class KnownRow(NamedTuple):
     failure: str | None = None  # what a failure depended on (`photos/readers.record`)
     meta_readers: str | None = None  # what read metadata that had problems (`photos/readers.metadata_readers`)
     companion: bytes | None = None  # the RAW of a RAW+JPEG pair this row stands for
+    printed: bool = True  # its perceptual print was made (or found impossible); False: decode it for one
 
 
-class Store(PhotoQueries, RunQueries, PairQueries):
+class Store(PhotoQueries, RunQueries, PairQueries, PrintQueries):
     def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
         self.readonly = readonly
@@ -236,9 +238,11 @@ class Store(PhotoQueries, RunQueries, PairQueries):
         rows = self.query("SELECT i.filepath, i.id, i.size, i.modified_at, i.deleted, i.error IS NOT NULL, "
                           "m.read_size, m.read_mtime, m.sidecars, i.failure, "
                           "CASE WHEN m.problems IS NOT NULL THEN m.readers END, "
-                          f"{'i.companion' if self.version >= 5 else 'NULL'} FROM images i "
+                          f"{'i.companion' if self.version >= 5 else 'NULL'}, "
+                          f"{'i.print IS NOT NULL' if self.version >= 6 else '1'} FROM images i "
                           "LEFT JOIN photo_meta m ON m.image_id = i.id WHERE i.dir = ?", (folder,))
-        return {row[0]: KnownRow(*row[1:6], None if row[6] is None else tuple(row[6:9]), *row[9:12]) for row in rows}
+        return {row[0]: KnownRow(*row[1:6], None if row[6] is None else tuple(row[6:9]), *row[9:11], row[11],
+                                 bool(row[12])) for row in rows}
 
     # `dir` is `root` or lies below it: an index range scan, since b"0" follows b"/" in byte order.
     UNDER = "(dir = ? OR (dir >= ? AND dir < ?))"
@@ -335,16 +339,19 @@ class Store(PhotoQueries, RunQueries, PairQueries):
         return [row[0] for row in self.query("SELECT id FROM images WHERE deleted = 0 AND vector IS NOT NULL ORDER BY id")]
 
     def put_vector(self, filepath: bytes, folder: bytes, size: int, mtime_ns: int, fingerprint: bytes,
-                   vector: bytes, scale: float, seq: int, companion: bytes | None = None) -> None:
+                   vector: bytes, scale: float, seq: int, companion: bytes | None = None,
+                   print_: bytes | None = None) -> None:
         self.db.execute(
             """INSERT INTO images (filepath, dir, modified_at, size, fingerprint, vector, scale, error, deleted,
-                                   deleted_at, seq, indexed_at, companion)
-               VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, ?, ?, ?)
+                                   deleted_at, seq, indexed_at, companion, print)
+               VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, ?, ?, ?, ?)
                ON CONFLICT(filepath) DO UPDATE SET dir = excluded.dir, modified_at = excluded.modified_at,
                  size = excluded.size, fingerprint = excluded.fingerprint, vector = excluded.vector,
                  scale = excluded.scale, error = NULL, failure = NULL, deleted = 0, deleted_at = NULL,
-                 seq = excluded.seq, indexed_at = excluded.indexed_at, companion = excluded.companion""",
-            (filepath, folder, mtime_ns, size, fingerprint, vector, scale, seq, time.time(), companion))
+                 seq = excluded.seq, indexed_at = excluded.indexed_at, companion = excluded.companion,
+                 print = excluded.print""",
+            (filepath, folder, mtime_ns, size, fingerprint, vector, scale, seq, time.time(), companion,
+             b"" if print_ is None else print_))
 
     def put_error(self, filepath: bytes, folder: bytes, size: int, mtime_ns: int, error: str, seq: int,
                   failure: str | None = None) -> None:

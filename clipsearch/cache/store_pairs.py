@@ -33,8 +33,9 @@ class PairQueries:
 
         self.db.execute("DELETE FROM images WHERE filepath = ?", (filepath,))  # a stale soft-deleted row
         self.db.execute("""INSERT INTO images (filepath, dir, modified_at, size, fingerprint, vector, scale, error,
-                                              deleted, deleted_at, seq, indexed_at, companion)
-                           SELECT ?, ?, ?, ?, ?, vector, scale, NULL, 0, NULL, ?, ?, NULL FROM images WHERE id = ?""",
+                                              deleted, deleted_at, seq, indexed_at, companion, print)
+                           SELECT ?, ?, ?, ?, ?, vector, scale, NULL, 0, NULL, ?, ?, NULL, print FROM images
+                           WHERE id = ?""",
                         (filepath, folder, mtime_ns, size, fingerprint, seq, time.time(), row_id))
         self.db.execute("UPDATE images SET companion = NULL, seq = ? WHERE id = ?", (seq, row_id))
 

@@ -110,7 +110,8 @@ def run_counts(run: dict) -> str:
     """One index run's counts, as the summary line and `status` print them."""
     return (f"{run['new']} new, {run['updated']} updated, {run['moved']} moved, {run['removed']} removed, "
             f"{run['failed']} failed, {run.get('skipped', 0)} skipped, {run['unchanged']} unchanged"
-            + (f", {run['retried']} retried" if run.get("retried") else "") + " "
+            + (f", {run['retried']} retried" if run.get("retried") else "")
+            + (f", {run['printed']} printed for duplicates" if run.get("printed") else "") + " "
             f"in {run['elapsed_s']:.1f}s ({run['images_per_s']:.1f} images/s"
             + (f", {run['cluster_workers']} Dask worker{'s' if run['cluster_workers'] != 1 else ''})"
                if run.get("cluster_workers") is not None else ")"))

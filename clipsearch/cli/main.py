@@ -10,6 +10,7 @@ import sys
 import click
 
 from . import query as query_command
+from .duplicates import duplicates
 from .index import index
 from .models import check_model, models
 from .serve import serve
@@ -49,5 +50,5 @@ def main():
     """Semantic photo search on small CPUs. Index once, then query in well under a second."""
 
 
-for command in (index, query_command.query, status, check_model, models, tag, untag, serve):
+for command in (index, query_command.query, status, duplicates, check_model, models, tag, untag, serve):
     main.add_command(command)

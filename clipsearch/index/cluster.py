@@ -26,7 +26,7 @@ from distributed import WorkerPlugin  # the caller turns an ImportError into "in
 
 from clipsearch.errors import ClipsearchError, UsageError
 
-from .embed import Result, is_headers_only, result_for, ship
+from .embed import Result, mode_of, result_for, ship
 
 PLUGIN = "clipsearch-model"
 INFLIGHT_MB = 256  # photo bytes sent and not answered yet (--cluster-inflight)
@@ -162,8 +162,8 @@ class ClusterPool:
 
     def submit(self, files) -> list[Result]:
         for file in files:
-            if is_headers_only(file):
-                self.finished.append(self.local.embed_one(file))  # metadata only: no model, no cluster
+            if mode_of(file):
+                self.finished.append(self.local.embed_one(file))  # metadata or print only: no model, no cluster
                 continue
             shipment = ship(file)
             if isinstance(shipment, Result):

@@ -36,28 +36,33 @@ class Result:
     vanished: bool = False
     meta: dict | None = None  # what the photo says about itself (metadata.photo_record)
     sidecars: str = ""  # the sidecar versions `meta` was read from
-    headers_only: bool = False  # a photo cached before: its metadata read, nothing embedded
+    headers_only: bool = False  # a photo cached before: its metadata (and print) read, nothing embedded
     companion: bytes | None = None  # the RAW of a RAW+JPEG pair this photo stands for (its sidecars are read too)
+    print: bytes | None = None  # the perceptual print of its pixels (`photos/prints.py`)
+    print_only: bool = False  # a photo cached before, decoded for its print (b"" kept when none can be made)
 
 
-HEADERS_ONLY = "headers"  # a task's 4th element: read the file's metadata, embed nothing
+# A task's 4th element: what to do with a photo cached before, whose vector stays.
+HEADERS_ONLY = "headers"  # read its metadata; decode nothing
+PRINT_ONLY = "print"  # decode it for its perceptual print (and read its metadata); never run the model
 
 
-def task(path: bytes, size: int, mtime_ns: int, headers: bool = False, companion: bytes | None = None) -> tuple:
+def task(path: bytes, size: int, mtime_ns: int, mode: str = "", companion: bytes | None = None) -> tuple:
     """What a worker is given for one file: (path, size, mtime[, mode[, companion]]); small to pickle."""
     if companion is not None:
-        return (path, size, mtime_ns, HEADERS_ONLY if headers else "", companion)
-    return (path, size, mtime_ns, HEADERS_ONLY) if headers else (path, size, mtime_ns)
+        return (path, size, mtime_ns, mode, companion)
+    return (path, size, mtime_ns, mode) if mode else (path, size, mtime_ns)
 
 
-def is_headers_only(file: tuple) -> bool:
-    return len(file) > 3 and file[3] == HEADERS_ONLY
+def mode_of(file: tuple) -> str:
+    """"" (embed it), HEADERS_ONLY or PRINT_ONLY."""
+    return file[3] if len(file) > 3 else ""
 
 
 def result_for(file: tuple, **fields) -> Result:
     """The Result of a task, before anything was read."""
-    return Result(*file[:3], headers_only=is_headers_only(file), companion=file[4] if len(file) > 4 else None,
-                  **fields)
+    return Result(*file[:3], headers_only=mode_of(file) != "", companion=file[4] if len(file) > 4 else None,
+                  print_only=mode_of(file) == PRINT_ONLY, **fields)
 
 
 def fingerprint(data: bytes) -> bytes:
@@ -143,10 +148,16 @@ class EmbedWorker:
         result = result_for(file)
         try:
             with open(result.path, "rb") as f:
-                if result.headers_only:
+                if mode_of(file) == HEADERS_ONLY:
                     _read_headers(f, result)
                     return result
                 pixels = _read_and_decode(f, result, self.spec, self.use_draft)
+                if mode_of(file) == PRINT_ONLY:
+                    if result.error is not None:  # its pixels will not decode now: its headers still can
+                        result.error, result.print = None, None
+                        f.seek(0)
+                        _read_headers(f, result)
+                    return result
         except FileNotFoundError:
             result.vanished = True
             return result
@@ -236,12 +247,28 @@ def _decode(source, result: Result, spec: dict, use_draft: bool, sidecars=None) 
     try:
         decoded = decode_image(source, resize_side(spec), use_draft, read_headers=_headers_reader(result, sidecars),
                                name=result.path)
+        result.print = photo_print(decoded)
         return to_pixels(decoded.image, spec, decoded.full_size, decoded.box)
     except ImageDecodeError as exc:
         result.error = str(exc)
     except (MemoryError, Image.DecompressionBombError, ValueError, OSError) as exc:
         result.error = f"cannot decode ({type(exc).__name__}: {exc})"
     return None
+
+
+def photo_print(decoded) -> bytes | None:
+    """The perceptual print of the decoded photo (the region that holds it, when draft decoding
+    rounded the picture up); None when it cannot be made, which never fails the photo."""
+    from clipsearch.photos.prints import print_of
+
+    image = decoded.image
+    box = tuple(round(value) for value in decoded.box)
+    try:
+        if box != (0, 0, *image.size) and box[2] > box[0] and box[3] > box[1]:
+            image = image.crop(box)
+        return print_of(image)
+    except (ValueError, MemoryError, OSError):
+        return None
 
 
 def _headers_reader(result: Result, sidecars=None):

@@ -21,7 +21,7 @@ from clipsearch.photos.readers import metadata_readers, retry_due
 from clipsearch.photos.readers import record as failure_record
 from clipsearch.photos.walk import DEFAULT_EXCLUDES, Walker, is_under, parent_of
 
-from .embed import Result, fingerprint_file, task
+from .embed import HEADERS_ONLY, PRINT_ONLY, Result, fingerprint_file, task
 from .workers import DEFAULT_FILE_TIMEOUT, Embedder, WorkerPool, default_workers
 
 
@@ -61,6 +61,7 @@ class Summary:
     started: float = field(default_factory=time.monotonic)
     embedded: int = 0
     headers_read: int = 0  # photos cached before whose metadata was read (nothing re-embedded)
+    printed: int = 0  # photos cached before decoded for their perceptual print (nothing re-embedded)
     retried: int = 0  # remembered failures tried again (--retry-failed, or their environment changed)
     meta_problems: int = 0  # photos indexed whose metadata could not (all) be read
     absent: list[bytes] = field(default_factory=list)  # library folders given that are gone (disk unplugged)
@@ -81,6 +82,7 @@ class Summary:
                 "vanished": self.vanished, "retried": self.retried, "meta_problems": self.meta_problems,
                 "missing_decoders": dict(self.missing_decoders), "absent": [os.fsdecode(f) for f in self.absent],
                 "kept_empty": [os.fsdecode(f) for f in self.kept_empty], "headers_read": self.headers_read,
+                "printed": self.printed,
                 "elapsed_s": round(elapsed, 2), "images_per_s": round(self.embedded / elapsed, 2) if elapsed else 0.0,
                 **({"cluster_workers": self.cluster_workers} if self.cluster_workers is not None else {})}
 
@@ -150,6 +152,9 @@ class Indexer:
     def run(self, roots: list[bytes]) -> Summary:
         if self.options.count_first:
             self.summary.pending_total = sum(count_pending(self.store, root, self.options) for root in roots)
+        from clipsearch.photos.prints import VERSION
+
+        self.write().check_print_version(VERSION)  # prints of another version are made again
         embedder = worker_pool(self.manifest, self.options, self.warn)
         if isinstance(embedder, WorkerPool):
             self.bounds = {"timeout": embedder.file_timeout, "memory": embedder.memory_mb}
@@ -198,10 +203,13 @@ class Indexer:
                         # The RAW of its pair appeared, went, or is another file now: no pixel changed.
                         self.write().set_companion(row.id, entry.companion, self.seq)
                     stamp = folder.sidecar_stamp(entry.path, entry.companion)
-                    if not row.failed and (row.meta != (entry.size, entry.mtime_ns, stamp)
-                                           or row.meta_readers not in (None, metadata_readers())):
+                    if not row.failed and not row.printed:
+                        # Cached before prints were kept: decoded for one (never the model), headers read too.
+                        chunk.append(task(entry.path, entry.size, entry.mtime_ns, PRINT_ONLY, entry.companion))
+                    elif not row.failed and (row.meta != (entry.size, entry.mtime_ns, stamp)
+                                             or row.meta_readers not in (None, metadata_readers())):
                         # Cached before metadata was kept, or its sidecar changed: headers only.
-                        chunk.append(task(entry.path, entry.size, entry.mtime_ns, True, entry.companion))
+                        chunk.append(task(entry.path, entry.size, entry.mtime_ns, HEADERS_ONLY, entry.companion))
                         if len(chunk) >= self.options.batch_size:
                             self.record(embedder.submit(chunk))
                             chunk = []
@@ -215,7 +223,7 @@ class Indexer:
                         self.summary.moved += 1
                     continue
                 if (row is None or row.deleted) and self.adopt_pair(entry, folder.files):
-                    chunk.append(task(entry.path, entry.size, entry.mtime_ns, True))  # its own headers now
+                    chunk.append(task(entry.path, entry.size, entry.mtime_ns, HEADERS_ONLY))  # its own headers now
                     known = {path: row for path, row in self.store.rows_in_dir(folder.path).items() if path not in done}
                     continue
                 if self.try_move(entry, row):
@@ -339,6 +347,9 @@ class Indexer:
                     store.put_meta(result.path, result.size, result.mtime_ns, result.sidecars, result.meta or {}, self.seq)
                     self.summary.headers_read += 1
                     self.note_meta_problems(result)
+                    if result.print_only:
+                        store.put_print(result.path, result.print)
+                        self.summary.printed += 1
                 continue
             kind = self.kinds.pop(result.path, "new")
             folder = parent_of(result.path)
@@ -355,7 +366,7 @@ class Indexer:
                 setattr(self.summary, kind, getattr(self.summary, kind) + 1)
                 self.summary.embedded += 1
                 store.put_vector(result.path, folder, result.size, result.mtime_ns, result.fingerprint,
-                                 result.vector, result.scale, self.seq, result.companion)
+                                 result.vector, result.scale, self.seq, result.companion, result.print)
                 if result.meta is not None:
                     store.put_meta(result.path, result.size, result.mtime_ns, result.sidecars, result.meta, self.seq)
                     self.note_meta_problems(result)

@@ -94,7 +94,7 @@ def serve(conn, model_folder: str, threads: int, use_draft: bool, parent: int) -
         loaded = False
         while (files := conn.recv()) is not None:
             for file in files:
-                if not loaded and not embedjob.is_headers_only(file):
+                if not loaded and not embedjob.mode_of(file):
                     conn.send(("loading", None))
                     embedjob.process_worker().ready()
                     loaded = True
@@ -123,7 +123,7 @@ class Slot:
 
 class Embedder(Protocol):
     """What the indexer embeds with: `WorkerPool` here, or `cluster.ClusterPool` on a Dask
-    cluster. Files are the walk's (path, size, mtime[, HEADERS_ONLY]) tuples."""
+    cluster. Files are `embed.task` tuples."""
 
     def submit(self, files) -> list[Result]:
         """Queue files; the Results finished so far, in the order they finished."""

@@ -1,0 +1,1 @@
+"""Library health: duplicates, near-duplicates and bursts found from what the index holds."""
