@@ -8,7 +8,7 @@ import sqlite3
 SCHEMA_VERSION = 6
 # Readers (query, status) open any version from this one on without upgrading: later steps
 # only add what writers use (v2: the keywords `tag` wrote; v3: what photos say about themselves;
-# v4: what a failure or a metadata problem depended on; v5: the RAW file paired with a photo; v6: perceptual prints).
+# v4: what a failure or a metadata problem depended on; v5: the RAW file paired with a photo; v6: perceptual prints, damage).
 READABLE_FROM = 1
 
 
@@ -133,8 +133,13 @@ def _v6(db: sqlite3.Connection) -> None:
     # v6: each photo's perceptual print (`photos/prints.py`, 64 bytes; b"" when none could be
     # made), which `duplicates` compares. Rows indexed before have none until an `index` run
     # decodes them for it (never the model), resumably, as the metadata fill does.
-    if "print" not in {row[1] for row in db.execute("PRAGMA table_info(images)")}:
-        db.execute("ALTER TABLE images ADD COLUMN print BLOB")
+    # And what is missing from a photo indexed from the part of it that decodes (a file cut
+    # short): `status --damaged`, `query --damaged`.
+    columns = {row[1] for row in db.execute("PRAGMA table_info(images)")}
+    for column, kind in (("print", "BLOB"), ("damage", "TEXT")):
+        if column not in columns:
+            db.execute(f"ALTER TABLE images ADD COLUMN {column} {kind}")
+    db.execute("CREATE INDEX IF NOT EXISTS images_damaged ON images(id) WHERE damage IS NOT NULL")
 
 
 # Upgrade steps: MIGRATIONS[n] takes a database at version n to n + 1. Each runs in one

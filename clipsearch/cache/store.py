@@ -340,18 +340,18 @@ class Store(PhotoQueries, RunQueries, PairQueries, PrintQueries):
 
     def put_vector(self, filepath: bytes, folder: bytes, size: int, mtime_ns: int, fingerprint: bytes,
                    vector: bytes, scale: float, seq: int, companion: bytes | None = None,
-                   print_: bytes | None = None) -> None:
+                   print_: bytes | None = None, damage: str | None = None) -> None:
         self.db.execute(
             """INSERT INTO images (filepath, dir, modified_at, size, fingerprint, vector, scale, error, deleted,
-                                   deleted_at, seq, indexed_at, companion, print)
-               VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, ?, ?, ?, ?)
+                                   deleted_at, seq, indexed_at, companion, print, damage)
+               VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, ?, ?, ?, ?, ?)
                ON CONFLICT(filepath) DO UPDATE SET dir = excluded.dir, modified_at = excluded.modified_at,
                  size = excluded.size, fingerprint = excluded.fingerprint, vector = excluded.vector,
                  scale = excluded.scale, error = NULL, failure = NULL, deleted = 0, deleted_at = NULL,
                  seq = excluded.seq, indexed_at = excluded.indexed_at, companion = excluded.companion,
-                 print = excluded.print""",
+                 print = excluded.print, damage = excluded.damage""",
             (filepath, folder, mtime_ns, size, fingerprint, vector, scale, seq, time.time(), companion,
-             b"" if print_ is None else print_))
+             b"" if print_ is None else print_, damage))
 
     def put_error(self, filepath: bytes, folder: bytes, size: int, mtime_ns: int, error: str, seq: int,
                   failure: str | None = None) -> None:

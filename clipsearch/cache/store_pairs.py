@@ -11,9 +11,12 @@ class PairQueries:
         """The RAW paired with each of these rows that has one."""
         if self.version < 5 or not row_ids:
             return {}
-        placeholders = ",".join("?" * len(row_ids))
-        return dict(self.query(f"SELECT id, companion FROM images WHERE id IN ({placeholders}) "
-                               "AND companion IS NOT NULL", row_ids))
+        found = {}
+        for start in range(0, len(row_ids), 500):  # SQLite bounds the variables of one statement
+            chunk = row_ids[start : start + 500]
+            found.update(self.query(f"SELECT id, companion FROM images WHERE id IN ({','.join('?' * len(chunk))}) "
+                                    "AND companion IS NOT NULL", chunk))
+        return found
 
     def set_companion(self, row_id: int, companion: bytes | None, seq: int) -> None:
         self.db.execute("UPDATE images SET companion = ?, seq = ? WHERE id = ?", (companion, seq, row_id))

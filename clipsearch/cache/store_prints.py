@@ -37,19 +37,41 @@ class PrintQueries:
             where += " AND (" + " OR ".join([self.UNDER] * len(under)) + ")"
             params = [p for root in under for p in self.under_params(root)]
         print_column = "print" if self.version >= 6 else "NULL"
-        ids, sizes, heads, has = [], [], [], []
-        prints = bytearray()
-        for row_id, size, fingerprint, print_ in self.db.execute(
-                f"SELECT id, size, fingerprint, {print_column} FROM images WHERE {where} ORDER BY id", params):
-            ids.append(row_id)
-            sizes.append(size)
-            heads.append(int.from_bytes((fingerprint or b"")[:8].ljust(8, b"\0"), "little", signed=True))
-            ok = print_ is not None and len(print_) == PRINT_BYTES
-            has.append(ok)
-            prints += print_ if ok else bytes(PRINT_BYTES)
-        return {"id": np.array(ids, dtype=np.int64), "size": np.array(sizes, dtype=np.int64),
-                "head": np.array(heads, dtype=np.int64), "has_print": np.array(has, dtype=bool),
-                "print": np.frombuffer(bytes(prints), dtype=np.uint8).reshape(-1, PRINT_BYTES)}
+        count = self.query(f"SELECT COUNT(*) FROM images WHERE {where}", params)[0][0]
+        # Filled in place, row by row: Python lists of a million ints and byte strings took 400 MB.
+        columns = {"id": np.zeros(count, dtype=np.int64), "size": np.zeros(count, dtype=np.int64),
+                   "head": np.zeros(count, dtype=np.int64), "has_print": np.zeros(count, dtype=bool),
+                   "print": np.zeros((count, PRINT_BYTES), dtype=np.uint8)}
+        cursor = self.db.execute(f"SELECT id, size, fingerprint, {print_column} FROM images WHERE {where} ORDER BY id",
+                                 params)
+        at = 0
+        while rows := cursor.fetchmany(65536):
+            for offset, (row_id, size, fingerprint, print_) in enumerate(rows[: count - at]):
+                columns["id"][at + offset], columns["size"][at + offset] = row_id, size
+                columns["head"][at + offset] = int.from_bytes((fingerprint or b"")[:8].ljust(8, b"\0"), "little",
+                                                              signed=True)
+                if print_ is not None and len(print_) == PRINT_BYTES:
+                    columns["has_print"][at + offset] = True
+                    columns["print"][at + offset] = np.frombuffer(print_, dtype=np.uint8)
+            at += len(rows)
+        return columns
+
+    def damaged_rows(self, under: list[bytes] | None = None) -> list[tuple[bytes, str, int, int]]:
+        """(path, what is missing, size, mtime_ns) of the live photos indexed from part of them."""
+        if self.version < 6:
+            return []
+        where, params = "deleted = 0 AND vector IS NOT NULL AND damage IS NOT NULL", []
+        if under:
+            where += " AND (" + " OR ".join([self.UNDER] * len(under)) + ")"
+            params = [p for root in under for p in self.under_params(root)]
+        return self.query(f"SELECT filepath, damage, size, modified_at FROM images WHERE {where} ORDER BY filepath",
+                          params)
+
+    def damaged_ids(self) -> list[int]:
+        if self.version < 6:
+            return []
+        return [row[0] for row in self.query("SELECT id FROM images WHERE damage IS NOT NULL AND deleted = 0 "
+                                             "AND vector IS NOT NULL ORDER BY id")]
 
     def unprinted_count(self) -> int:
         if self.version < 6:

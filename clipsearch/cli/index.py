@@ -111,7 +111,8 @@ def run_counts(run: dict) -> str:
     return (f"{run['new']} new, {run['updated']} updated, {run['moved']} moved, {run['removed']} removed, "
             f"{run['failed']} failed, {run.get('skipped', 0)} skipped, {run['unchanged']} unchanged"
             + (f", {run['retried']} retried" if run.get("retried") else "")
-            + (f", {run['printed']} printed for duplicates" if run.get("printed") else "") + " "
+            + (f", {run['printed']} printed for duplicates" if run.get("printed") else "")
+            + (f", {run['damaged']} damaged" if run.get("damaged") else "") + " "
             f"in {run['elapsed_s']:.1f}s ({run['images_per_s']:.1f} images/s"
             + (f", {run['cluster_workers']} Dask worker{'s' if run['cluster_workers'] != 1 else ''})"
                if run.get("cluster_workers") is not None else ")"))

@@ -60,6 +60,8 @@ class QueryCommand(click.Command):
 @click.option("--like", multiple=True, metavar="IMAGE", help="Add an image to the query (repeatable).")
 @click.option("--unlike", multiple=True, metavar="IMAGE", help="Subtract an image from the query (repeatable).")
 @filter_options
+@click.option("--damaged", is_flag=True, help="Only photos indexed from the part of them that decodes (a file cut "
+                                             "short): `clipsearch status --damaged` says what is missing.")
 @click.option("--sort", type=click.Choice(["score", "date"]), default="score", show_default=True,
               help="Order of the results chosen: best match first, or newest first.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line: path, score, and what the photo says "
@@ -72,7 +74,7 @@ class QueryCommand(click.Command):
 @model_option
 @threads_option
 def query(terms, top, min_score, within, weighted, negated, like, unlike, after, before, camera, near, within_distance,
-          tags, min_rating, sort, as_json, bare_paths, null_sep, no_server, db_path, model_dir, threads):
+          tags, min_rating, damaged, sort, as_json, bare_paths, null_sep, no_server, db_path, model_dir, threads):
     """Find the images that best match TERMS, each a text taken literally ("16:9 panorama",
     "3:30 pm", "-1 degrees"). Weights only with -w/--weighted W TEXT; subtract with --not:
     clipsearch query "a beach" -w 2 sunset --not people
@@ -81,6 +83,10 @@ def query(terms, top, min_score, within, weighted, negated, like, unlike, after,
         from clipsearch.search.query import run_query
 
         filters = filters_from(after, before, camera, near, within_distance, tags, min_rating)
+        if damaged:
+            import dataclasses
+
+            filters = dataclasses.replace(filters, damaged=True)
         answer = None
         # A relative --in is named as given in messages: only a cold run says it the same way.
         if not no_server and (within is None or os.path.isabs(within)):

@@ -63,7 +63,7 @@ def find_duplicates(store, kinds=KINDS, under: list[bytes] | None = None, burst_
     exact = exact_groups(store, columns) if "exact" in kinds or "same" in kinds else []
     identical = {m: n for n, g in enumerate(exact) for m in g.members}  # member -> its exact group
     if "same" in kinds:
-        unprinted = int((~columns["has_print"]).sum())
+        unprinted = int(len(columns["id"]) - columns["has_print"].sum())
         if unprinted:
             notes.append(f"{unprinted} photos have no print yet: run `clipsearch index` once (it decodes them, "
                          "never re-embeds) to compare them too")
@@ -142,21 +142,17 @@ def whole_file_digest(path: bytes | None) -> bytes | None:
 
 def same_groups(columns) -> list[Group]:
     ids = columns["id"]
-    usable = columns["has_print"] & ~prints.is_flat(columns["print"])
-    ids, table = ids[usable], columns["print"][usable]
+    usable = columns.pop("has_print") & ~prints.is_flat(columns["print"])
+    # The prints leave `columns` here: nothing after this pass needs them (a million photos: 64 MB).
+    table = columns.pop("print")
+    if not usable.all():
+        ids, table = ids[usable], table[usable]
     if len(ids) < 2:
         return []
-    variants = prints.dihedral(table)  # [8, n, 64]
-    pairs = candidate_pairs(prints.keys(table), [prints.keys(variants[k]) for k in range(8)])
-    if not len(pairs):
-        return []
-    i, j, turn = pairs[:, 0], pairs[:, 1], pairs[:, 2]
-    bits = np.concatenate([prints.distance(variants[turn[s:s + 1 << 20], i[s:s + 1 << 20]], table[j[s:s + 1 << 20]])
-                           for s in range(0, len(i), 1 << 20)])
-    keep = bits <= SAME_SHARE
-    found = stars(len(ids), i[keep], j[keep])
+    i, j, turn, share = matching_pairs(table)
+    found = stars(len(ids), i, j)
     evidence = {}
-    for a, b, k, d in zip(i[keep], j[keep], turn[keep], bits[keep]):
+    for a, b, k, d in zip(i, j, turn, share):
         evidence.setdefault(int(a), {})[int(b)] = (round(float(d), 3), int(k))
         evidence.setdefault(int(b), {})[int(a)] = (round(float(d), 3), int(k))
     groups = []
@@ -168,34 +164,56 @@ def same_groups(columns) -> list[Group]:
     return groups
 
 
-def candidate_pairs(base_keys: np.ndarray, variant_keys: list[np.ndarray]) -> np.ndarray:
-    """[m, 3] (i, j, turn): photo i turned by `turn` shares an exact key with photo j (i != j,
-    each unordered pair and turn once)."""
-    found = []
-    n = len(base_keys)
+CHUNK = 32768  # photos whose turned prints are made at once: bounds the memory of a pass
+
+
+def matching_pairs(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, turn, share) for the photos i whose print turned by `turn` shares an exact key
+    with photo j's and differs from it by at most SAME_SHARE. Candidates are checked as they
+    are found, chunk by chunk, turn by turn: only the matches are kept (a million photos make
+    tens of millions of candidates)."""
+    base_keys = prints.keys(table)
+    tables = []
     for t in range(base_keys.shape[1]):
-        keys = base_keys[:, t]
-        order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
-        for turn, variant in enumerate(variant_keys):
-            wanted = variant[:, t]
-            left = np.searchsorted(sorted_keys, wanted, "left")
-            right = np.searchsorted(sorted_keys, wanted, "right")
-            width = right - left
-            hit = np.flatnonzero((width > 0) & (width <= BUCKET_CAP))
-            if not len(hit):
-                continue
-            counts = width[hit]
-            i = np.repeat(hit, counts)
-            starts = np.repeat(left[hit], counts)
-            offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-            j = order[starts + offsets]
+        order = np.argsort(base_keys[:, t], kind="stable").astype(np.int32)
+        tables.append((order, base_keys[order, t]))
+    found = []
+    for turn in range(8):
+        for start in range(0, len(table), CHUNK):
+            turned = prints.dihedral(table[start : start + CHUNK], (turn,))[0]
+            turned_keys = prints.keys(turned)
+            candidates = []
+            for t, (order, sorted_keys) in enumerate(tables):
+                candidates.append(key_matches(turned_keys[:, t], order, sorted_keys) + np.array([start, 0]))
+            pairs = np.concatenate(candidates)
+            code = np.unique(pairs[:, 0] * len(table) + pairs[:, 1])  # one row per pair, sorted
+            i, j = np.divmod(code, len(table))
             keep = (i < j) if turn == 0 else (i != j)
-            found.append(np.stack([i[keep], j[keep], np.full(int(keep.sum()), turn)], axis=1))
-    if not found:
-        return np.empty((0, 3), dtype=np.int64)
-    pairs = np.unique(np.concatenate(found).astype(np.int64), axis=0)
-    return pairs[pairs[:, 0] < n]
+            i, j = i[keep], j[keep]
+            share = prints.distance(turned[i - start], table[j])
+            close = share <= SAME_SHARE
+            found.append((i[close], j[close], np.full(int(close.sum()), turn), share[close]))
+    i, j, turn, share = (np.concatenate(part) for part in zip(*found))
+    # One turn per pair: the closest.
+    order = np.lexsort((share, np.maximum(i, j), np.minimum(i, j)))
+    i, j, turn, share = i[order], j[order], turn[order], share[order]
+    first = np.r_[True, (np.minimum(i, j)[1:] != np.minimum(i, j)[:-1]) | (np.maximum(i, j)[1:] != np.maximum(i, j)[:-1])]
+    return i[first], j[first], turn[first], share[first]
+
+
+def key_matches(wanted: np.ndarray, order: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """[m, 2] (row of `wanted`, photo) for every photo whose key equals the wanted one, in
+    buckets of at most BUCKET_CAP photos."""
+    left = np.searchsorted(sorted_keys, wanted, "left")
+    right = np.searchsorted(sorted_keys, wanted, "right")
+    width = right - left
+    hit = np.flatnonzero((width > 0) & (width <= BUCKET_CAP))
+    if not len(hit):
+        return np.empty((0, 2), dtype=np.int64)
+    counts = width[hit]
+    rows = np.repeat(hit, counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.stack([rows, order[np.repeat(left[hit], counts) + offsets]], axis=1).astype(np.int64)
 
 
 def stars(n: int, a: np.ndarray, b: np.ndarray) -> list[list[int]]:

@@ -40,6 +40,7 @@ class Result:
     companion: bytes | None = None  # the RAW of a RAW+JPEG pair this photo stands for (its sidecars are read too)
     print: bytes | None = None  # the perceptual print of its pixels (`photos/prints.py`)
     print_only: bool = False  # a photo cached before, decoded for its print (b"" kept when none can be made)
+    damage: str | None = None  # decoded in part (a file cut short): what is missing
 
 
 # A task's 4th element: what to do with a photo cached before, whose vector stays.
@@ -247,7 +248,7 @@ def _decode(source, result: Result, spec: dict, use_draft: bool, sidecars=None) 
     try:
         decoded = decode_image(source, resize_side(spec), use_draft, read_headers=_headers_reader(result, sidecars),
                                name=result.path)
-        result.print = photo_print(decoded)
+        result.print, result.damage = photo_print(decoded), decoded.damage
         return to_pixels(decoded.image, spec, decoded.full_size, decoded.box)
     except ImageDecodeError as exc:
         result.error = str(exc)

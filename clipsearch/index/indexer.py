@@ -62,6 +62,7 @@ class Summary:
     embedded: int = 0
     headers_read: int = 0  # photos cached before whose metadata was read (nothing re-embedded)
     printed: int = 0  # photos cached before decoded for their perceptual print (nothing re-embedded)
+    damaged: int = 0  # photos indexed from the part of them that decodes
     retried: int = 0  # remembered failures tried again (--retry-failed, or their environment changed)
     meta_problems: int = 0  # photos indexed whose metadata could not (all) be read
     absent: list[bytes] = field(default_factory=list)  # library folders given that are gone (disk unplugged)
@@ -82,7 +83,7 @@ class Summary:
                 "vanished": self.vanished, "retried": self.retried, "meta_problems": self.meta_problems,
                 "missing_decoders": dict(self.missing_decoders), "absent": [os.fsdecode(f) for f in self.absent],
                 "kept_empty": [os.fsdecode(f) for f in self.kept_empty], "headers_read": self.headers_read,
-                "printed": self.printed,
+                "printed": self.printed, "damaged": self.damaged,
                 "elapsed_s": round(elapsed, 2), "images_per_s": round(self.embedded / elapsed, 2) if elapsed else 0.0,
                 **({"cluster_workers": self.cluster_workers} if self.cluster_workers is not None else {})}
 
@@ -366,7 +367,12 @@ class Indexer:
                 setattr(self.summary, kind, getattr(self.summary, kind) + 1)
                 self.summary.embedded += 1
                 store.put_vector(result.path, folder, result.size, result.mtime_ns, result.fingerprint,
-                                 result.vector, result.scale, self.seq, result.companion, result.print)
+                                 result.vector, result.scale, self.seq, result.companion, result.print,
+                                 result.damage)
+                if result.damage:
+                    self.summary.damaged += 1
+                    self.warn(result.path, f"damaged ({result.damage}); indexed from what is there "
+                                           "(`clipsearch status --damaged` lists them)")
                 if result.meta is not None:
                     store.put_meta(result.path, result.size, result.mtime_ns, result.sidecars, result.meta, self.seq)
                     self.note_meta_problems(result)

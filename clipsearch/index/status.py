@@ -34,6 +34,7 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
             # Each pair is one photo among `indexed`; `--json` keeps the numbers.
             "raw_files": {"alone": (raw := store.raw_counts(RAW))["raw"], "in RAW+JPEG pairs": raw["pairs"]},
             "failed": counts["failed"],
+            "damaged": len(store.damaged_ids()),
             "deleted_kept_for_moves": counts["deleted_kept"],
             "model_name": store.meta("model_name"),
             "model_id": store.meta("model_id"),
@@ -85,6 +86,18 @@ def failed_report(db_path: Path, paths: list[str]) -> list[dict]:
             row["retry"] = retry
         report.append(row)
     return report
+
+
+def damaged_report(db_path: Path, paths: list[str]) -> list[dict]:
+    """`status --damaged`: the photos indexed from the part of them that decodes, and what is missing."""
+    store = Store(db_path, readonly=True)
+    try:
+        rows = store.damaged_rows([normalise_root(p) for p in paths] or None)
+    finally:
+        store.close()
+    return [{"path": os.fsdecode(path), "damage": damage, "size": size,
+             "modified": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mtime_ns / 1e9))}
+            for path, damage, size, mtime_ns in rows]
 
 
 def mounted(folder: str) -> bool:

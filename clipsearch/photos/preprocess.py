@@ -63,6 +63,18 @@ WHOLE_RESIZE_LIMIT = 2_000_000
 class ImageDecodeError(Exception):
     """The file is not an image we can decode; the message says why in a few words."""
 
+    def __init__(self, message: str, truncated: bool = False):
+        super().__init__(message)
+        self.truncated = truncated  # the file ends before its picture does: what is there may do
+
+
+# A damaged photo (a copy cut short, a disk's bad stretch) is indexed from what decodes when
+# at least this share of its rows is there, and marked damaged (`Decoded.damage`); JPEG and
+# PNG decoders leave the rows they could not read uniform (grey, black), which is how the
+# missing share is measured. bench/robustness.py measures how far such a copy's vector drifts.
+MIN_DECODED_SHARE = 0.5
+_truncated_lock = __import__("threading").Lock()
+
 
 class Decoded(NamedTuple):
     """A decoded, upright RGB image, the original photo's upright size, and the region of
@@ -75,6 +87,7 @@ class Decoded(NamedTuple):
     full_size: tuple[int, int]
     box: tuple[float, float, float, float]
     headers: object = None  # what `read_headers` made of the opened file, when asked for
+    damage: str | None = None  # what is missing from a damaged photo decoded in part
 
 
 def open_image(path, image_size: int, use_draft: bool = True) -> Image.Image:
@@ -97,7 +110,47 @@ def decode_image(path, image_size: int, use_draft: bool = True, read_headers=Non
             from .raw import decode_raw
 
             return decode_raw(path, image_size, use_draft, caught, read_headers)
-        return _decode_opened(_open(path, photo_formats(), caught), image_size, use_draft, read_headers)
+        try:
+            return _decode_opened(_open(path, photo_formats(), caught), image_size, use_draft, read_headers)
+        except ImageDecodeError as exc:
+            if not exc.truncated or not (isinstance(path, (str, bytes)) or hasattr(path, "seek")):
+                raise
+        return _decode_damaged(path, image_size, use_draft, caught, read_headers)
+
+
+def _decode_damaged(path, image_size: int, use_draft: bool, caught: list, read_headers) -> Decoded:
+    """A photo whose file ends before its picture does, decoded as far as it goes: kept when
+    most of it is there (`MIN_DECODED_SHARE`), with what is missing in `Decoded.damage`."""
+    from PIL import ImageFile
+
+    if hasattr(path, "seek"):
+        path.seek(0)
+    with _truncated_lock:  # Pillow's switch is global: one such decode at a time in a process
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            decoded = _decode_opened(_open(path, photo_formats(), caught), image_size, use_draft, read_headers,
+                                     measure_missing=True)
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+    missing = float(decoded.damage)
+    if 1.0 - missing < MIN_DECODED_SHARE:
+        raise ImageDecodeError(f"cannot decode (truncated: only {1.0 - missing:.0%} of the picture is there)")
+    if missing >= 0.01:
+        damage = f"truncated: the bottom {missing:.0%} of the picture is missing"
+    else:  # a progressive JPEG cut short: every row is there, with less detail
+        damage = "truncated: the file ends early; the picture is there with less detail"
+    return decoded._replace(damage=damage)
+
+
+def missing_share(img: Image.Image) -> float:
+    """The share of rows at the bottom that are one flat value: what a JPEG or PNG decoder
+    leaves where the file ended."""
+    arr = np.asarray(img)
+    if arr.ndim == 3:
+        arr = arr.reshape(arr.shape[0], -1)
+    flat = np.all(arr == arr[:, :1], axis=1) & np.all(arr[:, :1] == arr[-1, :1], axis=1)
+    rows = len(flat) - (np.flatnonzero(~flat)[-1] + 1 if (~flat).any() else 0)
+    return rows / max(1, len(flat))
 
 
 def open_jpeg_like(source, image_size: int, use_draft: bool, caught: list, orientation: int,
@@ -125,7 +178,7 @@ def _open(path, formats, caught: list) -> Image.Image:
 
 
 def _decode_opened(img: Image.Image, image_size: int, use_draft: bool, read_headers=None,
-                   orientation: int | None = None) -> Decoded:
+                   orientation: int | None = None, measure_missing: bool = False) -> Decoded:
     try:
         width, height = img.size
         if width * height > MAX_PIXELS:
@@ -139,6 +192,7 @@ def _decode_opened(img: Image.Image, image_size: int, use_draft: bool, read_head
             drafted = img.draft("RGB", (wanted, wanted))
             box = drafted[1] if drafted else None
         img.load()
+        missing = missing_share(img) if measure_missing else None  # before turning: the file's last rows
         orientation = img.getexif().get(0x0112, 1) if box else 1
         stored_size = img.size
         # In place: without an orientation to apply, exif_transpose would return a copy,
@@ -147,11 +201,11 @@ def _decode_opened(img: Image.Image, image_size: int, use_draft: bool, read_head
         full = (width, height) if img.size == stored_size else (height, width)  # else turned by 90 degrees
         headers = read_headers(img, full) if read_headers else None
         return Decoded(to_rgb(img), full, upright_box(box, stored_size, orientation) if box else (0, 0, *img.size),
-                       headers)
+                       headers, None if missing is None else str(missing))
     except ImageDecodeError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        raise ImageDecodeError(f"cannot decode ({exc})") from None
+        raise ImageDecodeError(f"cannot decode ({exc})", truncated="truncated" in str(exc)) from None
     except Exception as exc:  # noqa: BLE001
         # Decoder plugins raise what they like on damaged files (fuzzing found Pillow's AVIF
         # plugin raising RuntimeError); one bad photo must stay a per-file failure.

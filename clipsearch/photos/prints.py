@@ -79,13 +79,14 @@ DIHEDRAL = ((False, False, False), (True, True, False), (False, True, True), (Tr
             (False, False, True), (False, True, False), (True, False, False), (True, True, True))
 
 
-def dihedral(prints: np.ndarray) -> np.ndarray:
-    """[8, n, 64] uint8: the prints of every turn and mirror of each picture (index 0: as is)."""
+def dihedral(prints: np.ndarray, turns=range(8)) -> np.ndarray:
+    """[len(turns), n, 64] uint8: the prints of these turns and mirrors of each picture (turn
+    0: as is; `DIHEDRAL` lists them)."""
     bits = np.unpackbits(prints, axis=1).reshape(-1, 2, BLOCK, BLOCK)
     signs, strong = bits[:, 0], bits[:, 1]
     odd = (np.arange(BLOCK) % 2).astype(np.uint8)
     out = []
-    for transpose, flip_rows, flip_columns in DIHEDRAL:
+    for transpose, flip_rows, flip_columns in (DIHEDRAL[turn] for turn in turns):
         s = signs.transpose(0, 2, 1) if transpose else signs
         m = strong.transpose(0, 2, 1) if transpose else strong
         if flip_rows:  # the picture mirrored top to bottom: odd vertical frequencies change sign
@@ -117,13 +118,19 @@ KEY_BITS = 21
 TABLES = 5
 
 
-def keys(prints: np.ndarray) -> np.ndarray:
-    """[n, TABLES] exact keys of KEY_BITS bits: the 21 lowest frequencies' signs at thresholds
-    0, +median and -median magnitude, then the next 21 and the 21 after, by sign."""
-    bits = np.unpackbits(prints, axis=1)
-    signs, strong = bits[:, :BITS].astype(bool), bits[:, BITS:].astype(bool)
+def keys(prints: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """[n, TABLES] int32 exact keys of KEY_BITS bits: the 21 lowest frequencies' signs at
+    thresholds 0, +median and -median magnitude, then the next 21 and the 21 after, by sign.
+    Made `chunk` prints at a time (the bits of a million prints unpacked would take 650 MB)."""
+    out = np.empty((len(prints), TABLES), dtype=np.int32)
     low, next1, next2 = ZIGZAG[:KEY_BITS], ZIGZAG[KEY_BITS:2 * KEY_BITS], ZIGZAG[2 * KEY_BITS:3 * KEY_BITS]
-    tables = [signs[:, low], signs[:, low] & strong[:, low], signs[:, low] | ~strong[:, low],
-              signs[:, next1], signs[:, next2]]
-    weights = (1 << np.arange(KEY_BITS, dtype=np.int64))[::-1]
-    return np.stack([table.astype(np.int64) @ weights for table in tables], axis=1)
+    for start in range(0, len(prints), chunk):
+        bits = np.unpackbits(prints[start : start + chunk], axis=1).view(bool)
+        signs, strong = bits[:, :BITS], bits[:, BITS:]
+        tables = (signs[:, low], signs[:, low] & strong[:, low], signs[:, low] | ~strong[:, low],
+                  signs[:, next1], signs[:, next2])
+        for t, table in enumerate(tables):
+            packed = np.packbits(table, axis=1, bitorder="big")  # 21 bits -> 3 bytes, the last 3 bits 0
+            out[start : start + chunk, t] = (packed[:, 0].astype(np.int32) << 13 | packed[:, 1].astype(np.int32) << 5
+                                             | packed[:, 2].astype(np.int32) >> 3)
+    return out

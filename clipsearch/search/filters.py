@@ -25,11 +25,12 @@ class Filters:
     within_m: float | None = None
     tags: tuple[str, ...] = ()  # keywords that must all be there, any case
     min_rating: int | None = None
+    damaged: bool = False  # only photos indexed from the part of them that decodes
 
     @property
     def active(self) -> bool:
-        return any(v not in (None, ()) for v in (self.after, self.before, self.camera, self.near, self.tags,
-                                                 self.min_rating))
+        return self.damaged or any(v not in (None, ()) for v in (self.after, self.before, self.camera, self.near,
+                                                                 self.tags, self.min_rating))
 
 
 def make_filters(after: str | None = None, before: str | None = None, camera: str | None = None,

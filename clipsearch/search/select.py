@@ -119,4 +119,7 @@ def select_rows(store, dim: int, filters, folder: bytes | None):
 
     packed, delta = current_packed(store, dim)
     under = np.array(store.vector_ids_under(folder), dtype=np.int64) if folder is not None else None
+    if filters.damaged:
+        damaged = np.array(store.damaged_ids(), dtype=np.int64)
+        under = damaged if under is None else np.intersect1d(under, damaged)
     return select(store, packed, delta, filters, under)
