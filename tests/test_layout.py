@@ -21,7 +21,7 @@ MAY_IMPORT = {
     "model": {"photos"},
     "index": {"cache", "model", "photos"},  # never search
     "search": {"cache", "model", "photos"},  # never index
-    "serve": {"search", "cache", "model", "photos"},  # never index, never tag
+    "serve": {"search", "health", "cache", "model", "photos"},  # never index, never tag (health's --tag is not served)
     "tag": {"search", "cache", "model", "photos"},  # never index, never serve
     "health": {"search", "tag", "cache", "model", "photos"},  # never index, never serve
     "cli": {"index", "search", "serve", "tag", "health", "cache", "model", "photos"},

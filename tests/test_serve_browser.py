@@ -208,3 +208,36 @@ def test_a_raw_and_jpeg_pair_shows_its_jpeg_and_offers_the_raw(tmp_path, cli):
         assert response.getheader("Content-Disposition") == "attachment; filename*=UTF-8''IMG_0007.CR2"
     finally:
         served.stop()
+
+
+def test_the_duplicates_view_shows_each_group_side_by_side_with_its_evidence(tmp_path, cli):
+    from selenium.webdriver.common.by import By
+    from test_duplicates import library as duplicate_library
+
+    made = duplicate_library(tmp_path / "photos")
+    cli("index", str(tmp_path / "photos"), "--workers", "1")
+    served = Served(cli)
+    driver = browser(DESKTOP)
+    try:
+        status, _, raw = served.request("/api/duplicates?kind=same&top=5")
+        page = __import__("json").loads(raw)
+        assert status == 200 and page["total"] == 1 and len(page["groups"][0]["members"]) == 8
+        assert served.request("/api/duplicates?top=500")[0] == 400  # bounded like every parameter
+        driver.get(f"http://127.0.0.1:{served.port}/")
+        driver.find_element(By.ID, "duplicates-link").click()
+        wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".group figure")) == 8)
+        captions = [c.text for c in driver.find_elements(By.CSS_SELECTOR, ".group figcaption")]
+        assert captions[0].endswith("best copy") and "1 group of the same picture" in driver.find_element(By.ID, "status").text
+        assert any("identical bytes" in c for c in captions) and any("turned" in c for c in captions), captions
+        assert not any(str(made["unrelated"]).rsplit("/", 1)[1] in c for c in captions)
+        wait_for(driver, lambda d: d.execute_script(
+            "return [...document.querySelectorAll('.group img')].every(i => i.complete && i.naturalWidth > 0)"))
+        assert "duplicates=1" in driver.current_url
+        shot(driver, "serve-desktop-duplicates")
+        # A member opens in the photo view, as a search result does.
+        driver.find_elements(By.CSS_SELECTOR, ".group a")[1].click()
+        wait_for(driver, lambda d: d.find_element(By.ID, "viewer").is_displayed())
+        assert str(tmp_path / "photos") in driver.find_element(By.ID, "facts").text
+    finally:
+        driver.quit()
+        served.stop()

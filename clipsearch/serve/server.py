@@ -1,8 +1,7 @@
 """`clipsearch serve`: the web page over the cache. One process holds the warm query engine
 (text session, tokenizer, integer scorer); each request opens the cache read-only, so rows a
-concurrent `index` run commits are seen at once. The page is three static files shipped in
-`clipsearch/web/` (no build step, no CDN); the JSON API, thumbnails and photos are served by
-row id only, never by a path from the request.
+concurrent `index` run commits are seen at once. The page is three static files in `web/` (no
+build step, no CDN); the JSON API, thumbnails and photos are served by row id only.
 
 The standard library's threading HTTP server is used, bounded here: a cap on connections
 handled at once (the rest get 503 at once), a socket timeout so a stalled client frees its
@@ -23,6 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from clipsearch.errors import UsageError
+
+from .duplicates_view import DuplicatesView
 
 WEB = Path(__file__).with_name("web")
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -61,6 +62,7 @@ class App:
         self.token, self.local_only = token, local_only
         self.queries = threading.BoundedSemaphore(MAX_QUERIES)
         self.renders = threading.BoundedSemaphore(MAX_RENDERS)
+        self.duplicates = DuplicatesView(db_path, model_dir)
 
     def search(self, params: dict) -> dict:
         from clipsearch.search.answer import photo_json
@@ -159,8 +161,7 @@ class App:
             self.renders.release()
 
     def original(self, row_id: int, raw: bool = False) -> tuple[bytes, str, str | None]:
-        """The photo's own bytes and type, and the file name to save it as when it is a
-        download (a RAW); `raw`: the RAW of its RAW+JPEG pair."""
+        """The photo's bytes, type and download name (a RAW's); `raw`: its RAW+JPEG pair's RAW."""
         from clipsearch.cache.store import Store
 
         from .thumbnails import PhotoChanged, original_file
@@ -252,6 +253,10 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/api/search":
             return self.send(HTTPStatus.OK, json.dumps(self.app.search(params)).encode(),
                              "application/json; charset=utf-8", head)
+        if url.path == "/api/duplicates":  # ?kind=exact,same,burst&offset=&top=
+            page = self.app.duplicates.page(params.get("kind", ""), int_param(params, "offset", 0, 0, 10**6),
+                                            int_param(params, "top", 20, 1, 50))
+            return self.send(HTTPStatus.OK, json.dumps(page).encode(), "application/json; charset=utf-8", head)
         if url.path.startswith("/api/photo/") and url.path[11:].isdigit() and len(url.path) <= 29:
             return self.send(HTTPStatus.OK, json.dumps(self.app.facts(int(url.path[11:]))).encode(),
                              "application/json; charset=utf-8", head)

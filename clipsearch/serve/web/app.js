@@ -3,7 +3,7 @@
 "use strict";
 
 const PAGE = 40;
-const FIELDS = ["q", "not", "after", "before", "camera", "tag", "min_rating", "near", "within", "like"];
+const FIELDS = ["q", "not", "after", "before", "camera", "tag", "min_rating", "near", "within", "like", "duplicates"];
 const state = { params: null, offset: 0, more: false, loading: false, byId: new Map(), generation: 0 };
 const $ = (id) => document.getElementById(id);
 
@@ -37,7 +37,9 @@ function start(params) {
   state.generation += 1;
   state.byId.clear();
   $("results").replaceChildren();
+  $("groups").replaceChildren();
   if ([...params.keys()].length === 0) { $("status").textContent = ""; return; }
+  if (params.get("duplicates")) { $("status").textContent = "Looking for duplicates\u2026"; loadGroups(); return; }
   $("status").textContent = params.get("like") ? "Finding similar photos\u2026" : "Searching\u2026";
   loadPage();
 }
@@ -71,6 +73,64 @@ async function loadPage() {
     state.loading = false;
   }
   if (generation === state.generation && state.more && nearBottom()) loadPage();
+}
+
+// The Duplicates view: groups side by side, best copy first, each member with its evidence.
+async function loadGroups() {
+  const generation = state.generation;
+  try {
+    const response = await fetch("/api/duplicates?top=50&offset=" + $("groups").children.length,
+                                 { credentials: "same-origin" });
+    const body = await response.json();
+    if (generation !== state.generation) return;
+    if (!response.ok) { $("status").textContent = body.error || "Finding duplicates failed."; return; }
+    for (const group of body.groups) addGroup(group);
+    const shown = $("groups").children.length;
+    $("status").textContent = body.total ? `${body.total} group${body.total === 1 ? "" : "s"} of the same picture`
+                                         : "No duplicates found.";
+    $("note").textContent = (body.notes || []).join(" ");
+    $("note").hidden = !(body.notes || []).length;
+    if (body.more && shown < body.total) loadGroups();
+  } catch (error) {
+    if (generation === state.generation) $("status").textContent = "The server did not answer: is clipsearch serve running?";
+  }
+}
+
+function evidence(member) {
+  if (member.best) return "best copy";
+  if (member.identical_bytes) return "identical bytes";
+  if (member.print_difference !== undefined) {
+    const turned = member.turned && member.turned !== "no" ? `, turned ${member.turned}` : "";
+    return `${Math.round(member.print_difference * 100)}% different${turned}`;
+  }
+  return `cosine ${member.cosine.toFixed(3)}, ${member.seconds_apart} s apart`;
+}
+
+function addGroup(group) {
+  const section = document.createElement("section");
+  section.className = "group";
+  const title = document.createElement("h2");
+  title.textContent = `${group.kind} \u00b7 ${group.members.length} photos`;
+  const row = document.createElement("div");
+  row.className = "members";
+  for (const member of group.members) {
+    state.byId.set(String(member.id), { ...member, name: member.path.split("/").pop() });
+    const figure = document.createElement("figure");
+    const link = document.createElement("a");
+    link.href = "#view=" + member.id;
+    const image = document.createElement("img");
+    image.src = "/thumb/" + member.id;
+    image.alt = member.path.split("/").pop();
+    image.loading = "lazy";
+    link.append(image);
+    const caption = document.createElement("figcaption");
+    caption.textContent = `${image.alt} \u00b7 ${member.width || "?"}\u00d7${member.height || "?"} \u00b7 ${evidence(member)}`;
+    figure.append(link, caption);
+    if (member.best) figure.className = "best";
+    row.append(figure);
+  }
+  section.append(title, row);
+  $("groups").append(section);
 }
 
 function nearBottom() {
