@@ -221,6 +221,26 @@ def cost(model: Path) -> None:
     print(f"\n## the print's cost: {median(printing) * 1000:.2f} ms a photo (12 MP JPEG, draft-decoded), against "
           f"{median(whole) * 1000:.0f} ms to decode and embed it with the bench model, one thread: "
           f"{median(printing) / median(whole) * 100:.2f}%")
+    # A photo's indexing time as a user pays it: `clipsearch index` with its defaults on a folder
+    # of such photos, in core-seconds per photo (reading, decoding, metadata, embedding, the cache).
+    folder = CACHE / "dup-cost-folder"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        for i in range(24):
+            phone_photo(folder / f"IMG_{i:04d}.jpg", (4032, 3024), seed=50 + i)
+    from clipsearch.config import available_cores
+
+    runs = []
+    for _ in range(3):
+        with tempfile.TemporaryDirectory() as work:
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "clipsearch", "index", str(folder), "--db", f"{work}/c.db", "--model",
+                            str(model), "-q"], check=True, cwd=REPO, env=dict(os.environ, CLIPSEARCH_HOME=work))
+            runs.append(time.perf_counter() - started)
+    per_photo = median(runs) * available_cores() / 24
+    print(f"`clipsearch index` of 24 such photos: {median(runs):.2f} s on {available_cores()} cores = "
+          f"{per_photo * 1000:.0f} core-ms a photo (process start and model load included): the print is "
+          f"{median(printing) / per_photo * 100:.2f}% of it")
 
 
 def scale(counts: list[int], originals: np.ndarray, model: Path) -> None:
