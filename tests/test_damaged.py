@@ -68,3 +68,19 @@ def test_the_missing_share_is_measured_on_the_rows_the_decoder_left_flat():
     assert shares == sorted(shares, reverse=True) and all(5 <= s <= 50 for s in shares), shares
     assert decode_image(io.BytesIO(data), 224).damage is None
     assert Image.open(io.BytesIO(data)).size == (640, 480)
+
+
+def test_a_heic_cut_short_fails_in_one_line(tmp_path, cli):
+    import pytest
+
+    from clipsearch.photos import formats
+
+    if not formats.heif_available():
+        pytest.skip("pillow-heif (the heic extra) not installed")
+    formats.prepare_decoders()
+    root = tmp_path / "photos"
+    photo = cut(save(scene(7), root / "IMG_0001.HEIC", quality=80), 0.8)
+    result = cli("index", str(root), "--workers", "1")
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(photo) in warnings[0] and "1 failed" in result.stderr, result.stderr
+    assert "Unexpected end of file" in warnings[0]

@@ -64,7 +64,8 @@ class ImageDecodeError(Exception):
     """The file is not an image we can decode; the message says why in a few words."""
 
     def __init__(self, message: str, truncated: bool = False):
-        super().__init__(message)
+        # One line, whatever the decoder said: libheif ends its reasons with a line break.
+        super().__init__(" ".join(message.split()))
         self.truncated = truncated  # the file ends before its picture does: what is there may do
 
 
