@@ -189,3 +189,23 @@ def test_the_print_of_every_turn_and_mirror_comes_from_the_stored_bits():
     assert (prints.keys(again) == prints.keys(stored)).any()
     other = prints.as_array(prints.print_of(scene(10)))
     assert float(prints.distance(other, stored)[0]) > 0.3
+
+
+def test_a_models_measured_burst_threshold_comes_from_its_manifest(tmp_path, cli):
+    """The threshold belongs to the model: a manifest that records `burst_cosine` groups bursts
+    without the option."""
+    manifest_path = cli.model / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["burst_cosine"] = 0.95
+    manifest_path.write_text(json.dumps(manifest))
+    root = tmp_path / "photos"
+    for i in range(3):
+        exif = Image.Exif()
+        exif[0x010F], exif[0x0110] = "FUJIFILM", "X-T5"
+        exif.get_ifd(0x8769)[0x9003] = f"2024:07:14 18:30:{i:02d}"
+        rng = np.random.default_rng(i)
+        frame = np.clip(np.array(COLOURS["green"]) + rng.normal(0, 12, (240, 320, 3)), 0, 255).astype(np.uint8)
+        save(Image.fromarray(frame), root / f"DSCF{i:04d}.jpg", quality=90, exif=exif.tobytes())
+    cli("index", str(root), "--workers", "1")
+    found = groups(cli, "--kind", "burst")
+    assert len(found) == 1 and len(found[0]["members"]) == 3 and found[0]["kind"] == "burst"
