@@ -3,7 +3,7 @@ photo that stands for both (schema v5 `images.companion`), handing that row to t
 its JPEG is gone, and the counts `status` shows. A mixin of `store.Store`."""
 from __future__ import annotations
 
-import os
+from .schema import SUFFIX
 
 
 class PairQueries:
@@ -43,22 +43,13 @@ class PairQueries:
         self.db.execute("UPDATE images SET companion = NULL, seq = ? WHERE id = ?", (seq, row_id))
 
     def raw_counts(self, extensions: frozenset[bytes]) -> dict:
-        """Indexed RAW files on their own (by their lower-case `extensions`, `photos/raw.RAW`),
-        and RAW+JPEG pairs (one photo each)."""
+        """Indexed RAW files on their own (by their lower-case four-byte `extensions`,
+        `photos/raw.RAW`), and RAW+JPEG pairs (one photo each)."""
         if self.version < 5:
             return {"raw": 0, "pairs": 0}
-        raw = pairs = 0
-        for path, companion in self.query("SELECT filepath, companion FROM images WHERE deleted = 0 "
-                                          "AND vector IS NOT NULL AND (companion IS NOT NULL OR "
-                                          f"{_suffix_clause(extensions)})"):
-            if companion is not None:
-                pairs += 1
-            elif os.path.splitext(path)[1].lower() in extensions:
-                raw += 1
+        live = "deleted = 0 AND vector IS NOT NULL"
+        pairs = self.query(f"SELECT COUNT(*) FROM images WHERE companion IS NOT NULL AND {live}")[0][0]
+        tails = sorted(ext.decode("ascii") for ext in extensions if len(ext) == 4)
+        raw = self.query(f"SELECT COUNT(*) FROM images WHERE {SUFFIX} IN ({','.join('?' * len(tails))}) "
+                         f"AND companion IS NULL AND {live}", tails)[0][0]  # by index from schema v6
         return {"raw": raw, "pairs": pairs}
-
-
-def _suffix_clause(extensions: frozenset[bytes]) -> str:
-    """A cheap SQL pre-filter on a path's last 3 bytes ("nef", "cr2", ...); Python checks."""
-    tails = sorted({ext[-3:].decode("ascii") for ext in extensions if ext[-3:].isalnum()})
-    return "lower(CAST(substr(filepath, -3) AS TEXT)) IN (" + ",".join(f"'{tail}'" for tail in tails) + ")"
