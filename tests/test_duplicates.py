@@ -159,12 +159,14 @@ def test_photos_indexed_before_prints_get_them_from_an_index_run_that_never_embe
         db.execute("UPDATE images SET print = NULL")
     result = cli("duplicates", "--kind", "same")
     assert "10 photos have no print yet: run `clipsearch index` once" in result.stderr
+    assert json.loads(cli("status", "--json").stdout)["awaiting_print"] == 10
     result = cli("index", str(tmp_path / "photos"), "--workers", "1")
     assert "0 new, 0 updated" in result.stderr and "10 printed for duplicates" in result.stderr, result.stderr
     with sqlite3.connect(cli.db) as db:
         assert dict(db.execute("SELECT filepath, vector FROM images")) == vectors  # nothing re-embedded
         assert db.execute("SELECT COUNT(*) FROM images WHERE length(print) = 64").fetchone()[0] == len(made)
     assert len(groups(cli)[0]["members"]) == 8
+    assert json.loads(cli("status", "--json").stdout)["awaiting_print"] == 0
     assert "printed" not in cli("index", str(tmp_path / "photos"), "--workers", "1").stderr  # done once
 
 

@@ -35,6 +35,8 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
             "raw_files": {"alone": (raw := store.raw_counts(RAW))["raw"], "in RAW+JPEG pairs": raw["pairs"]},
             "failed": counts["failed"],
             "damaged": len(store.damaged_ids()),
+            # Photos indexed before prints were kept: the next `index` decodes them for one.
+            "awaiting_print": store.unprinted_count(),
             "deleted_kept_for_moves": counts["deleted_kept"],
             "model_name": store.meta("model_name"),
             "model_id": store.meta("model_id"),
