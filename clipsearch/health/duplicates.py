@@ -54,8 +54,7 @@ class Report:
     details: dict[int, dict]  # row id -> path, size, pixels, ... (`store.duplicate_details`)
 
 
-def find_duplicates(store, kinds=KINDS, under: list[bytes] | None = None, burst_cosine: float | None = None,
-                    raw_of: dict | None = None) -> Report:
+def find_duplicates(store, kinds=KINDS, under: list[bytes] | None = None, burst_cosine: float | None = None) -> Report:
     columns = store.print_columns(under)
     notes: list[str] = []
     groups: list[Group] = []
@@ -150,7 +149,7 @@ def same_groups(columns) -> list[Group]:
     if len(ids) < 2:
         return []
     i, j, turn, share = matching_pairs(table)
-    found = stars(len(ids), i, j)
+    found = stars(i, j)
     evidence = {}
     for a, b, k, d in zip(i, j, turn, share):
         evidence.setdefault(int(a), {})[int(b)] = (round(float(d), 3), int(k))
@@ -216,7 +215,7 @@ def key_matches(wanted: np.ndarray, order: np.ndarray, sorted_keys: np.ndarray) 
     return np.stack([rows, order[np.repeat(left[hit], counts) + offsets]], axis=1).astype(np.int64)
 
 
-def stars(n: int, a: np.ndarray, b: np.ndarray) -> list[list[int]]:
+def stars(a: np.ndarray, b: np.ndarray) -> list[list[int]]:
     """Groups without chaining: the photo with the most matches leads a group of its own
     matches, and so on with the photos left. Connected parts would let a chain of near pairs
     (every photo with the same white border, say) join pictures that are nothing alike
@@ -298,16 +297,15 @@ def relate_to_best(group: Group, identical: dict[int, int]) -> None:
     best = group.members[0]
     evidence = {best: {"best": True}}
     for member in group.members[1:]:
-        found = pairs.get((best, member)) or pairs.get((member, best))
         if group.kind == "exact" or identical.get(member, -1) == identical.get(best, -2):
             evidence[member] = {"identical_bytes": True}
-        elif group.kind == "same":
-            if found is None:  # joined through another member: its own link
-                found = next(v for (a, b), v in pairs.items() if member in (a, b))
+            continue
+        # Its link to the best copy, or (joined through another member) its own link.
+        found = pairs.get((best, member)) or pairs.get((member, best)) or next(
+            v for (a, b), v in pairs.items() if member in (a, b))
+        if group.kind == "same":
             evidence[member] = {"print_difference": found[0], "turned": TURN_NAMES[found[1]]}
         else:
-            if found is None:
-                found = next(v for (a, b), v in pairs.items() if member in (a, b))
             evidence[member] = {"cosine": found[0], "seconds_apart": abs(found[1])}
     group.evidence = evidence
 
