@@ -46,10 +46,31 @@ def default_model_dir() -> Path:
     if preferred.is_dir():
         return preferred
     if base.is_dir():
-        found = sorted(p for p in base.iterdir() if (p / "manifest.json").is_file() and not p.name.endswith("-fp32"))
+        found = sorted(p for p in base.iterdir() if (p / "manifest.json").is_file() and not p.name.endswith("-fp32")
+                       and not _text_only(p))
         if len(found) == 1:
             return found[0]
     return preferred
+
+
+def text_model_dir(value: str | None) -> Path | None:
+    """`--text-model` / `CLIPSEARCH_TEXT_MODEL`: a folder, or the name of one in the models folder."""
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if os.sep in value or (path / "manifest.json").is_file():
+        return path
+    return models_dir() / value
+
+
+def _text_only(folder: Path) -> bool:
+    """A text-only model (`models pull multilingual`) is never the default: it cannot index."""
+    import json
+
+    try:
+        return json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("kind") == "text"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def hub_endpoint() -> str:

@@ -78,6 +78,8 @@ def run_export(*, name: str, source: str, source_info: dict, out: Path, preproce
             "format_version": FORMAT_VERSION,
             "name": name,
             "source": source_info,
+            # What a text-only model must pair with (`models pull multilingual`): the weights' hub id.
+            **({"image_tower": source_info["hub_id"]} if source_info.get("kind") == "hub" else {}),
             "embedding_dim": clip.config.projection_dim,
             "image": image_spec,
             "text": text_info,

@@ -21,8 +21,10 @@ def load_catalogue() -> dict:
 def catalogue_entry(name: str | None) -> tuple[str, dict]:
     catalogue = load_catalogue()
     name = name or catalogue["default"]
+    # Text-only entries (`multilingual`) are pulled, never exported: they have no image tower.
+    models = {n: e for n, e in catalogue["models"].items() if e.get("kind", "clip") == "clip"}
     try:
-        return name, catalogue["models"][name]
+        return name, models[name]
     except KeyError:
-        known = ", ".join(sorted(catalogue["models"]))
+        known = ", ".join(sorted(models))
         raise ExportError(f"unknown model {name!r}; known models: {known}") from None

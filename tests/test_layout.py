@@ -30,7 +30,8 @@ MAY_IMPORT = {
 THIRD_PARTY = {
     "click": ({"cli"}, False),
     "torch": (None, False), "transformers": (None, False), "export": (None, False),
-    "onnx": ({"model/build.py", "model/pull.py"}, True),
+    "onnx": ({"model/build.py", "model/pull.py", "model/text_layouts.py"}, True),
+    "safetensors": ({"model/text_layouts.py"}, True),
     "distributed": ({"index/cluster.py"}, False),
     "pillow_heif": ({"photos/formats.py"}, True),
     "rawpy": ({"photos/raw.py"}, True),
@@ -38,7 +39,7 @@ THIRD_PARTY = {
 # Inside model/, the runtime side (what `query` and `index` load) never reaches the pulling
 # side, which needs onnx.
 RUNTIME_MODEL = {"manifest", "encoders", "tokens"}
-PULLING_MODEL = {"pull", "hub", "layouts", "build", "catalogue", "known_answers"}
+PULLING_MODEL = {"pull", "pull_text", "hub", "layouts", "text_layouts", "build", "catalogue", "known_answers"}
 
 
 def modules() -> list[Path]:

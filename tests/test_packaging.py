@@ -35,7 +35,7 @@ def test_export_without_pytorch_fails_in_one_line():
 
 # Optional packages the runtime imports, the extra that brings each, and the test proving its
 # absence is handled (one note naming the extra, nothing remembered as failed).
-OPTIONAL = {"pillow_heif": "heic", "rawpy": "raw", "onnx": "models", "distributed": "cluster"}
+OPTIONAL = {"pillow_heif": "heic", "rawpy": "raw", "onnx": "models", "safetensors": "models", "distributed": "cluster"}
 
 
 def test_every_runtime_import_is_a_core_dependency_or_a_handled_extra():

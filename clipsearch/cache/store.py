@@ -204,9 +204,10 @@ class Store(PhotoQueries, RunQueries, PairQueries, PrintQueries):
         self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                         (key, value))
 
-    def check_model(self, model_id: str, model_name: str, claim: bool) -> None:
+    def check_model(self, model_id: str, model_name: str, claim: bool, image_tower: str | None = None) -> None:
         """Vectors of one model never mix with another's. An empty cache is claimed by the
-        first model that indexes into it (when `claim`)."""
+        first model that indexes into it (when `claim`), which also records the image tower
+        it embeds with (what a text-only model must pair with: `search/query.check_text_model`)."""
         stored = self.meta("model_id")
         if stored is None:
             if claim:
@@ -214,13 +215,16 @@ class Store(PhotoQueries, RunQueries, PairQueries, PrintQueries):
                     if self.meta("model_id") is None:
                         self.set_meta("model_id", model_id)
                         self.set_meta("model_name", model_name)
-                return self.check_model(model_id, model_name, claim=False)
+                return self.check_model(model_id, model_name, True, image_tower)
             return
         if stored != model_id:
             raise ModelMismatchError(
                 f"{self.path}: the cache was built with model {self.meta('model_name')} ({stored}), not with the loaded "
                 f"{model_name} ({model_id}); use --model with that folder, or a separate --db for this model "
                 f"(or delete the database to re-index everything with it)")
+        if claim and image_tower and self.meta("image_tower") != image_tower:
+            with self.atomic():
+                self.set_meta("image_tower", image_tower)
 
     def current_seq(self) -> int:
         """The change counter: every write stamps its rows with a new value."""

@@ -29,7 +29,8 @@ def list_models(as_json):
                 continue
             size = f"{row['download_mb']} MB" if row["download_mb"] else "size not pinned"
             size += ", pinned" if row["pinned"] else ", NOT pinned" if row["layout"] else ""
-            flags = ", ".join(f for f, on in (("default", row["default"]), ("installed", row["installed"])) if on)
+            flags = ", ".join(f for f, on in (("default", row["default"]), ("installed", row["installed"]),
+                                              (f"text only, for {row['pairs_with']}", row["pairs_with"])) if on)
             click.echo(f"{row['name']:20} {row['source']:50} {size:16} {row['licence'] or '-'}"
                        + (f"  [{flags}]" if flags else ""))
 
@@ -58,11 +59,14 @@ def pull(name, repo, revision, layout):
         summary = pulling.pull(sources, progress=DownloadProgress() if sys.stderr.isatty() else None,
                                log=lambda message: click.echo(f"note: {message}", err=True))
         fidelity = summary["fidelity"]
+        images = f"{fidelity['vision']['int8_vs_fp32_onnx']['min']} (images), " if "vision" in fidelity else ""
         click.echo(f"installed {first.name} at {summary['folder']} from {summary['repo']} in {summary['seconds']} s: "
-                   f"int8 vs fp32 cosine min {fidelity['vision']['int8_vs_fp32_onnx']['min']} (images), "
-                   f"{fidelity['text']['int8_vs_fp32_onnx']['min']} (texts)"
+                   f"int8 vs fp32 cosine min {images}{fidelity['text']['int8_vs_fp32_onnx']['min']} (texts)"
                    + (f"; known answers kept (worst deviation {summary['known_worst']:.4f})"
                       if summary.get("known_worst") is not None else ""), err=True)
+        if summary.get("pairs_with"):
+            click.echo(f"search photos indexed with {summary['pairs_with']} in any language: clipsearch query "
+                       f"--text-model {first.name} TEXT (or CLIPSEARCH_TEXT_MODEL={first.name})", err=True)
 
 
 @models.command()
@@ -95,9 +99,10 @@ def check_model(model_dir, threads):
     reference embeddings recorded at export time."""
     with handle_errors():
         from clipsearch.model.encoders import check_reference
+        from clipsearch.model.manifest import load_text_model
 
-        manifest = load_model(model_dir)
-        for tower in ("text", "vision"):
+        manifest = load_text_model(model_dir)  # a whole model, or a text-only one
+        for tower in [t for t in ("text", "vision") if t in manifest.data["graphs"]]:
             diff = check_reference(manifest, tower, threads)
             click.echo(f"{tower}: ok (max diff {diff:.1e} from the export)")
         answers = manifest.data.get("known_answers")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from clipsearch.config import default_db_path, default_model_dir
+from clipsearch.config import default_db_path, default_model_dir, text_model_dir
 from clipsearch.errors import ClipsearchError
 
 
@@ -66,6 +66,14 @@ def model_option(f):
                         callback=lambda ctx, param, value: value or default_model_dir(),
                         help="Model folder [env CLIPSEARCH_MODEL; default <CLIPSEARCH_HOME>/models/openai-vit-b-32, "
                              "else the only model folder there].")(f)
+
+
+def text_model_option(f):
+    return click.option("--text-model", "text_model_dir", metavar="NAME|FOLDER", envvar="CLIPSEARCH_TEXT_MODEL",
+                        default=None, callback=lambda ctx, param, value: text_model_dir(value),
+                        help="Read the query with this text tower, e.g. multilingual (`clipsearch models pull "
+                             "multilingual`: any language) over the photos --model indexed; nothing is embedded "
+                             "again [env CLIPSEARCH_TEXT_MODEL].")(f)
 
 
 def filter_options(f):

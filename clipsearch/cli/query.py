@@ -8,7 +8,15 @@ import sys
 
 import click
 
-from .options import db_option, filter_options, filters_from, handle_errors, model_option, threads_option
+from .options import (
+    db_option,
+    filter_options,
+    filters_from,
+    handle_errors,
+    model_option,
+    text_model_option,
+    threads_option,
+)
 
 fast_exit = False  # set once a query has printed its answer: `main.run` then leaves at once
 
@@ -72,9 +80,11 @@ class QueryCommand(click.Command):
                                                 "(by default it answers, warm).")
 @db_option
 @model_option
+@text_model_option
 @threads_option
 def query(terms, top, min_score, within, weighted, negated, like, unlike, after, before, camera, near, within_distance,
-          tags, min_rating, damaged, sort, as_json, bare_paths, null_sep, no_server, db_path, model_dir, threads):
+          tags, min_rating, damaged, sort, as_json, bare_paths, null_sep, no_server, db_path, model_dir, text_model_dir,
+          threads):
     """Find the images that best match TERMS, each a text taken literally ("16:9 panorama",
     "3:30 pm", "-1 degrees"). Weights only with -w/--weighted W TEXT; subtract with --not:
     clipsearch query "a beach" -w 2 sunset --not people
@@ -96,11 +106,11 @@ def query(terms, top, min_score, within, weighted, negated, like, unlike, after,
             answer = ask_server(db_path, model_dir, dict(
                 texts=list(terms), top=top, weighted=[list(pair) for pair in weighted], negated=list(negated),
                 like=absolute[0], unlike=absolute[1], within=within,
-                min_score=min_score, filters=vars(filters), sort=sort, with_meta=as_json))
+                min_score=min_score, filters=vars(filters), sort=sort, with_meta=as_json), text_model_dir)
         if answer is None:
             answer = run_query(terms, db_path, model_dir, top, weighted=weighted, negated=negated, like=like,
                                unlike=unlike, within=within, threads=threads, min_score=min_score, filters=filters,
-                               sort=sort, with_meta=as_json)
+                               sort=sort, with_meta=as_json, text_model_dir=text_model_dir)
         for note in answer.notes:
             click.echo(note, err=True)
         from .output import write_results

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import db_option, handle_errors, model_option, threads_option
+from .options import db_option, handle_errors, model_option, text_model_option, threads_option
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,18 +27,20 @@ from .options import db_option, handle_errors, model_option, threads_option
               help="Disk for cached previews under the data dir [default 512].")
 @db_option
 @model_option
+@text_model_option
 @threads_option
-def serve(host, port, token, new_token, no_auth, print_service, cache_mb, db_path, model_dir, threads):
+def serve(host, port, token, new_token, no_auth, print_service, cache_mb, db_path, model_dir, text_model_dir, threads):
     """Search the cache from a browser: a page with a search box and thumbnails."""
     with handle_errors():
         if print_service:
-            return print_unit(host, port, token, no_auth, cache_mb, db_path, model_dir, threads)
+            return print_unit(host, port, token, no_auth, cache_mb, db_path, model_dir, threads, text_model_dir)
         from clipsearch.serve.access import link_with_token
         from clipsearch.serve.server import make_server
 
         if token is not None and len(token) < 16:
             raise click.BadParameter("use at least 16 characters (e.g. `openssl rand -base64 18`)", param_hint="--token")
-        server, token = make_server(db_path, model_dir, host, port, token, no_auth, threads, cache_mb, new_token)
+        server, token = make_server(db_path, model_dir, host, port, token, no_auth, threads, cache_mb, new_token,
+                                    text_model_dir)
         shown = f"[{host}]" if ":" in host else host
         if host in ("0.0.0.0", "::"):
             shown = _lan_address() or "THIS-MACHINE"
@@ -51,7 +53,7 @@ def serve(host, port, token, new_token, no_auth, print_service, cache_mb, db_pat
             click.echo("clipsearch: open that link once per browser (it sets a cookie); keep it private", err=True)
         from clipsearch.serve.localsocket import serve_socket, stop_socket
 
-        local, where = serve_socket(db_path, model_dir, server.app.local_query)
+        local, where = serve_socket(db_path, model_dir, server.app.local_query, text_model_dir)
         if local is None:
             click.echo(f"clipsearch: note: `clipsearch query` will run cold ({where})", err=True)
         else:
@@ -80,7 +82,7 @@ def _lan_address() -> str | None:
         return None
 
 
-def print_unit(host, port, token, no_auth, cache_mb, db_path, model_dir, threads) -> None:
+def print_unit(host, port, token, no_auth, cache_mb, db_path, model_dir, threads, text_model_dir=None) -> None:
     import getpass
 
     from clipsearch.config import home
@@ -91,5 +93,6 @@ def print_unit(host, port, token, no_auth, cache_mb, db_path, model_dir, threads
                    "visible to every user): it uses the token kept in the data dir; see the comment in the unit",
                    err=True)
     extra = (["--no-auth"] if no_auth else []) + (["--thumbnail-cache", str(cache_mb)] if cache_mb else []) + (
-        ["--threads", str(threads)] if threads else [])
+        ["--threads", str(threads)] if threads else []) + (
+        ["--text-model", str(text_model_dir.resolve())] if text_model_dir else [])
     click.echo(systemd_unit(host, port, db_path, model_dir, home().resolve(), getpass.getuser(), extra), nl=False)

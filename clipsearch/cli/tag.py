@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .options import db_option, filter_options, filters_from, handle_errors, model_option, warn
+from .options import db_option, filter_options, filters_from, handle_errors, model_option, text_model_option, warn
 
 
 def sidecar_options(f):
@@ -40,8 +40,9 @@ def sidecar_options(f):
 @sidecar_options
 @db_option
 @model_option
+@text_model_option
 def tag(keyword, terms, top, min_score, within, weighted, negated, like, labels_file, per_photo, after, before, camera,
-        near, within_distance, tags, min_rating, dry_run, parent, style, db_path, model_dir):
+        near, within_distance, tags, min_rating, dry_run, parent, style, db_path, model_dir, text_model_dir):
     """Add KEYWORD to the XMP sidecars of the photos QUERY finds (default: the keyword itself).
 
     \b
@@ -60,13 +61,13 @@ def tag(keyword, terms, top, min_score, within, weighted, negated, like, labels_
             if keyword or terms:
                 raise UsageError("with --labels the labels come from the file: no KEYWORD or QUERY")
             report = labels.tag_labels(labels_file, db_path, model_dir, options, warn, per_photo=per_photo,
-                                     min_score=min_score, within=within)
+                                     min_score=min_score, within=within, text_model_dir=text_model_dir)
         elif keyword is None:
             raise UsageError("tag needs a KEYWORD (or --labels FILE); see clipsearch tag --help")
         else:
             report = keywords.tag_query(keyword, list(terms), db_path, model_dir, options, warn, top=top,
                                     min_score=min_score, weighted=weighted, negated=negated, like=like, within=within,
-                                    filters=filters)
+                                    filters=filters, text_model_dir=text_model_dir)
         say(report, "tag", dry_run)
 
 

@@ -52,7 +52,7 @@ def index_paths(paths: list[str], db_path: Path, manifest: Manifest, options: In
             gone = absent_library_folders(store, absent)
             # Verify model files before any work: a damaged graph must not write vectors.
             manifest.graph_path("vision")
-            store.check_model(manifest.model_id, manifest.name, claim=True)
+            store.check_model(manifest.model_id, manifest.name, claim=True, image_tower=manifest.image_tower)
             record_pipeline(store, options.use_draft)
             run_id = store.start_run([os.fsdecode(r) for r in roots])
             indexer = Indexer(store, manifest, options, warn, progress)

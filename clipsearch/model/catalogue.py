@@ -20,6 +20,7 @@ from clipsearch.config import catalogue_path, models_dir
 from clipsearch.errors import DownloadError, UsageError
 
 from .layouts import LAYOUTS, Layout
+from .text_layouts import TEXT_LAYOUTS
 
 VALUE_TOLERANCE = 1e-6  # mean and std written with 8 digits by one tool, 17 by another
 
@@ -34,11 +35,14 @@ class Source:
     licence: str = "see the repo"
     expected: dict = field(default_factory=dict)  # the entry's preprocess + embedding_dim: unpinned configs must say so
     known_answers: list = field(default_factory=list)  # `known_answers.py`
+    kind: str = "clip"  # or "text": a text tower searching photos another model's image tower embedded
+    image_tower: str | None = None  # the image weights' id (a text tower: the one it pairs with)
+    pairs_with: str | None = None  # a text tower: the catalogue name of the model whose image tower it matches
 
     @property
     def pinned(self) -> bool:
         """Every graph and the tokenizer pinned by sha256; the other files pinned or checked by value."""
-        big = ("vision", "text", "tokenizer")
+        big = [role for role in ("vision", "text", "tokenizer") if role in self.layout.files]
         return all((self.files.get(self.layout.files[role]) or {}).get("sha256") for role in big) and (
             all(self.files.get(path) for path in self.layout.files.values()) or bool(self.expected))
 
@@ -69,8 +73,17 @@ def catalogue_sources(name: str | None) -> list[Source]:
     expected = {}
     if entry.get("preprocess") and entry.get("embedding_dim"):
         expected = dict(entry["preprocess"], embedding_dim=entry["embedding_dim"])
-    return [Source(name, pull["repo"], pull["revision"], LAYOUTS[pull["layout"]], pull.get("files") or {},
-                   entry.get("licence", "see the repo"), expected, entry.get("known_answers") or [])
+    kind, pairs_with = entry.get("kind", "clip"), entry.get("pairs_with")
+    if kind == "text":
+        image_model = catalogue["models"].get(pairs_with) or {}
+        image_tower = entry.get("image_tower") or image_model.get("image_tower") or image_model.get("hub_id")
+        expected = {"embedding_dim": image_model.get("embedding_dim") or entry.get("embedding_dim")}
+    else:
+        image_tower = entry.get("image_tower") or entry.get("hub_id")
+    layouts = TEXT_LAYOUTS if kind == "text" else LAYOUTS
+    return [Source(name, pull["repo"], pull["revision"], layouts[pull["layout"]], pull.get("files") or {},
+                   entry.get("licence", "see the repo"), expected, entry.get("known_answers") or [], kind,
+                   image_tower, pairs_with)
             for pull in _pulls(entry)]
 
 
@@ -111,8 +124,8 @@ def catalogue_rows() -> list[dict]:
         sources = catalogue_sources(name) if pulls else []
         first = pulls[0] if pulls else None
         sizes = [f.get("size") for f in (first or {}).get("files", {}).values() if f]
-        graphs = [(first or {}).get("files", {}).get(sources[0].layout.files[role]) for role in ("vision", "text")] \
-            if sources else []
+        graphs = [(first or {}).get("files", {}).get(sources[0].layout.files[role]) for role in ("vision", "text")
+                  if role in sources[0].layout.files] if sources else []
         rows.append({
             "name": name, "default": name == catalogue["default"],
             "source": f"{first['repo']}@{first['revision'][:12]}" if first else f"{entry['hub_id']} (python -m export only)",
@@ -123,7 +136,8 @@ def catalogue_rows() -> list[dict]:
             else None,
             "pinned": bool(sources) and all(source.pinned for source in sources),
             "known_answers": len(entry.get("known_answers") or []),
-            "licence": entry.get("licence"), "installed": (models_dir() / name / "manifest.json").is_file()})
+            "licence": entry.get("licence"), "installed": (models_dir() / name / "manifest.json").is_file(),
+            "pairs_with": entry.get("pairs_with")})
     for folder in installed_models():
         if folder.name not in catalogue["models"]:
             try:
@@ -133,7 +147,7 @@ def catalogue_rows() -> list[dict]:
             made = f"{source['repo']}@{str(source.get('revision'))[:12]}" if source.get("repo") else "exported here"
             rows.append({"name": folder.name, "default": False, "source": f"{made} (not in the catalogue)",
                          "fallback_sources": [], "layout": source.get("layout"), "download_mb": None, "pinned": False,
-                         "known_answers": 0, "licence": None, "installed": True})
+                         "known_answers": 0, "licence": None, "installed": True, "pairs_with": None})
     return rows
 
 

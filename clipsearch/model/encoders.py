@@ -51,9 +51,10 @@ class TextEncoder:
     CLIP's padding to 77 and ~3x faster; under int8 it is no further from fp32 than padding
     is (docs/design.md "Embeddings do not depend on the batch": measured on the probe texts)."""
 
-    def __init__(self, manifest: Manifest, threads: int | None = None, prefetch=None):
+    def __init__(self, manifest: Manifest, threads: int | None = None, prefetch=None, verify: bool = True):
         self.manifest = manifest
         self.threads = threads
+        self.verify = verify
         self.prefetch = prefetch  # a tokens.TokenPrefetch already tokenizing in a child process
         self._tokenizer = None
         self._session = None
@@ -69,7 +70,7 @@ class TextEncoder:
     @property
     def session(self):
         if self._session is None:
-            self._session = open_session(self.manifest.graph_path("text"), self.threads, fast_start=True)
+            self._session = open_session(self.manifest.graph_path("text", self.verify), self.threads, fast_start=True)
         return self._session
 
     def token_ids(self, texts: list[str]) -> list[np.ndarray]:
@@ -80,7 +81,7 @@ class TextEncoder:
         if prefetched is None:
             from .tokens import encode_texts
 
-            prefetched = encode_texts(self.tokenizer, list(texts))
+            prefetched = encode_texts(self.tokenizer, list(texts), self.manifest.text.get("clean", "clip"))
         rows = []
         for row in prefetched:
             ids = np.array(row, dtype=np.int64)
@@ -96,17 +97,22 @@ class TextEncoder:
 
     def feed(self, ids: np.ndarray) -> dict:
         """A text's ids as its graph takes them. Graphs pulled from other layouts may want
-        int32 ids, a fixed token axis (Immich's: 77, padded; the causal mask makes what follows
-        the end token irrelevant) or an attention mask (ones over the text)."""
+        int32 ids, a fixed token axis (Immich's: 77, padded; the causal mask, or the attention
+        mask of a bidirectional tower, makes what follows the end token irrelevant), an
+        attention mask (ones over the text) or inputs fed zeros (`zero_inputs`)."""
         graph = self.manifest.graph("text")
         fixed = graph.get("fixed_length")
+        if graph.get("input_dtype") == "int32":
+            ids = ids.astype(np.int32)
         mask = np.ones_like(ids)
         if fixed and ids.shape[1] < fixed:
             pad = np.full((1, fixed - ids.shape[1]), int(self.manifest.text["pad_token_id"]), dtype=ids.dtype)
             ids, mask = np.concatenate([ids, pad], axis=1), np.concatenate([mask, np.zeros_like(pad)], axis=1)
-        feed = {graph["input"]: ids.astype(np.int32) if graph.get("input_dtype") == "int32" else ids}
+        feed = {graph["input"]: ids}
         if graph.get("mask_input"):
             feed[graph["mask_input"]] = mask
+        for name in graph.get("zero_inputs", ()):
+            feed[name] = np.zeros_like(ids)
         return feed
 
 

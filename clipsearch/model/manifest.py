@@ -39,6 +39,21 @@ class Manifest:
         return None
 
     @property
+    def kind(self) -> str:
+        """"clip": both towers; "text": a text tower trained to match another model's image
+        tower (`pairs_with`), used with `--text-model` over a cache that model indexed."""
+        return self.data.get("kind", "clip")
+
+    @property
+    def image_tower(self) -> str:
+        """What made (or must have made) the photos' vectors: the image weights' hub id
+        (`openai/clip-vit-base-patch32` for both published exports of the default), else the
+        model id. A text tower names the image tower it pairs with."""
+        if self.kind == "text":
+            return self.data["pairs_with"]["image_tower"]
+        return self.data.get("image_tower") or self.model_id
+
+    @property
     def embedding_dim(self) -> int:
         return int(self.data["embedding_dim"])
 
@@ -68,9 +83,16 @@ class Manifest:
 
 
 REQUIRED_KEYS = ("format_version", "name", "model_id", "embedding_dim", "image", "text", "graphs", "files")
+REQUIRED_TEXT_KEYS = ("format_version", "name", "model_id", "embedding_dim", "text", "graphs", "files", "pairs_with")
 
 
-def load_manifest(folder: Path) -> Manifest:
+def load_text_model(folder: Path) -> Manifest:
+    """A folder whose text tower a query may use: a text-only model, or a whole one."""
+    return load_manifest(folder, text_only=True)
+
+
+def load_manifest(folder: Path, text_only: bool = False) -> Manifest:
+    """A whole model's folder (both towers); with `text_only`, a text-only one is accepted too."""
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
     if not manifest_path.is_file():
@@ -84,8 +106,13 @@ def load_manifest(folder: Path) -> Manifest:
         data = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"{manifest_path}: unreadable manifest ({exc}); re-export the model: {EXPORT_HINT}") from None
-    if not isinstance(data, dict) or any(key not in data for key in REQUIRED_KEYS):
+    text_kind = isinstance(data, dict) and data.get("kind") == "text"
+    if not isinstance(data, dict) or any(key not in data for key in (REQUIRED_TEXT_KEYS if text_kind else REQUIRED_KEYS)):
         raise ModelError(f"{manifest_path}: manifest is incomplete; re-export the model: {EXPORT_HINT}")
+    if text_kind and not text_only:
+        pairs = data["pairs_with"].get("model") or data["pairs_with"]["image_tower"]
+        raise ModelError(f"{folder}: {data['name']} is a text-only model (it searches photos indexed with {pairs}): "
+                         f"give it as --text-model {data['name']}, and a whole model such as {pairs} as --model")
     version = data["format_version"]
     if version != FORMAT_VERSION:
         raise ModelError(

@@ -87,6 +87,10 @@ def _pull_one(source: Source, out: Path | None, progress, log) -> dict:
     if not source.pinned:
         log(f"{source.repo}@{source.revision}: no sha256 pinned for its files; trusting the hub's TLS, then "
             "checking int8 against fp32 here")
+    if source.kind == "text":
+        from .pull_text import pull_text_tower
+
+        return pull_text_tower(source, out, downloads, progress, log)
     fetched = {}
     for role, path in source.layout.files.items():
         target = downloads / path
@@ -190,6 +194,7 @@ def _manifest_data(source: Source, files: dict[str, Path], work: Path, commit: s
     return {
         "format_version": FORMAT_VERSION,
         "name": source.name,
+        **({"image_tower": source.image_tower} if source.image_tower else {}),
         "source": {"kind": "hub", "repo": source.repo, "revision": source.revision, "commit": commit,
                    "layout": layout.name, "pinned": source.pinned},
         "embedding_dim": dim,

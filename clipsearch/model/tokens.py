@@ -52,9 +52,20 @@ def clean_text(text: str) -> str:
     return _SPACES.sub(" ", text).strip().lower()
 
 
+def prepare_text(text: str, clean: str = "clip") -> str:
+    """A query as the model's own tokenizer pipeline gets it: "clip" (CLIP's clean-up, above),
+    "whitespace" (Immich's M-CLIP: runs of whitespace to one space, trimmed) or "none"
+    (sentence-transformers: the tokenizer.json's own normaliser does all of it)."""
+    if clean == "clip":
+        return clean_text(text)
+    if clean == "whitespace":
+        return _SPACES.sub(" ", text).strip()
+    return text
+
+
 def load_tokenizer(path):
-    """tokenizer.json, reading special-token spellings in a query ("<|endoftext|>") as plain
-    text, as open_clip does: typed text must not end or restart the sequence."""
+    """tokenizer.json, reading special-token spellings in a query ("<|endoftext|>", "[SEP]",
+    "</s>") as plain text, as open_clip does: typed text must not end or restart the sequence."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(path))
@@ -62,9 +73,9 @@ def load_tokenizer(path):
     return tokenizer
 
 
-def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Ids of each text, cleaned as CLIP's training texts were (`tokenizers.Tokenizer`)."""
-    return [enc.ids for enc in tokenizer.encode_batch([clean_text(text) for text in texts])]
+def encode_texts(tokenizer, texts: list[str], clean: str = "clip") -> list[list[int]]:
+    """Ids of each text, prepared as the model's training texts were (`tokenizers.Tokenizer`)."""
+    return [enc.ids for enc in tokenizer.encode_batch([prepare_text(text, clean) for text in texts])]
 
 
 class TokenPrefetch:
@@ -80,7 +91,7 @@ class TokenPrefetch:
             try:
                 os.close(read_fd)
                 tokenizer = load_tokenizer(manifest.path("tokenizer.json"))
-                payload = json.dumps(encode_texts(tokenizer, self.texts)).encode()
+                payload = json.dumps(encode_texts(tokenizer, self.texts, manifest.text.get("clean", "clip"))).encode()
                 with os.fdopen(write_fd, "wb") as pipe:
                     pipe.write(payload)
                 status = 0

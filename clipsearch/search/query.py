@@ -43,10 +43,11 @@ def parse_terms(texts: list[str], like: list[str], unlike: list[str], negated: l
 
 
 def query_vector(terms: list[Term], manifest, threads: int | None = None, prefetch=None, pipeline: str | None = None,
-                 encoder=None, stored: dict | None = None):
+                 encoder=None, stored: dict | None = None, text_manifest=None):
     """The unit query vector. `pipeline` is the cache's (`store.meta("pipeline")`): query
     images are decoded as its photos were, draft or exact. `encoder`: a warm TextEncoder to
-    use; `stored`: row id -> unit vector of the "row" terms."""
+    use; `stored`: row id -> unit vector of the "row" terms; `text_manifest`: the text tower
+    reading the texts (`--text-model`; default the model's own)."""
     import numpy as np
 
     from clipsearch.model.encoders import TextEncoder, l2_normalise
@@ -54,7 +55,7 @@ def query_vector(terms: list[Term], manifest, threads: int | None = None, prefet
     total = np.zeros(manifest.embedding_dim, dtype=np.float32)
     texts = [t for t in terms if t.kind == "text"]
     if texts:
-        vectors = (encoder or TextEncoder(manifest, threads, prefetch)).encode([t.value for t in texts])
+        vectors = (encoder or TextEncoder(text_manifest or manifest, threads, prefetch)).encode([t.value for t in texts])
         total += np.asarray([t.weight for t in texts], dtype=np.float32) @ vectors
     for term in (t for t in terms if t.kind == "row"):
         total += term.weight * stored[int(term.value)]
@@ -121,24 +122,30 @@ class WarmEngine:
     text encoder (tokenizer and session) and the ranking's integer scorer. All are safe to
     share between threads once loaded; `warm` loads them."""
 
-    def __init__(self, model_dir, threads: int | None = None):
+    def __init__(self, model_dir, threads: int | None = None, text_model_dir=None):
         from clipsearch.model.encoders import TextEncoder
-        from clipsearch.model.manifest import load_manifest
+        from clipsearch.model.manifest import load_manifest, load_text_model
 
         from .rank import IntegerScorer
 
         self.manifest = load_manifest(model_dir)
-        self.text = TextEncoder(self.manifest, threads)
+        self.text_manifest = load_text_model(text_model_dir) if text_model_dir else self.manifest
+        self.text = TextEncoder(self.text_manifest, threads)
         self.scorer = IntegerScorer()
 
     def warm(self) -> None:
         self.text.encode(["a photo"])
 
+    def check(self, store) -> None:
+        """The cache was indexed with this model, and the text tower searches its photos."""
+        store.check_model(self.manifest.model_id, self.manifest.name, claim=False)
+        check_text_model(store, self.manifest, self.text_manifest)
+
 
 def run_query(texts: list[str], db_path, model_dir, top: int | None = DEFAULT_TOP, *, weighted=(), negated=(), like=(),
               unlike=(), within: str | None = None, threads: int | None = None, min_score: float | None = None,
               filters=None, sort: str = "score", with_meta: bool = False, like_rows=(), offset: int = 0,
-              engine=None) -> Answer:
+              engine=None, text_model_dir=None) -> Answer:
     """A whole query, as `clipsearch query` (and a server, and `tag`) runs it: terms, model,
     cache, scope and metadata filters, vector, ranking. `min_score` keeps the results whose
     cosine reaches it; with it and no `top`, every such result. Filters select rows first and
@@ -146,9 +153,10 @@ def run_query(texts: list[str], db_path, model_dir, top: int | None = DEFAULT_TO
     listed newest first. `sort="date"` orders the chosen results newest first. `like_rows`:
     cached photos (row ids) whose stored vectors are query terms ("more like this");
     `offset`: skip that many of the best (pages); `engine`: a `WarmEngine` whose model stays
-    loaded between queries (the server). Cold, the tokenizer is forked off first, before numpy
+    loaded between queries (the server); `text_model_dir`: another text tower for the texts
+    (`check_text_model`). Cold, the tokenizer is forked off first, before numpy
     and onnxruntime load (`model/tokens.py`): keep heavy imports below that line."""
-    from clipsearch.model.manifest import load_manifest
+    from clipsearch.model.manifest import load_manifest, load_text_model
     from clipsearch.model.tokens import TokenPrefetch
 
     from .filters import Filters
@@ -159,8 +167,10 @@ def run_query(texts: list[str], db_path, model_dir, top: int | None = DEFAULT_TO
         parse_terms(list(texts), list(like), list(unlike), list(negated), list(weighted))
         if (texts or like or unlike or negated or weighted or not like_rows) else [])
     manifest = engine.manifest if engine is not None else load_manifest(model_dir)
+    text_manifest = engine.text_manifest if engine is not None else (
+        load_text_model(text_model_dir) if text_model_dir else manifest)
     prefetch_texts = [term.value for term in terms if term.kind == "text"]
-    prefetch = TokenPrefetch(manifest, prefetch_texts) if prefetch_texts and engine is None else None
+    prefetch = TokenPrefetch(text_manifest, prefetch_texts) if prefetch_texts and engine is None else None
 
     from clipsearch.cache.store import Store
     from clipsearch.photos.walk import normalise_root
@@ -168,6 +178,7 @@ def run_query(texts: list[str], db_path, model_dir, top: int | None = DEFAULT_TO
     store = Store(db_path, readonly=True)
     try:
         store.check_model(manifest.model_id, manifest.name, claim=False)
+        check_text_model(store, manifest, text_manifest)
         folder = None
         if within is not None:
             if not os.path.isdir(within):
@@ -188,7 +199,7 @@ def run_query(texts: list[str], db_path, model_dir, top: int | None = DEFAULT_TO
             if missing:
                 raise UsageError(f"photo #{missing[0]} is not in the cache (any more): search again")
             vector = query_vector(terms, manifest, threads, prefetch, store.meta("pipeline"),
-                                  engine.text if engine is not None else None, stored)
+                                  engine.text if engine is not None else None, stored, text_manifest)
             if top is None:
                 top = max(1, store.counts()["indexed"]) if min_score is not None else DEFAULT_TOP
             found = ranked(store, manifest, vector, top + offset, folder, selection=selection,
@@ -218,6 +229,22 @@ def run_query(texts: list[str], db_path, model_dir, top: int | None = DEFAULT_TO
     return Answer(results, [f"note: {manifest.untrained}"] if manifest.untrained else [], by_path,
                   [row_id for row_id, _, _ in found], {path: companions[row_id] for row_id, path, _ in found
                                                        if row_id in companions})
+
+
+def check_text_model(store, manifest, text_manifest) -> None:
+    """A text tower other than the model's own searches a cache only when it was trained to
+    match the image tower that embedded its photos (recorded by `index`; caches from before
+    that: the model's, which `check_model` has just matched to the cache)."""
+    if text_manifest is manifest:
+        return
+    from clipsearch.errors import ModelMismatchError
+
+    made_with = store.meta("image_tower") or manifest.image_tower
+    if text_manifest.image_tower != made_with or text_manifest.embedding_dim != manifest.embedding_dim:
+        raise ModelMismatchError(
+            f"text model {text_manifest.name} reads queries for photos embedded by the image tower "
+            f"{text_manifest.image_tower}; those in {store.path} were embedded by {made_with} (model {manifest.name}): "
+            "use a text model made for that one, or leave out --text-model / CLIPSEARCH_TEXT_MODEL")
 
 
 def no_results_reason(within: str | None, db_path) -> str:

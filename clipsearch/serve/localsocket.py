@@ -43,13 +43,14 @@ def private_folder(folder: Path) -> bool:
 
 # -- client: `clipsearch query` ---------------------------------------------------------------
 
-def ask_server(db_path, model_dir, request: dict):
+def ask_server(db_path, model_dir, request: dict, text_model_dir=None):
     """The `search/answer.Answer` a running server gives for `request` (run_query's arguments), or
-    None: no server for this cache and model, or it could not answer (then run cold)."""
+    None: no server for this cache, model and text model, or it could not answer (then run cold)."""
     path = socket_path(db_path)
     if not path.exists() or not private_folder(path.parent):
         return None
-    request = dict(request, model=os.path.realpath(model_dir))
+    request = dict(request, model=os.path.realpath(model_dir),
+                   text_model=os.path.realpath(text_model_dir) if text_model_dir else None)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(CONNECT_TIMEOUT)
@@ -74,7 +75,7 @@ def ask_server(db_path, model_dir, request: dict):
 
 # -- server: `clipsearch serve` ---------------------------------------------------------------
 
-def serve_socket(db_path, model_dir, answer) -> tuple[object, Path] | tuple[None, str]:
+def serve_socket(db_path, model_dir, answer, text_model_dir=None) -> tuple[object, Path] | tuple[None, str]:
     """Listen on the cache's socket in a daemon thread; `answer(request) -> Answer` runs a
     query. (server, path), or (None, why not)."""
     import socketserver
@@ -92,6 +93,7 @@ def serve_socket(db_path, model_dir, answer) -> tuple[object, Path] | tuple[None
         except OSError:
             path.unlink()  # left by a server that was killed
     model = os.path.realpath(model_dir)
+    text_model = os.path.realpath(text_model_dir) if text_model_dir else None
 
     class Handler(socketserver.StreamRequestHandler):
         timeout = 10.0
@@ -111,7 +113,7 @@ def serve_socket(db_path, model_dir, answer) -> tuple[object, Path] | tuple[None
             if uid != os.getuid():
                 return {"ok": False}
             request = json.loads(self.rfile.readline(MAX_REQUEST))
-            if request.pop("model", None) != model:
+            if request.pop("model", None) != model or request.pop("text_model", None) != text_model:
                 return {"ok": False}
             found = answer(request)
             return {"ok": True, "paths": [base64.b64encode(path).decode("ascii") for path, _ in found.results],

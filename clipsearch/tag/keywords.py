@@ -49,7 +49,8 @@ class TagOptions:
 
 def tag_query(keyword: str, texts: list[str], db_path: Path, model_dir: Path, options: TagOptions,
               warn: Callable[[bytes, str], None], *, top: int | None = None, min_score: float | None = None,
-              weighted=(), negated=(), like=(), unlike=(), within: str | None = None, filters=None) -> TagReport:
+              weighted=(), negated=(), like=(), unlike=(), within: str | None = None, filters=None,
+              text_model_dir=None) -> TagReport:
     """Add `keyword` to the photos the query (default: the keyword itself) selects."""
     from clipsearch.search.query import run_query
 
@@ -57,7 +58,8 @@ def tag_query(keyword: str, texts: list[str], db_path: Path, model_dir: Path, op
     if top is None and min_score is None:
         raise UsageError("tag needs --top N or --min-score S (or both): without a limit it would tag every photo")
     answer = run_query(list(texts) or [keyword], db_path, model_dir, top=top, min_score=min_score,
-                       weighted=weighted, negated=negated, like=like, unlike=unlike, within=within, filters=filters)
+                       weighted=weighted, negated=negated, like=like, unlike=unlike, within=within, filters=filters,
+                       text_model_dir=text_model_dir)
     chosen = {path: [keyword] for path, _ in answer.results}
     return apply_keywords(chosen, db_path, options, warn)
 

@@ -16,7 +16,7 @@ from .keywords import TagOptions, TagReport, apply_keywords, check_keyword
 
 def tag_labels(labels_file: Path, db_path: Path, model_dir: Path, options: TagOptions,
                warn: Callable[[bytes, str], None], *, per_photo: int = 3, min_score: float | None = None,
-               within: str | None = None) -> TagReport:
+               within: str | None = None, text_model_dir: Path | None = None) -> TagReport:
     """Score every cached photo against every label; give each its best `per_photo` labels
     whose cosine reaches `min_score`."""
     if min_score is None:
@@ -24,16 +24,19 @@ def tag_labels(labels_file: Path, db_path: Path, model_dir: Path, options: TagOp
     labels, prompts = read_labels(labels_file)
     from clipsearch.cache.store import Store
     from clipsearch.model.encoders import TextEncoder
-    from clipsearch.model.manifest import load_manifest
+    from clipsearch.model.manifest import load_manifest, load_text_model
     from clipsearch.photos.walk import is_under, normalise_root
+    from clipsearch.search.query import check_text_model
 
     manifest = load_manifest(model_dir)
-    texts = TextEncoder(manifest).encode(prompts)  # [labels, dim], unit rows
+    text_manifest = load_text_model(text_model_dir) if text_model_dir else manifest
     root = normalise_root(within) if within else None
     store = Store(db_path, readonly=True)
     chosen: dict[bytes, list[str]] = {}
     try:
         store.check_model(manifest.model_id, manifest.name, claim=False)
+        check_text_model(store, manifest, text_manifest)
+        texts = TextEncoder(text_manifest).encode(prompts)  # [labels, dim], unit rows
         with store.snapshot():
             for rows in store.live_vectors(4096):
                 ids = [row[0] for row in rows]
