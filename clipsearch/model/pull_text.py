@@ -29,9 +29,9 @@ from .text_layouts import (
 )
 
 # Peak memory of a pull, as a multiple of the fp32 graph's size: onnxruntime's quantizer holds
-# the graph, a shape-inferred copy and the int8 result. Measured (docs/models.md "Multilingual
-# search"): 5.0x for the 541 MB multilingual tower, 3.8x for the 2.2 GB one, whose weights stay
-# in external data; with a margin.
+# the graph, a shape-inferred copy and the int8 result. Measured in
+# docs/models.md "Multilingual search": 5.0x for the 541 MB multilingual tower, 3.8x for the
+# 2.2 GB one, whose weights stay in external data; with a margin.
 QUANTIZE_MEMORY_FACTOR = 5.3
 QUANTIZE_MEMORY_FACTOR_EXTERNAL = 4.0
 
