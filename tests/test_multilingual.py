@@ -131,6 +131,9 @@ def test_pull_index_once_then_query_in_any_language(tmp_path, hub, tiny_model, l
     assert cosines.min() >= MIN_COSINE_INT8_VS_FP32, cosines
     assert manifest["fidelity"]["text"]["int8_vs_fp32_onnx"]["min"] >= MIN_COSINE_INT8_VS_FP32
 
+    checked = run_cli("check-model", "--model", str(folder), env=env)
+    assert checked.returncode == 0 and b"text: ok" in checked.stdout and b"vision" not in checked.stdout, checked
+
     (model / "vision.onnx").unlink()  # a query that opened the vision graph would fail now
     stored = {row[0]: np.frombuffer(row[1], np.int8).astype(np.float32) for row in before}
     for text in ["un chat qui dort sur un canapé", "кошка спит на диване", "沙发上睡觉的猫", "소파에서 자는 고양이"]:
@@ -259,3 +262,27 @@ def test_without_safetensors_the_pull_says_which_extra_in_one_line(tmp_path, hub
     assert result.returncode != 0 and "Traceback" not in err, err
     assert err.splitlines()[-1].endswith("needs the safetensors package: pip install 'clipsearch[models]'")
     assert not (tmp_path / "home" / "models" / "multilingual").exists()
+
+
+@pytest.mark.parametrize("path, content, words", [
+    ("modules.json", '[{"idx": 0, "type": "sentence_transformers.models.Transformer", "path": ""}]', "modules.json runs"),
+    ("modules.json", "not json", "modules.json: unreadable"),
+    ("1_Pooling/config.json", '{"pooling_mode_cls_token": true}', "pools by"),
+    ("2_Dense/config.json", '{"in_features": 32, "out_features": 64, "bias": false}', "no linear.weight of shape (64, 32)"),
+    ("2_Dense/config.json", '{"in_features": 32, "out_features": 32, "bias": false, "activation_function": "os.system"}',
+     "activation 'os.system'"),
+    ("2_Dense/model.safetensors", "\x00" * 16, "2_Dense/model.safetensors: unreadable"),
+    ("sentence_bert_config.json", '{"max_seq_length": 100000}', "max_seq_length=100000"),
+    ("tokenizer.json", "{}", "not a tokenizer.json"),
+    ("onnx/model.onnx", "\x08\xff\xff garbage", "not an ONNX graph"),
+])
+def test_a_repo_the_runtime_cannot_reproduce_is_refused_in_one_line(tmp_path, hub, path, content, words):
+    entries = serve_layout(hub, "sentence-transformers", "x", pinned=False)
+    folder = hub.root / entries["multilingual"][0] / hubserver.COMMIT
+    (folder / path).write_text(content, encoding="latin-1")
+    result = run_cli("models", "pull", "multilingual", env=environment(tmp_path, hub, entries), timeout=300)
+    err = result.stderr.decode()
+    lines = [line for line in err.splitlines() if not line.startswith(("pulling ", "note: "))]
+    assert result.returncode == 3 and len(lines) == 1 and words in lines[0] and "nothing was installed" in lines[0], err
+    assert not (tmp_path / "home" / "models" / "multilingual").exists()
+    assert not [p for p in (tmp_path / "home" / "models").iterdir()]  # no work folder or download left

@@ -45,7 +45,10 @@ def pull_text_tower(source: Source, out: Path, downloads: Path, progress, log) -
     fetched = {}
     for role, path in layout.files.items():
         fetched[role] = _fetch(fetch, source, path, downloads, progress)
-    extra = external_data_files(fetched["text"].path, f"{source.repo}: {layout.files['text']}")
+    try:
+        extra = external_data_files(fetched["text"].path, f"{source.repo}: {layout.files['text']}")
+    except UnsupportedSource as exc:
+        raise ModelError(f"{exc}; nothing was installed") from None
     folder = repo_folder_of(layout.files["text"])
     data_files = [_fetch(fetch, source, f"{folder}{name}", downloads, progress) for name in extra]
     commit = next((f.commit for f in fetched.values() if f.commit), None)

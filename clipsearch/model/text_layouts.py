@@ -59,12 +59,22 @@ _MODULES = (("Transformer", ""), ("Pooling", "1_Pooling"), ("Dense", "2_Dense"))
 _ACTIVATIONS = {"torch.nn.modules.linear.Identity": None, "torch.nn.modules.activation.Tanh": "Tanh"}
 
 
+def read_graph(path: Path, where: str, load_external_data: bool = True):
+    """An ONNX graph from the hub, or UnsupportedSource naming it (bytes that are not one)."""
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=load_external_data)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and onnx's checks have no common base
+        raise UnsupportedSource(f"{where}: not an ONNX graph onnx can read ({type(exc).__name__})") from None
+
+
 def external_data_files(graph: Path, where: str) -> list[str]:
     """The external weight files a graph names, as paths relative to its folder; a name that
     would leave the folder is refused (the graph is untrusted until checked)."""
     import onnx
 
-    model = onnx.load(str(graph), load_external_data=False)
+    model = read_graph(graph, where, load_external_data=False)
     names = set()
     constants = [a.t for node in model.graph.node for a in node.attribute if a.type == onnx.AttributeProto.TENSOR]
     for tensor in [*model.graph.initializer, *constants]:
@@ -180,7 +190,7 @@ def fold_mean_pooling(source: Path, out: Path, weight: np.ndarray, bias: np.ndar
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    model = onnx.load(str(source))
+    model = read_graph(source, where)
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 13:
