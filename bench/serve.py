@@ -4,7 +4,7 @@ server's socket against a cold one (--no-server), interleaved in the same run; a
 test (concurrent keep-alive clients while stalled clients hold connections); and what a
 thumbnail costs: made from the photo, from the disk cache, and taken from the NAS's own.
 
-    python bench/serve.py [--sizes 100000 1280000] [--queries 60] [--clients 16] [--stalled 8]
+    python bench/serve.py [--sizes 100000 1280000] [--queries 60] [--clients 16] [--stalled 8] [--client PATH]
 """
 from __future__ import annotations
 
@@ -158,7 +158,7 @@ def thumbnail_costs(model: Path) -> None:
               f"{median([nas[i] for i in ids]) * 1000:.1f} ms; size {median([len(made[i][1]) for i in ids]) / 1024:.0f} KB")
 
 
-def measure(db: Path, model: Path, queries: int, clients: int = 0, stalled: int = 0) -> None:
+def measure(db: Path, model: Path, queries: int, clients: int = 0, stalled: int = 0, client: str | None = None) -> None:
     server, port, env = start_server(db, model, CACHE / "serve-home")
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -178,8 +178,11 @@ def measure(db: Path, model: Path, queries: int, clients: int = 0, stalled: int 
         print(f"  warm query over HTTP (top 40, JSON with metadata): p50 {p50:.0f} ms, p95 {p95:.0f} ms "
               f"({queries} queries); server RSS {rss:.0f} MB, peak {peak:.0f} MB")
         # The whole `clipsearch query` process, through this server's socket and cold (--no-server).
-        runs = {"warm": [], "cold": []}
-        for i in range(7):
+        runs = {"warm": [], "cold": [], "interpreter": []}
+        for i in range(9):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "pass"], check=True)
+            runs["interpreter"].append(time.perf_counter() - t0)
             for name, extra in (("warm", []), ("cold", ["--no-server"])):
                 t0 = time.perf_counter()
                 out = subprocess.run([sys.executable, "-m", "clipsearch", "query", TEXTS[i % len(TEXTS)], "--db",
@@ -187,14 +190,37 @@ def measure(db: Path, model: Path, queries: int, clients: int = 0, stalled: int 
                                      check=True, capture_output=True)
                 runs[name].append(time.perf_counter() - t0)
                 assert out.stdout.count(b"\n") == 10
-        warm, cold = median(runs["warm"]), median(runs["cold"])
-        print(f"  whole `clipsearch query` process (top 10, median of 7, interleaved): through the server "
-              f"{warm * 1000:.0f} ms, cold {cold * 1000:.0f} ms ({cold / warm:.1f}x)")
+        warm, cold, bare = median(runs["warm"]), median(runs["cold"]), median(runs["interpreter"])
+        print(f"  whole `clipsearch query` process (top 10, median of 9, interleaved): through the server "
+              f"{warm * 1000:.0f} ms, cold {cold * 1000:.0f} ms ({cold / warm:.1f}x); the interpreter alone "
+              f"(python -c pass) {bare * 1000:.0f} ms, so the warm query's own share {(warm - bare) * 1000:.0f} ms")
+        if client:
+            user_client(client, db, model, env)
         if clients:
             load_test(port, clients, stalled)
     finally:
         server.terminate()
         server.wait(10)
+
+
+def user_client(client: str, db: Path, model: Path, env: dict) -> None:
+    """The warm query as a user runs it: the `clipsearch` console script of a venv where the
+    wheel is installed (no editable-install finder, no runpy), against that venv's bare
+    interpreter."""
+    python = Path(client).with_name("python")
+    runs = {"client": [], "interpreter": []}
+    for i in range(9):
+        t0 = time.perf_counter()
+        subprocess.run([str(python), "-c", "pass"], check=True)
+        runs["interpreter"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        out = subprocess.run([client, "query", TEXTS[i % len(TEXTS)], "--db", str(db), "--model", str(model), "--top",
+                              "10"], env=env, check=True, capture_output=True)
+        runs["client"].append(time.perf_counter() - t0)
+        assert out.stdout.count(b"\n") == 10
+    warm, bare = median(runs["client"]), median(runs["interpreter"])
+    print(f"  the same through {client} (the wheel's console script; median of 9): {warm * 1000:.0f} ms; its "
+          f"interpreter alone {bare * 1000:.0f} ms, so the query's own share {(warm - bare) * 1000:.0f} ms")
 
 
 def main() -> None:
@@ -203,6 +229,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=60)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--stalled", type=int, default=8)
+    parser.add_argument("--client", metavar="PATH", help="Also time the warm query through this `clipsearch` "
+                                                        "(a venv with the wheel installed, as a user has it).")
     args = parser.parse_args()
     model = full_model()
     manifest = load_manifest(model)
@@ -211,7 +239,7 @@ def main() -> None:
         db = CACHE / f"query-{size}.db"
         build_cache(db, size, manifest)
         print(f"{size} cached photos:")
-        measure(db, model, args.queries, args.clients if size == args.sizes[0] else 0, args.stalled)
+        measure(db, model, args.queries, args.clients if size == args.sizes[0] else 0, args.stalled, args.client)
     print("thumbnails (60 photos):")
     thumbnail_costs(model)
 

@@ -14,6 +14,7 @@ import pytest
 from helpers import REPO
 from test_serve import Served, library  # noqa: F401 - the fixture is shared
 
+from clipsearch.cli.query import answer_forwarded
 from clipsearch.serve.localsocket import serve_socket, socket_path, stop_socket
 
 
@@ -23,10 +24,12 @@ def warm(library, cli):  # noqa: F811
     calls = []
 
     def counting(request):
-        calls.append(request)
-        return served.server.app.local_query(request)
+        found = answer_forwarded(request, (cli.db, cli.model, None), served.server.app.local_query)
+        if found is not None:
+            calls.append(request)
+        return found
 
-    local, path = serve_socket(cli.db, cli.model, counting)
+    local, path = serve_socket(cli.db, counting)
     assert local is not None, path
     yield calls, path
     stop_socket(local, path)
@@ -84,7 +87,7 @@ def test_a_shared_sockets_folder_is_refused(library, cli):  # noqa: F811
     folder = socket_path(cli.db).parent
     folder.mkdir(parents=True)
     folder.chmod(0o777)
-    local, why = serve_socket(cli.db, cli.model, lambda request: None)
+    local, why = serve_socket(cli.db, lambda request: None)
     assert local is None and "only this user" in why
 
 
@@ -105,6 +108,23 @@ def test_serve_and_query_as_processes_and_a_killed_server(library, cli):  # noqa
 
         hot, cold = query(), query("--no-server")
         assert hot.returncode == 0 and (hot.stdout, hot.stderr) == (cold.stdout, cold.stderr)
+        # Answered before click is imported (the server parsed the raw arguments), in the client's
+        # environment and working directory, not the server's: CLIPSEARCH_TOP, a relative --like
+        # and a relative --db.
+        near = dict(env, CLIPSEARCH_TOP="2")
+        for words, where, environment in ((["red", "--json"], REPO, env), (["--like", "blue.jpg"], library, near),
+                                          (["red"], library, near)):
+            line = ["query", *words, "--db", os.path.relpath(cli.db, where), "--model", str(cli.model)]
+            warm = subprocess.run([sys.executable, "-X", "importtime", "-m", "clipsearch", *line], cwd=where,
+                                  env=environment, capture_output=True, timeout=60)
+            here = subprocess.run([sys.executable, "-m", "clipsearch", *line, "--no-server"], cwd=where,
+                                  env=environment, capture_output=True, timeout=60)
+            imports = [row for row in warm.stderr.decode().splitlines() if row.startswith("import time:")]
+            modules = {row.split("|")[-1].strip().split(".")[0] for row in imports}
+            assert "clipsearch" in modules and not modules & {"click", "numpy", "onnxruntime"}, words
+            said = "".join(row + "\n" for row in warm.stderr.decode().splitlines() if not row.startswith("import time:"))
+            assert warm.returncode == 0 and (warm.stdout, said) == (here.stdout, here.stderr.decode()), words
+            assert environment is env or warm.stdout.count(b"\n") == 2
         server.send_signal(signal.SIGKILL)
         server.wait(10)
         assert socket_path(cli.db).exists()  # left behind by the killed server
@@ -114,3 +134,20 @@ def test_serve_and_query_as_processes_and_a_killed_server(library, cli):  # noqa
         if server.poll() is None:
             server.kill()
             server.wait(10)
+
+
+@pytest.mark.parametrize("xdg", [None, "", "  ", "/srv/data"])
+def test_the_data_dir_without_platformdirs_is_platformdirs_own(monkeypatch, tmp_path, xdg):
+    """On Linux `config.home_dir` finds the data dir by platformdirs' rule without importing it
+    (a warm query's client): both must agree, whatever XDG_DATA_HOME says."""
+    import platformdirs
+
+    from clipsearch.config import home_dir
+
+    monkeypatch.delenv("CLIPSEARCH_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    if xdg is None:
+        monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    else:
+        monkeypatch.setenv("XDG_DATA_HOME", xdg)
+    assert home_dir() == platformdirs.user_data_dir("clipsearch", appauthor=False)

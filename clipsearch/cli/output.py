@@ -10,9 +10,10 @@ from clipsearch.search.answer import META_FIELDS, json_path, raw_json
 
 
 def write_results(results, as_json: bool, bare_paths: bool, null_sep: bool, meta: dict | None = None,
-                  raw: dict | None = None) -> None:
-    """`raw`: path -> the RAW of its pair: a third column, or `raw` in JSON (null for others)."""
-    out = sys.stdout.buffer
+                  raw: dict | None = None, out=None) -> None:
+    """`raw`: path -> the RAW of its pair: a third column, or `raw` in JSON (null for others).
+    `out`: a binary file (default stdout; a server answering a forwarded query: a buffer)."""
+    out = out or sys.stdout.buffer
     raw = raw or {}
     for path, score in results:
         if null_sep:

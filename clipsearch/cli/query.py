@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 import click
 
@@ -27,6 +28,7 @@ class QueryCommand(click.Command):
     one of the command's options, or the value of one, keeps its meaning."""
 
     def parse_args(self, ctx, args):
+        ctx.meta["raw_args"] = list(args)  # what a running server is sent to parse itself
         values: dict[str, int] = {}  # option name -> how many values follow it
         for param in self.params:
             if isinstance(param, click.Option):
@@ -82,35 +84,24 @@ class QueryCommand(click.Command):
 @model_option
 @text_model_option
 @threads_option
-def query(terms, top, min_score, within, weighted, negated, like, unlike, after, before, camera, near, within_distance,
-          tags, min_rating, damaged, sort, as_json, bare_paths, null_sep, no_server, db_path, model_dir, text_model_dir,
-          threads):
+@click.pass_context
+def query(ctx, terms, top, min_score, within, weighted, negated, like, unlike, after, before, camera, near,
+          within_distance, tags, min_rating, damaged, sort, as_json, bare_paths, null_sep, no_server, db_path,
+          model_dir, text_model_dir, threads):
     """Find the images that best match TERMS, each a text taken literally ("16:9 panorama",
     "3:30 pm", "-1 degrees"). Weights only with -w/--weighted W TEXT; subtract with --not:
     clipsearch query "a beach" -w 2 sunset --not people
     """
+    global fast_exit
     with handle_errors():
-        from clipsearch.search.query import run_query
+        from clipsearch.serve import localsocket
 
-        filters = filters_from(after, before, camera, near, within_distance, tags, min_rating)
-        if damaged:
-            import dataclasses
-
-            filters = dataclasses.replace(filters, damaged=True)
-        answer = None
-        # A relative --in is named as given in messages: only a cold run says it the same way.
-        if not no_server and (within is None or os.path.isabs(within)):
-            from clipsearch.serve.localsocket import ask_server
-
-            absolute = [os.path.abspath(path) for path in like], [os.path.abspath(path) for path in unlike]
-            answer = ask_server(db_path, model_dir, dict(
-                texts=list(terms), top=top, weighted=[list(pair) for pair in weighted], negated=list(negated),
-                like=absolute[0], unlike=absolute[1], within=within,
-                min_score=min_score, filters=vars(filters), sort=sort, with_meta=as_json), text_model_dir)
-        if answer is None:
-            answer = run_query(terms, db_path, model_dir, top, weighted=weighted, negated=negated, like=like,
-                               unlike=unlike, within=within, threads=threads, min_score=min_score, filters=filters,
-                               sort=sort, with_meta=as_json, text_model_dir=text_model_dir)
+        if not no_server and not localsocket.asked:  # `cli/entry.py` asks first; a test may call this directly
+            code = localsocket.forward_query(ctx.meta["raw_args"], db_path)
+            if code is not None:
+                fast_exit = True
+                ctx.exit(code)
+        answer = answer_query(ctx.params, lambda kwargs: _run_cold(kwargs, threads))
         for note in answer.notes:
             click.echo(note, err=True)
         from .output import write_results
@@ -119,5 +110,77 @@ def query(terms, top, min_score, within, weighted, negated, like, unlike, after,
             write_results(answer.results, as_json, bare_paths, null_sep, answer.meta, answer.raw)
         except BrokenPipeError:  # the reader (e.g. `head`) has all it wanted
             sys.stdout = open(os.devnull, "w")
-        global fast_exit
         fast_exit = True
+
+
+def _run_cold(kwargs: dict, threads: int | None):
+    from clipsearch.search.query import run_query
+
+    return run_query(**kwargs, threads=threads)
+
+
+def answer_query(params: dict, run):
+    """The command's parameters as `run_query`'s arguments, run by `run` (here, or warm in a
+    server: `answer_forwarded`)."""
+    filters = filters_from(params["after"], params["before"], params["camera"], params["near"],
+                           params["within_distance"], params["tags"], params["min_rating"])
+    if params["damaged"]:
+        import dataclasses
+
+        filters = dataclasses.replace(filters, damaged=True)
+    return run(dict(texts=params["terms"], db_path=params["db_path"], model_dir=params["model_dir"], top=params["top"],
+                    weighted=params["weighted"], negated=params["negated"], like=params["like"],
+                    unlike=params["unlike"], within=params["within"], min_score=params["min_score"], filters=filters,
+                    sort=params["sort"], with_meta=params["as_json"], text_model_dir=params["text_model_dir"]))
+
+
+_PARSING = threading.Lock()
+
+
+def answer_forwarded(request: dict, served: tuple, run) -> dict | None:
+    """A `clipsearch query` command line forwarded by a client (`serve/localsocket.py`), in a
+    running server for the cache, model and text model `served`: parsed with this command's own
+    definition in the client's environment and working directory, run warm by `run`; its
+    stdout bytes and stderr text as a cold run would print them. None: not this server's to
+    answer (another cache or model, --no-server, --help, a usage error, a relative --in, which
+    a cold run names as given, or any error: the client then runs cold and says it itself)."""
+    import io
+
+    env, cwd = request["env"], request["cwd"]
+    # After `--` the parser may have a note to print: the client's own run says it.
+    if env.get("CLIPSEARCH_HOME") != os.environ.get("CLIPSEARCH_HOME") or "--" in request["args"]:
+        return None
+    envvars = {param.envvar for param in query.params if isinstance(param.envvar, str)}
+    with _PARSING:  # the options' environment variables are read while parsing: the client's, not ours
+        saved = {name: os.environ.pop(name, None) for name in envvars}
+        os.environ.update({name: env[name] for name in envvars if name in env})
+        try:
+            ctx = query.make_context("query", list(request["args"]))
+        except (click.exceptions.ClickException, click.exceptions.Exit):
+            return None
+        finally:
+            for name, value in saved.items():
+                os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+    params = dict(ctx.params)
+    within = params["within"]
+    if params["no_server"] or (within is not None and not os.path.isabs(within)):
+        return None
+    for key in ("db_path", "model_dir", "text_model_dir"):
+        if params[key] is not None:
+            params[key] = type(params[key])(os.path.join(cwd, params[key]))
+    asked = tuple(os.path.realpath(params[key]) if params[key] else None for key in ("db_path", "model_dir",
+                                                                                      "text_model_dir"))
+    if asked != tuple(os.path.realpath(p) if p else None for p in served):
+        return None
+    params["like"] = [os.path.join(cwd, path) for path in params["like"]]
+    params["unlike"] = [os.path.join(cwd, path) for path in params["unlike"]]
+    try:
+        answer = answer_query(params, run)
+    except Exception:  # noqa: BLE001 - the cold run gives the error its own words and exit code
+        return None
+    from .output import write_results
+
+    out = io.BytesIO()
+    write_results(answer.results, params["as_json"], params["bare_paths"], params["null_sep"], answer.meta, answer.raw,
+                  out)
+    return {"code": 0, "stdout": out.getvalue(), "stderr": "".join(note + "\n" for note in answer.notes)}

@@ -51,9 +51,14 @@ def serve(host, port, token, new_token, no_auth, print_service, cache_mb, db_pat
         click.echo(f"clipsearch: serving {db_path} at {link_with_token(url, token)}", err=True)
         if token:
             click.echo("clipsearch: open that link once per browser (it sets a cookie); keep it private", err=True)
+        import functools
+
         from clipsearch.serve.localsocket import serve_socket, stop_socket
 
-        local, where = serve_socket(db_path, model_dir, server.app.local_query, text_model_dir)
+        from .query import answer_forwarded
+
+        local, where = serve_socket(db_path, functools.partial(answer_forwarded, served=(db_path, model_dir, text_model_dir),
+                                                               run=server.app.local_query))
         if local is None:
             click.echo(f"clipsearch: note: `clipsearch query` will run cold ({where})", err=True)
         else:

@@ -82,7 +82,7 @@ class ModelPlugin(WorkerPlugin):
             prepare_decoders(1)
             manifest = load_manifest(default_model_dir())
             self.model_id = manifest.model_id
-            self.embedder = EmbedWorker(ImageEncoder(manifest, threads=1, background=True), self.use_draft)
+            self.embedder = EmbedWorker(ImageEncoder(manifest, threads=1), self.use_draft)
         except Exception as exc:  # noqa: BLE001 - reported by name to the run, which refuses this worker
             self.problem = f"{type(exc).__name__}: {exc}"
 

@@ -107,7 +107,7 @@ def init_worker(model_folder: str, threads: int, use_draft: bool, parent: int) -
     prepare_decoders(threads)  # before any file is opened: one decoding thread per worker
     # The main process verified the files already; re-hashing per worker would waste seconds.
     manifest = load_manifest(model_folder)
-    _process_worker = EmbedWorker(ImageEncoder(manifest, threads=threads, background=True, verify=False), use_draft)
+    _process_worker = EmbedWorker(ImageEncoder(manifest, threads=threads, verify=False), use_draft)
 
 
 def _exit_with_parent(parent: int) -> None:

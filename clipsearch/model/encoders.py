@@ -10,7 +10,7 @@ from clipsearch.config import available_cores
 from .manifest import Manifest
 
 
-def session_options(threads: int | None, background: bool = False):
+def session_options(threads: int | None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -18,20 +18,22 @@ def session_options(threads: int | None, background: bool = False):
     options.inter_op_num_threads = 1
     options.intra_op_num_threads = threads or available_cores()
     options.log_severity_level = 3
-    if background:
-        # Idle ORT threads otherwise busy-wait, stealing CPU from the decoding workers.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Idle threads would busy-wait for the next run, stealing the cores from the decoding
+    # workers (index) or from the other session of a query: the text graph's threads spun
+    # while the ranking ran, and the ranking's while the next text was encoded. Measured for a
+    # warm query at 100,000 photos: 45-53 ms with spinning, 25-28 ms without.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
-def open_session(path, threads: int | None, background: bool = False, fast_start: bool = False):
+def open_session(path, threads: int | None, fast_start: bool = False):
     """An onnxruntime session. `fast_start` is for a graph run once per process (a text
     query): no graph optimisation and no weight prepacking. Measured on the int8 text graph:
     session creation 51 ms instead of 67 ms (and 85-130 ms with full optimisation), for a
     first run of 5 ms instead of 4 ms. A cached pre-optimised copy measured no better."""
     import onnxruntime as ort
 
-    options = session_options(threads, background)
+    options = session_options(threads)
     if fast_start:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.add_session_config_entry("session.disable_prepacking", "1")
@@ -51,10 +53,12 @@ class TextEncoder:
     CLIP's padding to 77 and ~3x faster; under int8 it is no further from fp32 than padding
     is (docs/design.md "Embeddings do not depend on the batch": measured on the probe texts)."""
 
-    def __init__(self, manifest: Manifest, threads: int | None = None, prefetch=None, verify: bool = True):
+    def __init__(self, manifest: Manifest, threads: int | None = None, prefetch=None, verify: bool = True,
+                 fast_start: bool = True):
         self.manifest = manifest
         self.threads = threads
         self.verify = verify
+        self.fast_start = fast_start  # False for a server: optimised once, 4.4-5.2 ms a text instead of 7.8-8.1
         self.prefetch = prefetch  # a tokens.TokenPrefetch already tokenizing in a child process
         self._tokenizer = None
         self._session = None
@@ -70,7 +74,8 @@ class TextEncoder:
     @property
     def session(self):
         if self._session is None:
-            self._session = open_session(self.manifest.graph_path("text", self.verify), self.threads, fast_start=True)
+            self._session = open_session(self.manifest.graph_path("text", self.verify), self.threads,
+                                         fast_start=self.fast_start)
         return self._session
 
     def token_ids(self, texts: list[str]) -> list[np.ndarray]:
@@ -120,19 +125,17 @@ class ImageEncoder:
     """The vision graph: preprocessed pixels in, unit vectors out (decoding and preprocessing
     are `photos/preprocess.py`'s, the indexing worker's is `index/embed.EmbedWorker`)."""
 
-    def __init__(self, manifest: Manifest, threads: int | None = None, background: bool = False,
-                 verify: bool = True):
+    def __init__(self, manifest: Manifest, threads: int | None = None, verify: bool = True):
         self.manifest = manifest
         self.verify = verify
         self.threads = threads
-        self.background = background
         self._session = None
 
     @property
     def session(self):
         if self._session is None:
             path = self.manifest.graph_path("vision", verify=self.verify)
-            self._session = open_session(path, self.threads, self.background)
+            self._session = open_session(path, self.threads)
         return self._session
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:

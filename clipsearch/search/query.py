@@ -130,7 +130,7 @@ class WarmEngine:
 
         self.manifest = load_manifest(model_dir)
         self.text_manifest = load_text_model(text_model_dir) if text_model_dir else self.manifest
-        self.text = TextEncoder(self.text_manifest, threads)
+        self.text = TextEncoder(self.text_manifest, threads, fast_start=False)
         self.scorer = IntegerScorer()
 
     def warm(self) -> None:

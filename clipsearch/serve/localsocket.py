@@ -1,12 +1,15 @@
 """The warm path of `clipsearch query`: a running `clipsearch serve` also listens on a Unix
 socket in the data dir (`sockets/<hash of the cache path>.sock`, in a folder only its user
 can enter, the socket itself 0600, and each caller's uid checked again with SO_PEERCRED).
-`query` sends its request there and prints the answer exactly as a cold run would; with no
-server for its cache and model, or any trouble on the way, it runs cold.
+`query` sends its raw command line there (before click is even imported: `cli/entry.py`), the
+server parses it with the same command definition and runs it warm, and the client prints
+the bytes it gets back, exactly what a cold run prints; with no server for its cache, model
+and text model, or any trouble on the way, it runs cold. The syntax is owned once, by
+`cli/query.py`.
 
-Both sides of the protocol live here: one JSON line each way. The client side imports
-nothing heavy (no numpy, no onnxruntime): a warm query's process costs the interpreter, click
-and a socket round trip.
+Both sides of the protocol live here: one JSON line each way. The client side imports the
+standard library only: a warm query's process costs the interpreter and a socket round trip
+(measured in docs/serve.md "The local socket").
 """
 from __future__ import annotations
 
@@ -17,25 +20,33 @@ import os
 import socket
 import stat
 import struct
-from pathlib import Path
 
 MAX_REQUEST = 1 << 16
 CONNECT_TIMEOUT = 0.5
 ANSWER_TIMEOUT = 120.0
+asked = False  # the entry point has offered this process's query to a server already
+
+
+def socket_file(db_path) -> str:
+    """The socket of the server for the cache at `db_path` (a string: the client side imports
+    no pathlib)."""
+    from clipsearch.config import home_dir
+
+    key = hashlib.sha256(os.fsencode(os.path.realpath(db_path))).hexdigest()[:16]
+    return os.path.join(home_dir(), "sockets", f"{key}.sock")
 
 
 def socket_path(db_path) -> Path:
-    from clipsearch.config import home
+    from pathlib import Path
 
-    key = hashlib.sha256(os.fsencode(os.path.realpath(db_path))).hexdigest()[:16]
-    return home() / "sockets" / f"{key}.sock"
+    return Path(socket_file(db_path))
 
 
-def private_folder(folder: Path) -> bool:
+def private_folder(folder) -> bool:
     """The sockets folder exists, is ours and nobody else's (created 0700 if missing)."""
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = folder.lstat()
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        st = os.lstat(folder)
     except OSError:
         return False
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
@@ -43,18 +54,21 @@ def private_folder(folder: Path) -> bool:
 
 # -- client: `clipsearch query` ---------------------------------------------------------------
 
-def ask_server(db_path, model_dir, request: dict, text_model_dir=None):
-    """The `search/answer.Answer` a running server gives for `request` (run_query's arguments), or
-    None: no server for this cache, model and text model, or it could not answer (then run cold)."""
-    path = socket_path(db_path)
-    if not path.exists() or not private_folder(path.parent):
+def forward_query(args: list[str], db_path) -> int | None:
+    """Send a `clipsearch query` command line (its raw arguments, the working directory and the
+    CLIPSEARCH_* environment) to the server of `db_path`; write what it answers on stdout and
+    stderr, exactly as a cold run would, and return the exit code. None: no server for this
+    cache, or it would not or could not answer (then run cold). Imports nothing beyond the
+    standard library: `cli/entry.py` calls it before click is loaded."""
+    path = socket_file(db_path)
+    if not os.path.exists(path) or not private_folder(os.path.dirname(path)):
         return None
-    request = dict(request, model=os.path.realpath(model_dir),
-                   text_model=os.path.realpath(text_model_dir) if text_model_dir else None)
+    request = {"args": list(args), "cwd": os.getcwd(),
+               "env": {key: value for key, value in os.environ.items() if key.startswith("CLIPSEARCH_")}}
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(CONNECT_TIMEOUT)
-            sock.connect(str(path))
+            sock.connect(path)
             sock.settimeout(ANSWER_TIMEOUT)
             sock.sendall(json.dumps(request).encode() + b"\n")
             chunks = []
@@ -65,19 +79,40 @@ def ask_server(db_path, model_dir, request: dict, text_model_dir=None):
         return None
     if not reply.get("ok"):
         return None
-    from clipsearch.search.answer import Answer
+    import sys
 
-    paths = [base64.b64decode(item) for item in reply["paths"]]
-    return Answer(list(zip(paths, reply["scores"])), reply["notes"],
-                  {paths[i]: meta for i, meta in reply["meta"]}, reply["ids"],
-                  {paths[i]: base64.b64decode(raw) for i, raw in reply.get("raw", [])})
+    try:
+        sys.stderr.write(reply["stderr"])
+        sys.stderr.flush()
+        sys.stdout.buffer.write(base64.b64decode(reply["stdout"]))
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader (e.g. `head`) has all it wanted
+        pass
+    return int(reply["code"])
+
+
+def db_path_of(args: list[str]):
+    """Which cache a query command line is for, to find its server's socket before click
+    parses anything: `--db PATH` / `--db=PATH`, else CLIPSEARCH_DB, else the data dir's. Only
+    routing: the server parses the line itself and declines one that is not for its cache."""
+    from clipsearch.config import default_db_file
+
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--db" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--db="):
+            return arg[5:]
+    return default_db_file()
 
 
 # -- server: `clipsearch serve` ---------------------------------------------------------------
 
-def serve_socket(db_path, model_dir, answer, text_model_dir=None) -> tuple[object, Path] | tuple[None, str]:
-    """Listen on the cache's socket in a daemon thread; `answer(request) -> Answer` runs a
-    query. (server, path), or (None, why not)."""
+def serve_socket(db_path, answer) -> tuple[object, Path] | tuple[None, str]:
+    """Listen on the cache's socket in a daemon thread; `answer(request)` parses and runs a
+    forwarded command line: {"code", "stdout" (bytes), "stderr"}, or None to let the client
+    run cold. (server, path), or (None, why not)."""
     import socketserver
     import threading
 
@@ -92,8 +127,6 @@ def serve_socket(db_path, model_dir, answer, text_model_dir=None) -> tuple[objec
             return None, "another clipsearch serve already answers queries on this cache"
         except OSError:
             path.unlink()  # left by a server that was killed
-    model = os.path.realpath(model_dir)
-    text_model = os.path.realpath(text_model_dir) if text_model_dir else None
 
     class Handler(socketserver.StreamRequestHandler):
         timeout = 10.0
@@ -113,14 +146,11 @@ def serve_socket(db_path, model_dir, answer, text_model_dir=None) -> tuple[objec
             if uid != os.getuid():
                 return {"ok": False}
             request = json.loads(self.rfile.readline(MAX_REQUEST))
-            if request.pop("model", None) != model or request.pop("text_model", None) != text_model:
-                return {"ok": False}
             found = answer(request)
-            return {"ok": True, "paths": [base64.b64encode(path).decode("ascii") for path, _ in found.results],
-                    "scores": [score for _, score in found.results], "notes": found.notes, "ids": found.ids,
-                    "meta": [[i, found.meta[path]] for i, (path, _) in enumerate(found.results) if path in found.meta],
-                    "raw": [[i, base64.b64encode(found.raw[path]).decode("ascii")]
-                            for i, (path, _) in enumerate(found.results) if path in found.raw]}
+            if found is None:
+                return {"ok": False}
+            return {"ok": True, "code": found["code"], "stderr": found["stderr"],
+                    "stdout": base64.b64encode(found["stdout"]).decode("ascii")}
 
     class Server(socketserver.ThreadingUnixStreamServer):
         daemon_threads = True

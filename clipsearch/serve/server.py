@@ -113,21 +113,15 @@ class App:
             store.close()
         return photo_json(row_id, path, None, meta, raw)
 
-    def local_query(self, request: dict):
-        """A `clipsearch query` sent over the local socket (`localsocket.py`): run_query's
-        arguments as the command line gave them, run warm."""
-        from clipsearch.search.filters import Filters
+    def local_query(self, kwargs: dict):
+        """A `clipsearch query` forwarded over the local socket, as `run_query`'s arguments
+        (parsed by `cli/query.answer_forwarded`), run warm."""
         from clipsearch.search.query import run_query
 
-        filters = dict(request.pop("filters"))
-        filters["near"] = tuple(filters["near"]) if filters["near"] else None
-        filters["tags"] = tuple(filters["tags"])
-        request["weighted"] = [tuple(pair) for pair in request["weighted"]]
         if not self.queries.acquire(timeout=ANSWER_WAIT):
             raise TimeoutError("busy")
         try:
-            return run_query(request.pop("texts"), self.db_path, self.model_dir, request.pop("top"),
-                             filters=Filters(**filters), engine=self.engine, **request)
+            return run_query(**kwargs, engine=self.engine)
         finally:
             self.queries.release()
 
