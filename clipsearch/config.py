@@ -18,6 +18,18 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def available_memory_mb() -> int | None:
+    """MemAvailable from /proc/meminfo (what can be used without swapping), or None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def home_dir() -> str:
     """`CLIPSEARCH_HOME`, else the platform's user data dir (~/.local/share/clipsearch)."""
     env = os.environ.get("CLIPSEARCH_HOME")

@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from clipsearch.config import available_cores
+from clipsearch.config import available_cores, available_memory_mb
 from clipsearch.errors import ClipsearchError
 
 from .embed import Result, result_for
@@ -37,18 +37,6 @@ POLL_SECONDS = 0.05  # how often memory and time are checked while results are a
 QUEUED_PER_WORKER = 2  # files handed to a worker at a time: one in progress, one waiting
 START_ATTEMPTS = 3  # workers that die before they are ready, in a row, before the run gives up
 START_SECONDS = 300.0  # to start and load the model (ViT-B/32 int8: ~1 s here, a few on a NAS)
-
-
-def available_memory_mb() -> int | None:
-    """MemAvailable from /proc/meminfo (what can be used without swapping), or None."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) // 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def default_workers() -> int:

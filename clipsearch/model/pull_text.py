@@ -164,19 +164,15 @@ def check_memory(fp32_bytes: int, source: Source, external: bool) -> None:
 
 
 def available_memory() -> int | None:
-    """MemAvailable (Linux), or None where it cannot be read; `CLIPSEARCH_MEMORY_AVAILABLE`
-    (bytes) overrides it, for a test to play a 4 GB NAS."""
+    """MemAvailable in bytes (Linux), or None where it cannot be read;
+    `CLIPSEARCH_MEMORY_AVAILABLE` (bytes) overrides it, for a test to play a 4 GB NAS."""
     forced = os.environ.get("CLIPSEARCH_MEMORY_AVAILABLE")
     if forced:
         return int(forced)
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    from clipsearch.config import available_memory_mb
+
+    megabytes = available_memory_mb()
+    return None if megabytes is None else megabytes << 20
 
 
 def out_hint() -> str:

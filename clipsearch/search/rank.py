@@ -36,8 +36,69 @@ class IntegerScorer:
         step = peak / 63.0
         return (np.rint(query / step) + 64).astype(np.uint8)[None], step
 
-    def dots(self, prepared: np.ndarray, block: np.ndarray) -> np.ndarray:
+    def dots(self, prepared: np.ndarray, block: np.ndarray, key=None) -> np.ndarray:
+        """`key` names a whole stored block (packed file, its version, first row): what a
+        `PrepackedScorer` keeps; this one packs the block for the GEMM on every call."""
         return self.session.run(None, {"query": prepared, "block": block, "query_zero": self.zero})[0][0]
+
+
+class PrepackedScorer(IntegerScorer):
+    """The server's scorer: each stored block of the current packed file becomes the constant
+    of its own session (`rank_constant.onnx`, the block given through the session options),
+    so onnxruntime packs it for its GEMM once instead of on every query. Measured for
+    2 x 65,536 rows: 2.2 ms a query instead of 33 ms. A session is built in a background
+    thread once its block is met (until it is ready, the plain path answers), they are all
+    dropped when an index run writes a new packed file, and only `budget` bytes of blocks are
+    kept this way (a block's packed copy is about its own size; the rest is scored plainly)."""
+
+    def __init__(self, budget: int):
+        super().__init__()
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.budget, self.used = budget, 0
+        self.sessions: dict = {}  # key -> (session, the block it holds), or None while being built
+        self.lock = threading.Lock()
+        self.builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipsearch-prepack")
+
+    def dots(self, prepared: np.ndarray, block: np.ndarray, key=None) -> np.ndarray:
+        built = self.sessions.get(key) if key is not None else None
+        if built is not None:
+            return built[0].run(None, {"query": prepared, "query_zero": self.zero})[0][0]
+        if key is not None:
+            self._schedule(key, block)
+        return super().dots(prepared, block)
+
+    def _schedule(self, key, block: np.ndarray) -> None:
+        with self.lock:
+            if key in self.sessions:
+                return
+            for old in [k for k in self.sessions if k[:2] != key[:2]]:  # a new packed file replaced that one
+                self.sessions.pop(old)
+                self.used -= old[3]
+            if self.used + block.nbytes > self.budget:
+                return
+            self.sessions[key] = None
+            self.used += block.nbytes
+        self.builder.submit(self._build, key, block)
+
+    def _build(self, key, block: np.ndarray) -> None:
+        import onnxruntime as ort
+
+        from clipsearch.model.encoders import session_options
+
+        options = session_options(None)
+        value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(block))
+        options.add_initializer("block", value)  # onnxruntime keeps a reference to, not a copy of, `value`
+        session = ort.InferenceSession(str(Path(__file__).with_name("rank_constant.onnx")), sess_options=options,
+                                       providers=["CPUExecutionProvider"])
+        with self.lock:
+            if key in self.sessions:  # not dropped meanwhile by a newer packed file
+                self.sessions[key] = (session, value)
+
+    def wait(self) -> None:
+        """Until every session asked for so far is built (tests, benchmarks)."""
+        self.builder.submit(lambda: None).result()
 
 
 # A block whose rows a filter keeps at most this share of has those rows gathered (np.take
@@ -84,7 +145,8 @@ def top_k(query: np.ndarray, store, dim: int, k: int, allowed_ids: np.ndarray | 
                     continue
                 if len(picked) <= GATHER * rows:
                     block, positions = np.take(block, picked, axis=1), start + picked
-            approx = scorer.dots(prepared, block) * (step * scales[positions])
+            whole = (packed.path, packed.seq, start, block.nbytes) if len(positions) == rows else None
+            approx = scorer.dots(prepared, block, whole) * (step * scales[positions])
             if len(positions) == rows:
                 approx[~kept] = -np.inf
             picked = np.argpartition(-approx, shortlist - 1)[:shortlist] if len(approx) > shortlist \

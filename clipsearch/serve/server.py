@@ -375,7 +375,8 @@ def is_loopback(host: str) -> bool:
 
 def make_server(db_path: Path, model_dir: Path, host: str, port: int, token: str | None, no_auth: bool,
                 threads: int | None = None, cache_mb: int | None = None,
-                new_token: bool = False, text_model_dir: Path | None = None) -> tuple[BoundedServer, str | None]:
+                new_token: bool = False, text_model_dir: Path | None = None,
+                rank_memory_mb: int | None = None) -> tuple[BoundedServer, str | None]:
     """The server, bound and warm, and the token it wants (None: none). Not started."""
     from clipsearch.cache.store import Store
     from clipsearch.config import home
@@ -385,7 +386,7 @@ def make_server(db_path: Path, model_dir: Path, host: str, port: int, token: str
 
     if not Path(db_path).exists():
         raise UsageError(f"{db_path}: no cache yet; run `clipsearch index PATH` first")
-    engine = WarmEngine(model_dir, threads, text_model_dir)
+    engine = WarmEngine(model_dir, threads, text_model_dir, rank_memory_mb)
     store = Store(db_path, readonly=True)
     try:
         engine.check(store)
