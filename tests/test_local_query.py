@@ -151,3 +151,27 @@ def test_the_data_dir_without_platformdirs_is_platformdirs_own(monkeypatch, tmp_
     else:
         monkeypatch.setenv("XDG_DATA_HOME", xdg)
     assert home_dir() == platformdirs.user_data_dir("clipsearch", appauthor=False)
+
+
+def test_the_clients_model_variable_not_the_servers(library, cli, tiny_model):  # noqa: F811
+    """A server started with CLIPSEARCH_MODEL answers a client whose CLIPSEARCH_MODEL names
+    another model as that client's cold run would (exit 5: the cache was built with another
+    model), never with the server's model."""
+    env = dict(os.environ, CLIPSEARCH_MODEL=str(cli.model), CLIPSEARCH_DB=str(cli.db))
+    server = subprocess.Popen([sys.executable, "-m", "clipsearch", "serve", "--port", "0"], cwd=REPO, env=env,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, lines = time.time() + 60, []
+        while not any("Ctrl-C" in line for line in lines) and time.time() < deadline:
+            lines.append(server.stderr.readline())
+        assert any("uses this server" in line for line in lines), lines
+        same = subprocess.run([sys.executable, "-m", "clipsearch", "query", "red", "--paths"], cwd=REPO, env=env,
+                              capture_output=True, timeout=60)
+        assert same.returncode == 0 and same.stdout.count(b"\n") == 5
+        other = dict(env, CLIPSEARCH_MODEL=str(tiny_model))
+        hot, cold = (subprocess.run([sys.executable, "-m", "clipsearch", "query", "red", *extra], cwd=REPO, env=other,
+                                    capture_output=True, timeout=60) for extra in ([], ["--no-server"]))
+        assert hot.returncode == cold.returncode == 5 and (hot.stdout, hot.stderr) == (cold.stdout, cold.stderr)
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -150,8 +150,11 @@ def answer_forwarded(request: dict, served: tuple, run) -> dict | None:
     # After `--` the parser may have a note to print: the client's own run says it.
     if env.get("CLIPSEARCH_HOME") != os.environ.get("CLIPSEARCH_HOME") or "--" in request["args"]:
         return None
-    envvars = {param.envvar for param in query.params if isinstance(param.envvar, str)}
-    with _PARSING:  # the options' environment variables are read while parsing: the client's, not ours
+    # The options' environment variables (CLIPSEARCH_TOP) and the defaults' (CLIPSEARCH_DB,
+    # CLIPSEARCH_MODEL) are read while parsing: the client's, not ours. CLIPSEARCH_HOME is
+    # the same on both sides (checked above), the only one other threads read meanwhile.
+    envvars = {name for name in [*os.environ, *env] if name.startswith("CLIPSEARCH_")} - {"CLIPSEARCH_HOME"}
+    with _PARSING:
         saved = {name: os.environ.pop(name, None) for name in envvars}
         os.environ.update({name: env[name] for name in envvars if name in env})
         try:
