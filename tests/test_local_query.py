@@ -175,3 +175,15 @@ def test_the_clients_model_variable_not_the_servers(library, cli, tiny_model):  
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_a_deleted_working_directory_runs_cold(warm, cli, monkeypatch):
+    """`os.getcwd()` fails in a deleted folder: the client runs cold (which then says what it
+    says), never a traceback from the warm path."""
+    from clipsearch.serve.localsocket import forward_query
+
+    def gone():
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(os, "getcwd", gone)
+    assert forward_query(["red"], cli.db) is None

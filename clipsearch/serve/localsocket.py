@@ -62,7 +62,11 @@ def forward_query(args: list[str], db_path) -> int | None:
     path = socket_file(db_path)
     if not os.path.exists(path) or not private_folder(os.path.dirname(path)):
         return None
-    request = {"args": list(args), "cwd": os.getcwd(),
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the working directory was deleted: the cold run says what that means
+        return None
+    request = {"args": list(args), "cwd": cwd,
                "env": {key: value for key, value in os.environ.items() if key.startswith("CLIPSEARCH_")}}
     # The C module itself: `socket` wraps it in enum and selectors machinery a one-shot client
     # never uses, measured 5 ms of a ~58 ms warm query process.
