@@ -91,16 +91,21 @@ def test_a_shared_sockets_folder_is_refused(library, cli):  # noqa: F811
     assert local is None and "only this user" in why
 
 
+def wait_for_socket(server: subprocess.Popen) -> None:
+    """Until a `clipsearch serve` process says its local socket answers queries."""
+    deadline, lines = time.time() + 60, []
+    while not any("Ctrl-C" in line for line in lines) and time.time() < deadline:
+        lines.append(server.stderr.readline())
+    assert any("uses this server" in line for line in lines), lines
+
+
 def test_serve_and_query_as_processes_and_a_killed_server(library, cli):  # noqa: F811
     env = dict(os.environ)
     args = ["--db", str(cli.db), "--model", str(cli.model)]
     server = subprocess.Popen([sys.executable, "-m", "clipsearch", "serve", *args, "--port", "0"], cwd=REPO, env=env,
                               stderr=subprocess.PIPE, text=True)
     try:
-        deadline, lines = time.time() + 60, []
-        while not any("Ctrl-C" in line for line in lines) and time.time() < deadline:
-            lines.append(server.stderr.readline())
-        assert any("uses this server" in line for line in lines), lines
+        wait_for_socket(server)
 
         def query(*extra):
             return subprocess.run([sys.executable, "-m", "clipsearch", "query", "red", "--json", *args, *extra],
@@ -161,10 +166,7 @@ def test_the_clients_model_variable_not_the_servers(library, cli, tiny_model):  
     server = subprocess.Popen([sys.executable, "-m", "clipsearch", "serve", "--port", "0"], cwd=REPO, env=env,
                               stderr=subprocess.PIPE, text=True)
     try:
-        deadline, lines = time.time() + 60, []
-        while not any("Ctrl-C" in line for line in lines) and time.time() < deadline:
-            lines.append(server.stderr.readline())
-        assert any("uses this server" in line for line in lines), lines
+        wait_for_socket(server)
         same = subprocess.run([sys.executable, "-m", "clipsearch", "query", "red", "--paths"], cwd=REPO, env=env,
                               capture_output=True, timeout=60)
         assert same.returncode == 0 and same.stdout.count(b"\n") == 5

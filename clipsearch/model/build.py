@@ -21,6 +21,7 @@ Quantization choices (measured; see docs/design.md "Quantization: what and why")
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -228,6 +229,24 @@ def finish_folder(work: Path, data: dict, graph_files: dict[str, Path]) -> Manif
     data["reference"] = reference_values(manifest)
     (work / "manifest.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest
+
+
+@contextlib.contextmanager
+def installing(work: Path):
+    """Building a model folder in `work`: on any failure the folder goes, and a source the
+    runtime cannot reproduce is said in one line (`models pull`, both kinds of model)."""
+    from clipsearch.errors import ModelError
+
+    from .layouts import UnsupportedSource
+
+    try:
+        yield
+    except UnsupportedSource as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        raise ModelError(f"{exc}; nothing was installed") from None
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 def work_dir(out: Path) -> Path:

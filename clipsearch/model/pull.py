@@ -99,7 +99,7 @@ def _pull_one(source: Source, out: Path | None, progress, log) -> dict:
         fetched[role] = fetch(source.repo, source.revision, path, target, source.files.get(path), report)
     commit = next((f.commit for f in fetched.values() if f.commit), None)
     work = modelbuild.work_dir(out)
-    try:
+    with modelbuild.installing(work):
         data = _manifest_data(source, {role: f.path for role, f in fetched.items()}, work, commit)
         check_config_values(source, data["image"], data["embedding_dim"])
         fp32 = {"vision": work / "vision.fp32.onnx", "text": work / "text.fp32.onnx"}
@@ -137,12 +137,6 @@ def _pull_one(source: Source, out: Path | None, progress, log) -> dict:
         for path in [*fp32.values(), *int8.values()]:
             path.unlink()
         modelbuild.replace_dir(work, out)
-    except UnsupportedSource as exc:
-        shutil.rmtree(work, ignore_errors=True)
-        raise ModelError(f"{exc}; nothing was installed") from None
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     shutil.rmtree(downloads.parent, ignore_errors=True)
     return {"folder": str(out), "model_id": manifest.model_id, "seconds": round(time.perf_counter() - started, 1),
             "fidelity": data["fidelity"],

@@ -53,7 +53,7 @@ def pull_text_tower(source: Source, out: Path, downloads: Path, progress, log) -
     data_files = [_fetch(fetch, source, f"{folder}{name}", downloads, progress) for name in extra]
     commit = next((f.commit for f in fetched.values() if f.commit), None)
     work = modelbuild.work_dir(out)
-    try:
+    with modelbuild.installing(work):
         data = build_fp32(source, {role: f.path for role, f in fetched.items()},
                           {name: f.path for name, f in zip(extra, data_files)}, work, move=True)
         data["source"]["commit"] = commit
@@ -83,12 +83,6 @@ def pull_text_tower(source: Source, out: Path, downloads: Path, progress, log) -
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         manifest = modelbuild.finish_folder(work, data, {})
         modelbuild.replace_dir(work, out)
-    except UnsupportedSource as exc:
-        shutil.rmtree(work, ignore_errors=True)
-        raise ModelError(f"{exc}; nothing was installed") from None
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     shutil.rmtree(downloads.parent, ignore_errors=True)
     return {"folder": str(out), "model_id": manifest.model_id, "seconds": round(time.perf_counter() - started, 1),
             "fidelity": data["fidelity"], "known_worst": None, "pairs_with": source.pairs_with}
