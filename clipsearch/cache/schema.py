@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # A path's last four bytes as lower-case text (".nef"): what RAW files are counted by.
 SUFFIX = "lower(CAST(substr(filepath, -4) AS TEXT))"
 # Readers (query, status) open any version from this one on without upgrading: later steps
 # only add what writers use (v2: the keywords `tag` wrote; v3: what photos say about themselves;
-# v4: what a failure or a metadata problem depended on; v5: the RAW file paired with a photo; v6: perceptual prints, damage).
+# v4: what a failure or a metadata problem depended on; v5: the RAW file paired with a photo; v6: perceptual prints, damage; v7: the shards a library lists).
 READABLE_FROM = 1
 
 
@@ -147,7 +147,24 @@ def _v6(db: sqlite3.Connection) -> None:
     db.execute(f"CREATE INDEX IF NOT EXISTS images_suffix ON images({SUFFIX})")
 
 
+def _v7(db: sqlite3.Connection) -> None:
+    # v7: the shards of a library (`cache/library.py`): the library database lists the other
+    # databases that hold its folders, one per folder given to `index` (in the data dir, or on
+    # the disk itself with `--shard-on-disk`), and how many photos each held at its last run
+    # (what a query says it leaves out while one is unplugged).
+    db.execute("""
+        CREATE TABLE IF NOT EXISTS shards (
+            number INTEGER PRIMARY KEY,
+            root BLOB NOT NULL UNIQUE,
+            location TEXT NOT NULL,
+            portable INTEGER NOT NULL DEFAULT 0,
+            photos INTEGER NOT NULL DEFAULT 0,
+            uuid TEXT NOT NULL,
+            added_at REAL NOT NULL
+        )""")
+
+
 # Upgrade steps: MIGRATIONS[n] takes a database at version n to n + 1. Each runs in one
 # transaction together with the user_version bump, so a kill mid-upgrade leaves the old
 # version intact and the next run simply upgrades again.
-MIGRATIONS = {0: _v1, 1: _v2, 2: _v3, 3: _v4, 4: _v5, 5: _v6}
+MIGRATIONS = {0: _v1, 1: _v2, 2: _v3, 3: _v4, 4: _v5, 5: _v6, 6: _v7}

@@ -24,6 +24,7 @@ from .store_pairs import PairQueries
 from .store_photos import PhotoQueries
 from .store_prints import PrintQueries
 from .store_runs import RunQueries
+from .store_shards import ShardQueries
 
 
 class KnownRow(NamedTuple):
@@ -41,7 +42,7 @@ class KnownRow(NamedTuple):
     printed: bool = True  # its perceptual print was made (or found impossible); False: decode it for one
 
 
-class Store(PhotoQueries, RunQueries, PairQueries, PrintQueries):
+class Store(PhotoQueries, RunQueries, PairQueries, PrintQueries, ShardQueries):
     def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
         self.readonly = readonly
@@ -297,6 +298,9 @@ class Store(PhotoQueries, RunQueries, PairQueries, PrintQueries):
         """(id, deleted, vector, scale) of the rows written after change counter `seq`."""
         return self.query("SELECT id, deleted, vector, scale FROM images WHERE seq > ?", (seq,))
 
+    def changed_ids_since(self, seq: int) -> list[int]:
+        return [row[0] for row in self.query("SELECT id FROM images WHERE seq > ?", (seq,))]
+
     def unit_vectors(self, row_ids: list[int]) -> dict:
         """Row id -> its stored vector as a float32 unit vector (live rows only)."""
         import numpy as np
@@ -405,7 +409,10 @@ class Store(PhotoQueries, RunQueries, PairQueries, PrintQueries):
 
     def purge_deleted(self, older_than_days: float = 30.0) -> int:
         """Forget soft-deleted rows for good. They are kept a while so a file moved out of the
-        library and back (or across two runs) keeps its vector."""
-        cursor = self.db.execute("DELETE FROM images WHERE deleted = 1 AND deleted_at < ?",
-                                 (time.time() - older_than_days * 86400,))
-        return cursor.rowcount
+        library and back (or across two runs) keeps its vector. Returns the newest change
+        counter among them (0: none): a packed file older than that still holds one."""
+        before = time.time() - older_than_days * 86400
+        newest = self.db.execute("SELECT MAX(seq) FROM images WHERE deleted = 1 AND deleted_at < ?",
+                                 (before,)).fetchone()[0]
+        self.db.execute("DELETE FROM images WHERE deleted = 1 AND deleted_at < ?", (before,))
+        return newest or 0

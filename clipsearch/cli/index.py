@@ -10,7 +10,7 @@ import click
 
 from clipsearch.errors import LockedError, UsageError
 
-from .options import PROGRESS, db_option, handle_errors, load_model, model_option, threads_option, warn
+from .options import PROGRESS, db_option, default_library, handle_errors, load_model, model_option, threads_option, warn
 
 
 @click.command()
@@ -55,10 +55,13 @@ from .options import PROGRESS, db_option, handle_errors, load_model, model_optio
 @click.option("--retry-failed", is_flag=True,
               help="Try the remembered failures again, changed or not (those under PATHS; without PATHS, the whole "
                    "library). `clipsearch status --failed` lists them.")
+@click.option("--shard-on-disk", "on_disk", is_flag=True,
+              help="Keep the shard of each folder given on its disk (FOLDER/.clipsearch/): another machine "
+                   "with the same model adopts it, nothing embedded again (docs/indexing.md \"Shards\").")
 @click.option("-q", "--quiet", is_flag=True, envvar="CLIPSEARCH_QUIET", help="Print only warnings and errors (for cron).")
 def index(paths, db_path, model_dir, workers, file_timeout, worker_memory, batch_size, threads, excludes, no_default_excludes, list_excludes,
           follow_links, wait_seconds, commit_seconds, exact_decode, allow_empty, cluster, cluster_insecure, cluster_inflight,
-          retry_failed, quiet):
+          retry_failed, on_disk, quiet):
     """Embed new and changed images under PATHS (default: the current folder) into the cache."""
     from clipsearch.photos.walk import DEFAULT_EXCLUDES
 
@@ -88,7 +91,7 @@ def index(paths, db_path, model_dir, workers, file_timeout, worker_memory, batch
         progress = None if quiet or not sys.stderr.isatty() else ProgressLine(options.workers)
         try:
             summary = index_paths(list(paths) or ([] if retry_failed else ["."]), db_path, load_model(model_dir), options,
-                                  warn, progress, wait_seconds)
+                                  warn, progress, wait_seconds, on_disk=on_disk, per_folder=default_library())
         except LockedError:
             if quiet:  # cron: a run still busy with a long first index is not news; exit 75 says it
                 sys.exit(LockedError.exit_code)

@@ -61,6 +61,14 @@ def db_option(f):
                         help="Cache database [env CLIPSEARCH_DB; default <CLIPSEARCH_HOME>/index.db].")(f)
 
 
+def default_library() -> bool:
+    """The library is the data dir's (no --db, no CLIPSEARCH_DB): one shard per folder there;
+    a database named by the user stays one file (`index/shards.py`)."""
+    ctx = click.get_current_context()
+    return (ctx.get_parameter_source("db_path") == click.core.ParameterSource.DEFAULT
+            and not os.environ.get("CLIPSEARCH_DB"))
+
+
 def model_option(f):
     return click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
                         callback=lambda ctx, param, value: value or default_model_dir(),

@@ -150,13 +150,17 @@ class Indexer:
 
     # -- the run ---------------------------------------------------------------------------
 
-    def run(self, roots: list[bytes]) -> Summary:
+    def run(self, roots: list[bytes], embedder: Embedder | None = None) -> Summary:
+        """Index `roots` into this store. `embedder`: a pool shared by the runs of several
+        shards (`index/run.py`), which its owner closes; by default one of the run's own."""
         if self.options.count_first:
-            self.summary.pending_total = sum(count_pending(self.store, root, self.options) for root in roots)
+            self.summary.pending_total = ((self.summary.pending_total or 0)
+                                          + sum(count_pending(self.store, root, self.options) for root in roots))
         from clipsearch.photos.prints import VERSION
 
         self.write().check_print_version(VERSION)  # prints of another version are made again
-        embedder = worker_pool(self.manifest, self.options, self.warn)
+        own = embedder is None
+        embedder = embedder or worker_pool(self.manifest, self.options, self.warn)
         if isinstance(embedder, WorkerPool):
             self.bounds = {"timeout": embedder.file_timeout, "memory": embedder.memory_mb}
         try:
@@ -171,9 +175,11 @@ class Indexer:
             try:
                 self.maybe_commit(force=True)
             finally:
-                embedder.close(cancel=True)
+                if own:
+                    embedder.close(cancel=True)
             raise
-        embedder.close()
+        if own:
+            embedder.close()
         return self.summary
 
     def index_root(self, root: bytes, embedder: Embedder) -> None:

@@ -15,14 +15,20 @@ from .indexer import IndexOptions, count_pending
 
 
 def status_report(db_path: Path, model_dir: Path) -> dict:
+    from clipsearch.cache.library import Library
     from clipsearch.cache.packed import packed_status
 
-    store = Store(db_path, readonly=True)
+    library = Library(db_path)
+    store = library.home
     try:
-        counts = store.counts()
+        stores = [shard_store for _, shard_store in library.each()]
+        counts = library.counts()
         last = store.last_run()
-        folders = library_folders(store)
+        folders = sorted({folder for shard_store in stores for folder in library_folders(shard_store)}
+                         | {os.fsdecode(shard.root) for shard in library.absent})
         missing = [folder for folder in folders if not mounted(folder)]
+        raw = _summed(shard_store.raw_counts(RAW) for shard_store in stores)
+        packed = {packed_status(shard_store) for shard_store in stores}
         report = {
             "database": str(db_path),
             "database_mb": round(sum(p.stat().st_size for p in db_path.parent.glob(db_path.name + "*")
@@ -30,23 +36,28 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
             "schema_version": store.version,
             "library_folders": folders,
             **({"missing_folders": missing} if missing else {}),
+            **({"shards": shard_lines(library)} if library.sharded else {}),
             "indexed": counts["indexed"],
             # Each pair is one photo among `indexed`; `--json` keeps the numbers.
-            "raw_files": {"alone": (raw := store.raw_counts(RAW))["raw"], "in RAW+JPEG pairs": raw["pairs"]},
+            "raw_files": {"alone": raw.get("raw", 0), "in RAW+JPEG pairs": raw.get("pairs", 0)},
             "failed": counts["failed"],
-            "damaged": len(store.damaged_ids()),
+            "damaged": sum(len(shard_store.damaged_ids()) for shard_store in stores),
             # Photos indexed before prints were kept: the next `index` decodes them for one.
-            "awaiting_print": store.unprinted_count(),
+            "awaiting_print": sum(shard_store.unprinted_count() for shard_store in stores),
             "deleted_kept_for_moves": counts["deleted_kept"],
-            "model_name": store.meta("model_name"),
-            "model_id": store.meta("model_id"),
-            "preprocessing": store.meta("pipeline"),
-            "packed_vectors": packed_status(store),
+            "model_name": library.meta("model_name"),
+            "model_id": library.meta("model_id"),
+            "preprocessing": library.meta("pipeline"),
+            "packed_vectors": packed.pop() if len(packed) == 1 else "; ".join(sorted(packed)),
         }
-        report["metadata"] = store.meta_coverage()
+        report["metadata"] = library.meta_coverage()
         report["formats"] = formats_line()
         other_files: dict[str, int] = {}
-        pending = _pending(store, [folder for folder in folders if folder not in missing], other_files)
+        pending = None
+        for shard_store in stores:
+            present = [folder for folder in library_folders(shard_store) if folder not in missing]
+            found = _pending(shard_store, present, other_files)
+            pending = found if pending is None else pending + (found or 0)
         if pending is not None:
             report["pending"] = pending
             report["skipped_by_extension"] = dict(sorted(other_files.items(), key=lambda item: (-item[1], item[0])))
@@ -64,7 +75,27 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
                 report["warning"] = loaded.untrained
         return report
     finally:
-        store.close()
+        library.close()
+
+
+def shard_lines(library) -> list[str]:
+    """One line per shard: its folder, photos, where it is kept, whether it is there."""
+    lines = []
+    for shard in library.home.shard_rows():
+        there = shard.number in library.stores
+        photos = library.stores[shard.number].counts()["indexed"] if there else shard.photos
+        lines.append(f"{os.fsdecode(shard.root)}: {photos} photos, "
+                     + ("on its disk" if shard.portable else f"in {shard.location}")
+                     + ("" if there else " (NOT THERE: left out of answers until it is back)"))
+    return lines
+
+
+def _summed(dicts) -> dict:
+    total: dict = {}
+    for counts in dicts:
+        for key, value in counts.items():
+            total[key] = total.get(key, 0) + value
+    return total
 
 
 def failed_report(db_path: Path, paths: list[str]) -> list[dict]:
@@ -72,11 +103,7 @@ def failed_report(db_path: Path, paths: list[str]) -> list[dict]:
     the next run retries it by itself (its environment changed, `photos/readers.retry_due`)."""
     from clipsearch.photos.readers import retry_due
 
-    store = Store(db_path, readonly=True)
-    try:
-        rows = store.failed_rows([normalise_root(p) for p in paths] or None)
-    finally:
-        store.close()
+    rows = sorted(_each_store(db_path, lambda store: store.failed_rows([normalise_root(p) for p in paths] or None)))
     report = []
     for path, error, size, mtime_ns, failed_at, failure in rows:
         row = {"path": os.fsdecode(path), "error": error, "size": size,
@@ -92,14 +119,21 @@ def failed_report(db_path: Path, paths: list[str]) -> list[dict]:
 
 def damaged_report(db_path: Path, paths: list[str]) -> list[dict]:
     """`status --damaged`: the photos indexed from the part of them that decodes, and what is missing."""
-    store = Store(db_path, readonly=True)
-    try:
-        rows = store.damaged_rows([normalise_root(p) for p in paths] or None)
-    finally:
-        store.close()
+    rows = sorted(_each_store(db_path, lambda store: store.damaged_rows([normalise_root(p) for p in paths] or None)))
     return [{"path": os.fsdecode(path), "damage": damage, "size": size,
              "modified": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mtime_ns / 1e9))}
             for path, damage, size, mtime_ns in rows]
+
+
+def _each_store(db_path: Path, read) -> list:
+    """`read(store)` over every present database of the library, concatenated."""
+    from clipsearch.cache.library import Library
+
+    library = Library(db_path)
+    try:
+        return [row for _, store in library.each() for row in read(store)]
+    finally:
+        library.close()
 
 
 def mounted(folder: str) -> bool:

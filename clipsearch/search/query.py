@@ -141,10 +141,11 @@ class WarmEngine:
     def warm(self) -> None:
         self.text.encode(["a photo"])
 
-    def check(self, store) -> None:
-        """The cache was indexed with this model, and the text tower searches its photos."""
-        store.check_model(self.manifest.model_id, self.manifest.name, claim=False)
-        check_text_model(store, self.manifest, self.text_manifest)
+    def check(self, library) -> None:
+        """The library (`cache/library.Library`) was indexed with this model, and the text
+        tower searches its photos."""
+        library.check_model(self.manifest.model_id, self.manifest.name)
+        check_text_model(library, self.manifest, self.text_manifest)
 
 
 def run_query(texts: list[str], db_path, model_dir, top: int | None = DEFAULT_TOP, *, weighted=(), negated=(), like=(),
@@ -177,49 +178,50 @@ def run_query(texts: list[str], db_path, model_dir, top: int | None = DEFAULT_TO
     prefetch_texts = [term.value for term in terms if term.kind == "text"]
     prefetch = TokenPrefetch(text_manifest, prefetch_texts) if prefetch_texts and engine is None else None
 
-    from clipsearch.cache.store import Store
+    from clipsearch.cache.library import Library
     from clipsearch.photos.walk import normalise_root
 
-    store = Store(db_path, readonly=True)
+    from . import fanout
+
+    library = Library(db_path)
+    absent = library.absent_notes()
     try:
-        store.check_model(manifest.model_id, manifest.name, claim=False)
-        check_text_model(store, manifest, text_manifest)
+        library.check_model(manifest.model_id, manifest.name)
+        check_text_model(library, manifest, text_manifest)
         folder = None
         if within is not None:
             if not os.path.isdir(within):
                 raise UsageError(f"{within}: --in needs an existing folder")
             folder = normalise_root(within)
-        from .select import select_rows
-
-        selection = select_rows(store, manifest.embedding_dim, filters, folder) if filters.active else None
+        chosen = fanout.selections(library, manifest.embedding_dim, filters, folder) if filters.active else None
         if listing:
-            order = selection.newest_first(top + offset if top else None)[offset:]
-            paths = store.paths_of(order)
+            order = fanout.newest(chosen, top + offset if top else None)[offset:]
+            paths = library.paths_of(order)
             found = [(row_id, paths[row_id], None) for row_id in order if row_id in paths]
-        elif selection is not None and not len(selection):
+        elif chosen is not None and not sum(len(selection) for selection in chosen.values()):
             found = []
         else:
-            stored = store.unit_vectors([int(t.value) for t in terms if t.kind == "row"])
+            stored = library.unit_vectors([int(t.value) for t in terms if t.kind == "row"])
             missing = [t.value for t in terms if t.kind == "row" and int(t.value) not in stored]
             if missing:
                 raise UsageError(f"photo #{missing[0]} is not in the cache (any more): search again")
-            vector = query_vector(terms, manifest, threads, prefetch, store.meta("pipeline"),
+            vector = query_vector(terms, manifest, threads, prefetch, library.meta("pipeline"),
                                   engine.text if engine is not None else None, stored, text_manifest)
             if top is None:
-                top = max(1, store.counts()["indexed"]) if min_score is not None else DEFAULT_TOP
-            found = ranked(store, manifest, vector, top + offset, folder, selection=selection,
-                           scorer=engine.scorer if engine is not None else None)[offset:]
+                top = max(1, library.counts()["indexed"]) if min_score is not None else DEFAULT_TOP
+            found = fanout.rank(library, manifest, vector, top + offset, folder, chosen,
+                                engine.scorer if engine is not None else None)[offset:]
             if min_score is not None and found and found[0][2] < min_score:
                 return Answer([], [f"clipsearch: no photo reaches --min-score {min_score} (the best scores "
-                                   f"{found[0][2]:.4f})"])
+                                   f"{found[0][2]:.4f})"] + absent)
             if min_score is not None:
                 found = [row for row in found if row[2] >= min_score]
-        meta = store.metadata_of([row[0] for row in found]) if (with_meta or sort == "date") and found else {}
-        companions = store.companions_of([row[0] for row in found])
-        coverage = store.meta_coverage() if filters.active and not found else None
-        indexed = store.counts()["indexed"] if coverage else 0
+        meta = library.metadata_of([row[0] for row in found]) if (with_meta or sort == "date") and found else {}
+        companions = library.companions_of([row[0] for row in found])
+        coverage = library.meta_coverage() if filters.active and not found else None
+        indexed = library.counts()["indexed"] if coverage else 0
     finally:
-        store.close()
+        library.close()
     if sort == "date":
         found.sort(key=lambda row: (meta.get(row[0], {}).get("taken_key") is None,
                                     -(meta.get(row[0], {}).get("taken_key") or 0)))
@@ -227,11 +229,11 @@ def run_query(texts: list[str], db_path, model_dir, top: int | None = DEFAULT_TO
         if coverage is not None and indexed:
             unread = indexed - coverage["read"]
             hint = f"; the metadata of {unread} photos is not read yet: run `clipsearch index`" if unread else ""
-            return Answer([], [f"clipsearch: no photo matches the filters{hint}"])
-        return Answer([], [no_results_reason(within, store.path)])
+            return Answer([], [f"clipsearch: no photo matches the filters{hint}"] + absent)
+        return Answer([], [no_results_reason(within, library.path)] + absent)
     results = [(path, score) for _, path, score in found]
     by_path = {path: meta[row_id] for row_id, path, _ in found if row_id in meta} if with_meta else {}
-    return Answer(results, [f"note: {manifest.untrained}"] if manifest.untrained else [], by_path,
+    return Answer(results, ([f"note: {manifest.untrained}"] if manifest.untrained else []) + absent, by_path,
                   [row_id for row_id, _, _ in found], {path: companions[row_id] for row_id, path, _ in found
                                                        if row_id in companions})
 

@@ -1,7 +1,7 @@
 """The page's Duplicates view: `/api/duplicates`, the groups of `clipsearch duplicates` as JSON
 (`health/report.py`, the one entry point), a page of groups at a time. Grouping a library takes
 seconds (100,000 photos: 3.8 s), so the report is kept until the cache changes (its change
-counter moves) and pages are cut from it."""
+counters move) and pages are cut from it."""
 from __future__ import annotations
 
 import threading
@@ -15,17 +15,17 @@ class DuplicatesView:
 
     def page(self, kind: str, offset: int, top: int) -> dict:
         """`kind`: "exact,same" and the like (empty: all kinds)."""
-        from clipsearch.cache.store import Store
+        from clipsearch.cache.library import Library
         from clipsearch.health.duplicates import KINDS
         from clipsearch.health.report import duplicate_report, group_json
 
         kinds = tuple(k for k in KINDS if k in kind.split(",")) or KINDS
 
-        store = Store(self.db_path, readonly=True)
+        library = Library(self.db_path)
         try:
-            seq = store.current_seq()
+            seq = library.change_counters()
         finally:
-            store.close()
+            library.close()
         with self.lock:  # one grouping at a time; the next requests use its result
             if self.kept is None or self.kept[:2] != (seq, kinds):
                 self.kept = (seq, kinds, duplicate_report(self.db_path, self.model_dir, kinds))

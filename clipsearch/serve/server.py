@@ -102,15 +102,15 @@ class App:
 
     def facts(self, row_id: int) -> dict:
         """One photo's facts (`/api/photo/ID`): a `#view=ID` link opened on its own."""
-        from clipsearch.cache.store import Store
+        from clipsearch.cache.library import Library
         from clipsearch.search.answer import photo_json
 
         path = self.photo_row(row_id)[0]
-        store = Store(self.db_path, readonly=True)
+        library = Library(self.db_path)
         try:
-            meta, raw = store.metadata_of([row_id]).get(row_id, {}), store.companions_of([row_id]).get(row_id)
+            meta, raw = library.metadata_of([row_id]).get(row_id, {}), library.companions_of([row_id]).get(row_id)
         finally:
-            store.close()
+            library.close()
         return photo_json(row_id, path, None, meta, raw)
 
     def local_query(self, kwargs: dict):
@@ -126,13 +126,13 @@ class App:
             self.queries.release()
 
     def photo_row(self, row_id: int) -> tuple:
-        from clipsearch.cache.store import Store
+        from clipsearch.cache.library import Library
 
-        store = Store(self.db_path, readonly=True)
+        library = Library(self.db_path)
         try:
-            row = store.photo_row(row_id)
+            row = library.photo_row(row_id)
         finally:
-            store.close()
+            library.close()
         if row is None:
             raise BadRequest(HTTPStatus.NOT_FOUND, f"no photo #{row_id} in the cache")
         return row
@@ -156,17 +156,17 @@ class App:
 
     def original(self, row_id: int, raw: bool = False) -> tuple[bytes, str, str | None]:
         """The photo's bytes, type and download name (a RAW's); `raw`: its RAW+JPEG pair's RAW."""
-        from clipsearch.cache.store import Store
+        from clipsearch.cache.library import Library
 
         from .thumbnails import PhotoChanged, original_file
 
         row = self.photo_row(row_id)
         if raw:
-            store = Store(self.db_path, readonly=True)
+            library = Library(self.db_path)
             try:
-                row = (store.companions_of([row_id]).get(row_id), None, None, None)
+                row = (library.companions_of([row_id]).get(row_id), None, None, None)
             finally:
-                store.close()
+                library.close()
             if row[0] is None:
                 raise BadRequest(HTTPStatus.NOT_FOUND, f"photo #{row_id} has no RAW file beside it")
         try:
@@ -378,7 +378,7 @@ def make_server(db_path: Path, model_dir: Path, host: str, port: int, token: str
                 new_token: bool = False, text_model_dir: Path | None = None,
                 rank_memory_mb: int | None = None) -> tuple[BoundedServer, str | None]:
     """The server, bound and warm, and the token it wants (None: none). Not started."""
-    from clipsearch.cache.store import Store
+    from clipsearch.cache.library import Library
     from clipsearch.config import home
     from clipsearch.search.query import WarmEngine
 
@@ -387,11 +387,11 @@ def make_server(db_path: Path, model_dir: Path, host: str, port: int, token: str
     if not Path(db_path).exists():
         raise UsageError(f"{db_path}: no cache yet; run `clipsearch index PATH` first")
     engine = WarmEngine(model_dir, threads, text_model_dir, rank_memory_mb)
-    store = Store(db_path, readonly=True)
+    library = Library(db_path)
     try:
-        engine.check(store)
+        engine.check(library)
     finally:
-        store.close()
+        library.close()
     engine.warm()
     local = is_loopback(host)
     if no_auth:

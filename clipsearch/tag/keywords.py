@@ -67,62 +67,67 @@ def tag_query(keyword: str, texts: list[str], db_path: Path, model_dir: Path, op
 def untag(keyword: str, db_path: Path, options: TagOptions, warn: Callable[[bytes, str], None],
           within: str | None = None) -> TagReport:
     """Remove from the sidecars exactly the values `tag` added for `keyword`."""
-    from clipsearch.cache.store import Store
+    from clipsearch.cache.library import Library
     from clipsearch.photos.walk import normalise_root
 
     check_keyword(keyword)
     report = TagReport()
-    store = Store(db_path)
+    library = Library(db_path, readonly=False)
     try:
-        records: dict[tuple[int, bytes, bytes], list[tuple[str, str]]] = {}
-        for image_id, photo, sidecar, field_name, value in store.keywords_added(
-                keyword, normalise_root(within) if within else None):
-            records.setdefault((image_id, photo, sidecar), []).append((field_name, value))
-        report.photos = len({photo for _, photo, _ in records})
-        for (image_id, photo, recorded), values in records.items():
-            # A photo moved since (the cache follows moves) usually took its sidecar along.
-            targets = [recorded] if os.path.lexists(recorded) else sidecar_paths(photo)
-            removed = []
-            for sidecar_path in targets:
-                try:
-                    sidecar = read_sidecar(sidecar_path)
-                    gone = [value for field_name, value in values if sidecar.remove(field_name, value)]
-                    if gone and not options.dry_run:
-                        if sidecar.only_ours_left():
-                            delete_sidecar(sidecar)  # clipsearch made it, and it now says nothing
-                        else:
-                            write_sidecar(sidecar)
-                except SidecarError as exc:
-                    report.failed += 1
-                    warn(sidecar_path, f"{exc}; {keyword!r} not removed from it")
-                    break
-                if gone:
-                    removed.append(sidecar_path)
-                    report.changes.append((photo, sidecar_path, keyword, gone))
-            else:
-                if not options.dry_run:
-                    with store.atomic():
-                        store.forget_keywords(image_id, keyword, recorded)
-                report.written += len(removed)
-                report.unchanged += not removed
+        for _, store in library.each():
+            untag_in(store, keyword, normalise_root(within) if within else None, options, warn, report)
     finally:
-        store.close()
+        library.close()
     return report
+
+
+def untag_in(store, keyword: str, root: bytes | None, options: TagOptions, warn, report: TagReport) -> None:
+    """`untag` in one database of the library (the keywords a shard's photos got are in it)."""
+    records: dict[tuple[int, bytes, bytes], list[tuple[str, str]]] = {}
+    for image_id, photo, sidecar, field_name, value in store.keywords_added(keyword, root):
+        records.setdefault((image_id, photo, sidecar), []).append((field_name, value))
+    report.photos += len({photo for _, photo, _ in records})
+    for (image_id, photo, recorded), values in records.items():
+        # A photo moved since (the cache follows moves) usually took its sidecar along.
+        targets = [recorded] if os.path.lexists(recorded) else sidecar_paths(photo)
+        removed = []
+        for sidecar_path in targets:
+            try:
+                sidecar = read_sidecar(sidecar_path)
+                gone = [value for field_name, value in values if sidecar.remove(field_name, value)]
+                if gone and not options.dry_run:
+                    if sidecar.only_ours_left():
+                        delete_sidecar(sidecar)  # clipsearch made it, and it now says nothing
+                    else:
+                        write_sidecar(sidecar)
+            except SidecarError as exc:
+                report.failed += 1
+                warn(sidecar_path, f"{exc}; {keyword!r} not removed from it")
+                break
+            if gone:
+                removed.append(sidecar_path)
+                report.changes.append((photo, sidecar_path, keyword, gone))
+        else:
+            if not options.dry_run:
+                with store.atomic():
+                    store.forget_keywords(image_id, keyword, recorded)
+            report.written += len(removed)
+            report.unchanged += not removed
 
 
 def apply_keywords(chosen: dict[bytes, list[str]], db_path: Path, options: TagOptions,
                    warn: Callable[[bytes, str], None]) -> TagReport:
     """Add each photo's keywords to its sidecar(s): the existing ones, else a new one."""
-    from clipsearch.cache.store import Store
+    from clipsearch.cache.library import Library, split_id
 
     report = TagReport(photos=len(chosen))
-    store = Store(db_path, readonly=options.dry_run)
+    library = Library(db_path, readonly=options.dry_run)
     try:
         ids = {}
         paths = sorted(chosen)
         for start in range(0, len(paths), 500):
-            ids.update(store.image_ids(paths[start : start + 500]))
-        companions = store.companions_of(list(ids.values()))
+            ids.update(library.image_ids(paths[start : start + 500]))
+        companions = library.companions_of(list(ids.values()))
         for photo in paths:
             for sidecar_path, new in sidecar_targets(photo, companions.get(ids.get(photo)), options.style):
                 try:
@@ -149,10 +154,12 @@ def apply_keywords(chosen: dict[bytes, list[str]], db_path: Path, options: TagOp
                 for keyword, values in added.items():
                     report.changes.append((photo, sidecar_path, keyword, [value for _, value in values]))
                     if not options.dry_run and photo in ids:
+                        number, row_id = split_id(ids[photo])
+                        store = library.stores[number]
                         with store.atomic():
-                            store.record_keywords(ids[photo], keyword, sidecar_path, values)
+                            store.record_keywords(row_id, keyword, sidecar_path, values)
     finally:
-        store.close()
+        library.close()
     return report
 
 

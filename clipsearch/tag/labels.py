@@ -22,38 +22,47 @@ def tag_labels(labels_file: Path, db_path: Path, model_dir: Path, options: TagOp
     if min_score is None:
         raise UsageError("--labels needs --min-score S: every photo is closest to some label")
     labels, prompts = read_labels(labels_file)
-    from clipsearch.cache.store import Store
+    from clipsearch.cache.library import Library
     from clipsearch.model.encoders import TextEncoder
     from clipsearch.model.manifest import load_manifest, load_text_model
-    from clipsearch.photos.walk import is_under, normalise_root
+    from clipsearch.photos.walk import normalise_root
     from clipsearch.search.query import check_text_model
 
     manifest = load_manifest(model_dir)
     text_manifest = load_text_model(text_model_dir) if text_model_dir else manifest
     root = normalise_root(within) if within else None
-    store = Store(db_path, readonly=True)
+    library = Library(db_path)
     chosen: dict[bytes, list[str]] = {}
     try:
-        store.check_model(manifest.model_id, manifest.name, claim=False)
-        check_text_model(store, manifest, text_manifest)
+        library.check_model(manifest.model_id, manifest.name)
+        check_text_model(library, manifest, text_manifest)
         texts = TextEncoder(text_manifest).encode(prompts)  # [labels, dim], unit rows
-        with store.snapshot():
-            for rows in store.live_vectors(4096):
-                ids = [row[0] for row in rows]
-                vectors = np.frombuffer(b"".join(row[2] for row in rows), dtype=np.int8).reshape(len(rows), -1)
-                unit = vectors.astype(np.float32)
-                unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
-                scores = unit @ texts.T  # cosines, [photos, labels]
-                best, best_scores = best_columns(scores, per_photo)
-                keep = best_scores >= min_score
-                paths = store.paths_of([row_id for row_id, wanted in zip(ids, keep.any(axis=1)) if wanted])
-                for row in np.flatnonzero(keep.any(axis=1)):
-                    path = paths[ids[row]]
-                    if root is None or is_under(path, [root]):
-                        chosen[path] = [labels[j] for j in best[row][keep[row]]]
+        for _, store in library.each(root):
+            label_rows(store, texts, labels, per_photo, min_score, root, chosen)
     finally:
-        store.close()
+        library.close()
     return apply_keywords(chosen, db_path, options, warn)
+
+
+def label_rows(store, texts: np.ndarray, labels: list[str], per_photo: int, min_score: float, root: bytes | None,
+               chosen: dict[bytes, list[str]]) -> None:
+    """The labels of the photos of one database of the library, into `chosen`."""
+    from clipsearch.photos.walk import is_under
+
+    with store.snapshot():
+        for rows in store.live_vectors(4096):
+            ids = [row[0] for row in rows]
+            vectors = np.frombuffer(b"".join(row[2] for row in rows), dtype=np.int8).reshape(len(rows), -1)
+            unit = vectors.astype(np.float32)
+            unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+            scores = unit @ texts.T  # cosines, [photos, labels]
+            best, best_scores = best_columns(scores, per_photo)
+            keep = best_scores >= min_score
+            paths = store.paths_of([row_id for row_id, wanted in zip(ids, keep.any(axis=1)) if wanted])
+            for row in np.flatnonzero(keep.any(axis=1)):
+                path = paths[ids[row]]
+                if root is None or is_under(path, [root]):
+                    chosen[path] = [labels[j] for j in best[row][keep[row]]]
 
 
 def best_columns(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,103 @@
+"""The cache's SQL about shards (`library.py` decides what they are): the list of shards a
+library database keeps (`shards`, schema v7), moving a folder's rows out of a cache into a
+shard of its own, and rewriting a shard's paths when its disk is mounted somewhere else. Part
+of the database layer: `store.Store` inherits these, so every statement runs on its
+connection, in its transactions."""
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+
+class ShardRow(NamedTuple):
+    number: int
+    root: bytes
+    location: str  # the shard's database file
+    portable: bool  # kept on the disk it describes (`index --shard-on-disk`)
+    photos: int  # photos it held at its last index run
+
+
+# What a shard takes with it from the cache it leaves: its rows, what they say about
+# themselves, and the keywords `tag` wrote for them (so `untag` still finds them).
+MOVED_TABLES = (
+    ("images", "i", "images i"),
+    ("photo_meta", "m", "photo_meta m JOIN images i ON i.id = m.image_id"),
+    ("photo_keywords", "k", "photo_keywords k JOIN images i ON i.id = k.image_id"),
+    ("keywords_added", "k", "keywords_added k JOIN images i ON i.id = k.image_id"),
+)
+# What a shard must know of the cache it comes from.
+MOVED_META = ("model_id", "model_name", "image_tower", "pipeline", "seq")
+
+
+class ShardQueries:
+    """Mixed into `store.Store` (uses its `db`, `query`, `version`, `UNDER`, `under_params`)."""
+
+    def shard_rows(self) -> list[ShardRow]:
+        if self.version < 7:  # a reader of an older cache (opened as it is) lists none
+            return []
+        return [ShardRow(n, bytes(root), location, bool(portable), photos) for n, root, location, portable, photos
+                in self.query("SELECT number, root, location, portable, photos FROM shards ORDER BY number")]
+
+    def add_shard(self, root: bytes, location: str, portable: bool, uuid: str) -> int:
+        """Register a shard (call inside a transaction). One listed for the same root, or the
+        same shard (`uuid`) at another mount point, is replaced; the number is kept then, so
+        the ids of its photos stay the same."""
+        old = self.query("SELECT number FROM shards WHERE root = ? OR uuid = ? ORDER BY root = ? DESC",
+                         (root, uuid, root))
+        self.db.execute("DELETE FROM shards WHERE root = ? OR uuid = ?", (root, uuid))
+        cursor = self.db.execute("INSERT INTO shards (number, root, location, portable, uuid, added_at) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)",
+                                 (old[0][0] if old else None, root, location, int(portable), uuid, time.time()))
+        return cursor.lastrowid
+
+    def set_shard_photos(self, number: int, photos: int) -> None:
+        self.db.execute("UPDATE shards SET photos = ? WHERE number = ?", (photos, number))
+
+    def forget_shard(self, number: int) -> None:
+        self.db.execute("DELETE FROM shards WHERE number = ?", (number,))
+
+    def copy_rows_under(self, root: bytes, target: str) -> int:
+        """Copy the rows under `root` (ids kept) and the cache's identity into the empty
+        database file `target`. One transaction on `target`; returns the rows copied."""
+        self.db.execute("ATTACH DATABASE ? AS shard", (target,))
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for table, prefix, source in MOVED_TABLES:
+                    names = [row[1] for row in self.db.execute(f"PRAGMA shard.table_info({table})")]
+                    own = {row[1] for row in self.db.execute(f"PRAGMA main.table_info({table})")}
+                    picked = [n for n in names if n in own]
+                    self.db.execute(f"INSERT INTO shard.{table} ({','.join(picked)}) SELECT "
+                                    f"{','.join(prefix + '.' + n for n in picked)} FROM main.{source} "
+                                    "WHERE (i.dir = ? OR (i.dir >= ? AND i.dir < ?))", self.under_params(root))
+                marks = ",".join("?" * len(MOVED_META))
+                self.db.execute(f"INSERT OR REPLACE INTO shard.meta (key, value) SELECT key, value FROM main.meta "
+                                f"WHERE key IN ({marks})", MOVED_META)
+                copied = self.db.execute("SELECT COUNT(*) FROM shard.images").fetchone()[0]
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        finally:
+            self.db.execute("DETACH DATABASE shard")
+        return copied
+
+    def delete_rows_under(self, root: bytes) -> int:
+        """Forget the rows under `root` for good (they moved into a shard; call in a
+        transaction); the tables that refer to them follow (ON DELETE CASCADE)."""
+        return self.db.execute(f"DELETE FROM images WHERE {self.UNDER}", self.under_params(root)).rowcount
+
+    def rebase(self, old_root: bytes, new_root: bytes) -> int:
+        """Every path under `old_root` moves under `new_root` (a disk mounted elsewhere; call in
+        a transaction). Byte-wise in SQL: `||` makes text of its operands, which SQLite never
+        validates as UTF-8, so CAST back to BLOB gives the bytes exactly, names that are not
+        UTF-8 included."""
+        cut = len(old_root) + 1
+        swap = "CAST(CAST(? AS BLOB) || substr({0}, ?) AS BLOB)"
+        cursor = self.db.execute(
+            f"UPDATE images SET filepath = {swap.format('filepath')}, dir = {swap.format('dir')}, "
+            f"companion = CASE WHEN companion IS NULL THEN NULL ELSE {swap.format('companion')} END "
+            f"WHERE {self.UNDER}", (new_root, cut, new_root, cut, new_root, cut, *self.under_params(old_root)))
+        self.db.execute(f"UPDATE keywords_added SET sidecar = {swap.format('sidecar')} "
+                        "WHERE sidecar >= ? AND sidecar < ?", (new_root, cut, *self.under_params(old_root)[1:]))
+        return cursor.rowcount

@@ -1,0 +1,195 @@
+"""Which database each folder given to `index` is written into (`cache/library.py` says what
+a library and its shards are), and the three ways a shard comes to be: made for a new folder,
+moved out of the library database (a cache from before shards: its rows are copied, never
+embedded again), or adopted from a disk that carries one (`FOLDER/.clipsearch/index.db`,
+another machine's, or this one's at another mount point: its paths are rewritten once).
+
+A folder goes into the shard whose folder holds it; else into the shard found on its disk;
+else into a new shard, on the disk with `--shard-on-disk`, in the data dir for the default
+library (`index.db` in the data dir: one shard per folder); else, for a library named with
+`--db FILE`, into that one file, as before shards.
+
+Crash safety: a shard is built under a `.part` name and renamed into place; it is listed
+(and its rows leave the library database) in one transaction of the library database, so a
+kill at any moment leaves either the old state or the new one. A `.part`, or a data-dir
+shard file that no entry lists, is what such a kill left: it is made again.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clipsearch.cache.library import PORTABLE_DIR, portable_location
+from clipsearch.cache.packed import packed_path
+from clipsearch.cache.store import Store
+from clipsearch.errors import DatabaseError, ModelMismatchError, UsageError
+from clipsearch.photos.walk import is_under
+
+
+@dataclass
+class Target:
+    """Where some folders of a run are written: shard `number` (0: the library database)."""
+
+    number: int
+    location: Path
+    root: bytes | None = None
+    roots: list[bytes] = field(default_factory=list)
+
+
+def place_roots(home: Store, roots: list[bytes], manifest, on_disk: bool, per_folder: bool) -> list[Target]:
+    """The databases this run writes, each with its folders; shards are made, moved out of
+    the library database or adopted as needed (before any photo is indexed)."""
+    targets: dict[int, Target] = {}
+    for root in roots:
+        shard = next((s for s in home.shard_rows() if is_under(root, [s.root])), None)
+        if shard is not None and on_disk and not shard.portable and shard.root == root:
+            shard = None  # `--shard-on-disk` on a folder with a shard in the data dir: moved onto the disk
+        elif shard is not None and shard.portable:
+            # Its disk may have been indexed at another mount point since (another machine).
+            location = Path(shard.location)
+            shard = (adopt(home, (shard.root, location), manifest) if location.is_file()
+                     else make_shard(home, shard.root, location, True))
+        if shard is None:
+            found = carried_shard(root)
+            if found is not None:
+                shard = adopt(home, found, manifest)
+        if shard is None and (on_disk or per_folder):
+            nested = [s for s in home.shard_rows() if is_under(s.root, [root]) and s.root != root]
+            if nested:
+                raise UsageError(f"{os.fsdecode(root)}: holds the shards of {os.fsdecode(nested[0].root)}"
+                                 f"{' and others' if len(nested) > 1 else ''}; index those folders, or the "
+                                 "other folders of it one by one")
+            shard = make_shard(home, root, portable_location(root) if on_disk else data_dir_location(home, root),
+                               on_disk)
+        if shard is None:
+            targets.setdefault(0, Target(0, home.path)).roots.append(root)
+        else:
+            targets.setdefault(shard.number, Target(shard.number, Path(shard.location), shard.root)).roots.append(root)
+    return sorted(targets.values(), key=lambda target: target.number)
+
+
+def data_dir_location(home: Store, root: bytes) -> Path:
+    """`<db>.shards/<last folder name>-<hash of the path>.db` beside the library database."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", os.fsdecode(os.path.basename(root.rstrip(b"/")) or b"root"))[:40]
+    return home.path.with_name(home.path.name + ".shards") / f"{name}-{hashlib.sha1(root).hexdigest()[:10]}.db"
+
+
+def carried_shard(root: bytes) -> tuple[bytes, Path] | None:
+    """(its folder, its database) of a shard kept on the disk at `root` or a folder above."""
+    folder = root
+    while True:
+        location = portable_location(folder)
+        if location.is_file():
+            return folder, location
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+
+
+def adopt(home: Store, found: tuple[bytes, Path], manifest):
+    """List the shard a disk carries in this library: same model (else refused by name, with
+    what to do); its paths rewritten when its folder is mounted elsewhere than where it was
+    last indexed; photos of the same folder in the library database dropped (the shard
+    holds that folder now)."""
+    root, location = found
+    store = Store(location)
+    try:
+        made_with = store.meta("model_id")
+        if made_with is not None and made_with != manifest.model_id:
+            raise ModelMismatchError(
+                f"{location}: a shard made with model {store.meta('model_name')} ({made_with}); this run indexes with "
+                f"{manifest.name}: index it into a library of that model (--model with it, --db another file), or "
+                f"move {location.parent} aside to index {os.fsdecode(root)} anew with {manifest.name}")
+        shard_uuid = store.meta("shard_uuid") or uuid.uuid4().hex
+        was = bytes.fromhex(store.meta("shard_root") or root.hex())
+        with store.atomic():
+            if was != root:
+                store.rebase(was, root)
+            store.set_meta("shard_root", root.hex())
+            store.set_meta("shard_uuid", shard_uuid)
+    finally:
+        store.close()
+    return register(home, root, location, True, shard_uuid)
+
+
+def make_shard(home: Store, root: bytes, location: Path, portable: bool):
+    """A new shard for `root`, holding the library database's rows under it (copied: nothing
+    is embedded again), or those of the data-dir shard it had (`--shard-on-disk` later)."""
+    location.parent.mkdir(parents=True, exist_ok=True)
+    part = location.with_name(location.name + ".part")
+    for leftover in (part, location, packed_path(location)):  # what a kill left (nothing lists it)
+        _remove(leftover)
+    previous = next((s for s in home.shard_rows() if s.root == root), None)
+    shard_uuid = uuid.uuid4().hex
+    store = Store(part)
+    try:
+        store.db.execute("PRAGMA journal_mode = DELETE")  # one file to rename, no write-ahead log beside it
+        with store.atomic():
+            store.set_meta("shard_root", root.hex())
+            store.set_meta("shard_uuid", shard_uuid)
+    finally:
+        store.close()
+    source = Store(Path(previous.location)) if previous is not None else home
+    try:
+        if previous is not None or home.has_rows_under(root):
+            source.copy_rows_under(root, str(part))
+    finally:
+        if source is not home:
+            source.close()
+    _sync(part)
+    os.replace(part, location)
+    _sync(location.parent)
+    shard = register(home, root, location, portable, shard_uuid)
+    if previous is not None:
+        for old in (Path(previous.location), packed_path(Path(previous.location))):
+            _remove(old)
+    return shard
+
+
+def register(home: Store, root: bytes, location: Path, portable: bool, shard_uuid: str):
+    """List the shard; the library database's own rows under `root` go (the shard has them)."""
+    with home.atomic():
+        number = home.add_shard(root, str(location), portable, shard_uuid)
+        if home.delete_rows_under(root):
+            home.next_seq()
+            moved = True
+        else:
+            moved = False
+    if moved:
+        # Rows deleted for good never show in the packed file's overlay: rewritten at the end of the run.
+        _remove(packed_path(home.path))
+    return next(s for s in home.shard_rows() if s.number == number)
+
+
+def absent_shard_roots(home: Store, absent: list[bytes]) -> list[bytes]:
+    """Of the folders given that are not there, those a listed shard holds."""
+    listed = [s.root for s in home.shard_rows()]
+    return [root for root in absent if is_under(root, listed)]
+
+
+def check_shard(location: Path) -> None:
+    """A shard the library lists, about to be written: a newer schema is refused by `Store`."""
+    if not location.is_file():
+        raise DatabaseError(f"{location}: the shard database is gone (its folder is there); run `clipsearch index` "
+                            f"on that folder again, or remove its {PORTABLE_DIR} folder to index it anew")
+
+
+def _remove(path: Path) -> None:
+    for candidate in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            candidate.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
