@@ -8,11 +8,11 @@ per shard would pay its start and its imports per query (measured in `bench/shar
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from clipsearch.cache.library import Library, global_id
+
+MAX_THREADS: int | None = None  # None: one per core (bench/shards.py sets 1 to time the shards one after the other)
 
 
 def _in_parallel(library: Library, within: bytes | None, work) -> list:
@@ -21,11 +21,12 @@ def _in_parallel(library: Library, within: bytes | None, work) -> list:
     from clipsearch.config import available_cores
 
     shards = library.each(within)
-    if len(shards) == 1 or available_cores() == 1:
+    threads = min(len(shards), MAX_THREADS or available_cores())
+    if threads == 1:
         return [work(number, store) for number, store in shards]
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=min(len(shards), available_cores()),
+    with ThreadPoolExecutor(max_workers=threads,
                             thread_name_prefix="clipsearch-shard") as pool:
         return list(pool.map(lambda shard: work(*shard), shards))
 
@@ -73,11 +74,3 @@ def newest(chosen: dict, limit: int | None) -> list[int]:
     ids_array, taken_array = np.array(ids, dtype=np.int64), np.array(taken, dtype=np.float64)
     order = np.lexsort((ids_array, -np.nan_to_num(taken_array, nan=0.0), np.isnan(taken_array)))
     return [int(gid) for gid in ids_array[order[:limit] if limit else order]]
-
-
-def within_root(folder: str | None) -> bytes | None:
-    if folder is None:
-        return None
-    from clipsearch.photos.walk import normalise_root
-
-    return normalise_root(os.fspath(folder))

@@ -73,7 +73,8 @@ class PrepackedScorer(IntegerScorer):
         with self.lock:
             if key in self.sessions:
                 return
-            for old in [k for k in self.sessions if k[:2] != key[:2]]:  # a new packed file replaced that one
+            # A new packed file replaced that one (the same path); other shards' files stay.
+            for old in [k for k in self.sessions if k[0] == key[0] and k[1] != key[1]]:
                 self.sessions.pop(old)
                 self.used -= old[3]
             if self.used + block.nbytes > self.budget:
