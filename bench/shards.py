@@ -261,6 +261,37 @@ def dask_fanout(db: Path, model: Path, runs: int) -> dict:
     return {"query_s": median(times[1:]), "round_trip_s": median(empty[1:]), "workers": len(workers)}
 
 
+def reindex(files: int, model: Path, manifest) -> dict:
+    """An unchanged re-index of `files` files (tiny ones; the walk and the cache's look-ups are
+    what it costs) with one file (`--db`, before), and then the same cache at the default
+    place: the first run moves it into a shard (timed), the next is the unchanged re-index."""
+    import shutil
+
+    from bench.query import reindex_unchanged
+
+    reindex_unchanged(files, model, manifest)  # makes the files and a one-file cache (and reads their headers)
+    root = CACHE / f"tiny-files-{files}"
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "clipsearch", "index", str(root), "--db",
+                          str(CACHE / f"reindex-{files}.db"), "--model", str(model)],
+                         capture_output=True, text=True, check=True)
+    one_file_s, line = time.perf_counter() - start, out.stderr.strip().splitlines()[-1]
+    home = CACHE / f"reindex-home-{files}"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    shutil.copy2(CACHE / f"reindex-{files}.db", home / "index.db")  # an old cache at the default place
+    env = dict(os.environ, CLIPSEARCH_HOME=str(home))
+    command = [sys.executable, "-m", "clipsearch", "index", str(root), "--model", str(model)]
+    times, lines = [], []
+    for _ in range(2):
+        start = time.perf_counter()
+        out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        times.append(time.perf_counter() - start)
+        lines.append(out.stderr.strip().splitlines()[-1])
+    return {"one_file_s": one_file_s, "one_file_line": line, "move_s": times[0], "shard_s": times[1],
+            "shard_line": lines[1]}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--photos", type=int, default=10_000_000)
@@ -269,6 +300,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--one-file", type=int, default=1_281_167, help="the one-file cache to compare (0: none)")
     parser.add_argument("--against", type=Path, default=None, help="another checkout for the one-file figures")
     parser.add_argument("--dask", action="store_true")
+    parser.add_argument("--reindex-files", type=int, default=0, help="also time an unchanged re-index of this many files")
     args = parser.parse_args(argv)
     model = full_model(True)
     manifest = load_manifest(model)
@@ -301,6 +333,12 @@ def main(argv=None) -> dict:
         print(f"Dask LocalCluster ({found['workers']} workers, loopback): query {found['query_s'] * 1000:.0f} ms, "
               f"an empty task round trip {found['round_trip_s'] * 1000:.1f} ms")
         figures["dask"] = found
+    if args.reindex_files:
+        found = reindex(args.reindex_files, model, manifest)
+        print(f"unchanged re-index of {args.reindex_files:,} files, whole process: one file {found['one_file_s']:.1f} s, "
+              f"as a shard of the default library {found['shard_s']:.1f} s -> {found['shard_line']} (the first run, "
+              f"moving the old cache into the shard: {found['move_s']:.1f} s)")
+        figures["reindex"] = found
     print(json.dumps({k: v for k, v in figures.items() if k != "warm"}, default=str))
     return figures
 
