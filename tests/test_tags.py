@@ -232,7 +232,13 @@ def test_a_v1_cache_is_read_as_it_is_and_upgraded_by_the_first_tag(library):
     import sqlite3
 
     root, photos, env = library
-    db = Path(env["CLIPSEARCH_HOME"]) / "index.db"
+    home = Path(env["CLIPSEARCH_HOME"])
+    db = home / "index.db"
+    # A one-file cache at the default place, as clipsearch before shards left it.
+    shutil.rmtree(home / "index.db.shards")
+    for old in home.glob("index.db*"):
+        old.unlink()
+    assert run_cli("index", str(root), "--workers", "1", env={**env, "CLIPSEARCH_DB": str(db)}).returncode == 0
     with sqlite3.connect(db) as conn:  # what clipsearch before `tag` wrote
         conn.execute("DROP TABLE keywords_added")
         conn.execute("DROP TABLE photo_meta")

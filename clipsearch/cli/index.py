@@ -57,7 +57,7 @@ from .options import PROGRESS, db_option, default_library, handle_errors, load_m
                    "library). `clipsearch status --failed` lists them.")
 @click.option("--shard-on-disk", "on_disk", is_flag=True,
               help="Keep the shard of each folder given on its disk (FOLDER/.clipsearch/): another machine "
-                   "with the same model adopts it, nothing embedded again (docs/indexing.md \"Shards\").")
+                   "with the same model adopts it, nothing embedded again (docs/indexing.md \"Shards: a folder, a disk, a database\").")
 @click.option("-q", "--quiet", is_flag=True, envvar="CLIPSEARCH_QUIET", help="Print only warnings and errors (for cron).")
 def index(paths, db_path, model_dir, workers, file_timeout, worker_memory, batch_size, threads, excludes, no_default_excludes, list_excludes,
           follow_links, wait_seconds, commit_seconds, exact_decode, allow_empty, cluster, cluster_insecure, cluster_inflight,
