@@ -2,7 +2,7 @@
 makes them, 1% of the photos rated 5 for a 1% filter) of --photos photos in --shards shards,
 listed in a default library's `index.db`; every figure of issue 26 in one run:
 
-- warm queries in process, as `serve` runs them (no pre-packed blocks, what a 4 GB NAS gets):
+- warm queries in process, as `serve` runs them:
   the shards one after the other in one thread (before: what one file amounts to), in threads
   (this code), and in a pool of forked processes holding the shards; unfiltered and a 1% filter;
 - cold whole `clipsearch query` processes over the library: wall time and peak RSS, and the
@@ -92,7 +92,7 @@ def warm(db: Path, model: Path, runs: int) -> dict:
     from clipsearch.search.filters import Filters
     from clipsearch.search.query import WarmEngine, run_query
 
-    engine = WarmEngine(model, rank_memory_mb=0)
+    engine = WarmEngine(model)
     engine.warm()
     figures = {}
     for name, threads in (("one thread", 1), ("threads", None)):
@@ -186,7 +186,7 @@ def adding(db: Path, model: Path, manifest, runs: int) -> dict:
     library = Library(db)
     location = library.stores[min(n for n in library.stores if n)].path
     library.close()
-    engine = WarmEngine(model, rank_memory_mb=0)
+    engine = WarmEngine(model)
     engine.warm()
 
     def query_ms() -> float:
@@ -238,7 +238,7 @@ def dask_fanout(db: Path, model: Path, runs: int) -> dict:
     library = Library(db)
     numbers = [number for number, _ in library.each() if number]
     library.close()
-    engine = WarmEngine(model, rank_memory_mb=0)
+    engine = WarmEngine(model)
     engine.warm()
     cores = available_cores()
     with LocalCluster(n_workers=cores, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
@@ -297,7 +297,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--photos", type=int, default=10_000_000)
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--one-file", type=int, default=1_281_167, help="the one-file cache to compare (0: none)")
+    parser.add_argument("--one-file", type=int, default=1_280_000, help="the one-file cache to compare (0: none)")
     parser.add_argument("--against", type=Path, default=None, help="another checkout for the one-file figures")
     parser.add_argument("--dask", action="store_true")
     parser.add_argument("--reindex-files", type=int, default=0, help="also time an unchanged re-index of this many files")

@@ -278,3 +278,32 @@ def test_a_run_adding_a_few_photos_overlays_them_instead_of_rewriting_the_packed
     assert (packed.stat().st_ino, packed.stat().st_mtime_ns) != written
     blue = results(clipsearch("query", "blue", "--db", str(db), "--model", str(colour_model), "--top", "30").stdout)
     assert len(blue) == 16 and not any(path.endswith("blue_0.jpg") for _, path in blue)
+
+
+def test_the_page_searches_every_shard_and_shows_their_photos(two_folders, colour_model, isolated_home):
+    from types import SimpleNamespace
+
+    from test_serve import Served
+
+    internal, usb = two_folders
+    clipsearch("index", str(internal), str(usb), "--model", str(colour_model))
+    served = Served(SimpleNamespace(db=isolated_home / "index.db", model=colour_model))
+    try:
+        status, body = served.api("q=red&top=3")
+        assert status == 200 and {Path(r["path"]).parent.parent.name for r in body["results"]} == {"internal", "usb"}
+        on_usb = next(r for r in body["results"] if "/usb/" in r["path"])
+        status, headers, thumb = served.request(f"/thumb/{on_usb['id']}")
+        assert status == 200 and headers["Content-Type"] == "image/jpeg" and thumb[:2] == b"\xff\xd8"
+        status, like = served.api(f"like={on_usb['id']}&top=2")  # more like this, from a shard
+        assert status == 200 and on_usb["path"] in [r["path"] for r in like["results"]]  # (the same picture is in both)
+        assert [r["score"] for r in like["results"]] == [1.0, 1.0]
+        away = usb.with_name("usb-unplugged")
+        usb.rename(away)
+        try:
+            status, body = served.api("q=red&top=30")
+            assert status == 200 and len(body["results"]) == 16
+            assert any("8 photos of" in note and "left out" in note for note in body["notes"])
+        finally:
+            away.rename(usb)
+    finally:
+        served.stop()

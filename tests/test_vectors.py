@@ -74,18 +74,19 @@ def test_missing_damaged_or_foreign_packed_file_is_rebuilt(tmp_path):
 
 
 def test_a_reader_keeps_the_version_it_opened_while_an_index_run_replaces_it(tmp_path):
-    from clipsearch.cache.packed import iter_blocks, read_scales
+    from clipsearch.cache.packed import iter_blocks, read_scales, signed_rows
 
     rng = np.random.default_rng(3)
     store = Store(tmp_path / "index.db")
     store.check_model("m", "m", claim=True)
     fill(store, unit(rng, 100))
     old = write_packed(store, DIM)
-    old_rows = np.concatenate([block.T.copy() for _, block in iter_blocks(old)])
+    old_rows = np.concatenate([signed_rows(block) for _, block in iter_blocks(old)])
+    assert np.array_equal(old_rows, quantize_rows(unit(np.random.default_rng(3), 100))[0])  # the vectors as stored
     fill(store, unit(rng, 900), start=100)
     new = write_packed(store, DIM)  # os.replace under the open reader
     assert new.count == 1000 and old.count == 100
-    again = np.concatenate([block.T.copy() for _, block in iter_blocks(old)])
+    again = np.concatenate([signed_rows(block) for _, block in iter_blocks(old)])
     assert np.array_equal(old_rows, again) and len(read_scales(old)) == 100
 
 

@@ -26,10 +26,8 @@ from .options import db_option, handle_errors, model_option, text_model_option, 
 @click.option("--thumbnail-cache", "cache_mb", type=click.IntRange(16), default=None, metavar="MB",
               help="Disk for cached previews under the data dir [default 512].")
 @click.option("--rank-memory", "rank_memory_mb", type=click.IntRange(0), default=None, metavar="MB",
-              envvar="CLIPSEARCH_RANK_MEMORY",
-              help="Memory for the ranking's pre-packed vectors, which make a warm search about 10x faster; 0 for "
-                   "none [env CLIPSEARCH_RANK_MEMORY; default a quarter of the memory available at start; 100,000 "
-                   "photos take 51 MB].")
+              envvar="CLIPSEARCH_RANK_MEMORY", hidden=True,
+              help="No longer used: the ranking keeps no pre-packed vectors (accepted, with a note).")
 @db_option
 @model_option
 @text_model_option
@@ -38,16 +36,19 @@ def serve(host, port, token, new_token, no_auth, print_service, cache_mb, rank_m
           text_model_dir, threads):
     """Search the cache from a browser: a page with a search box and thumbnails."""
     with handle_errors():
+        if rank_memory_mb is not None:
+            click.echo("clipsearch: note: --rank-memory / CLIPSEARCH_RANK_MEMORY is no longer used: the ranking "
+                       "reads the packed vectors as stored, as fast as pre-packed ones were (docs/serve.md "
+                       "\"Memory\"); leave it out", err=True)
         if print_service:
-            return print_unit(host, port, token, no_auth, cache_mb, db_path, model_dir, threads, text_model_dir,
-                              rank_memory_mb)
+            return print_unit(host, port, token, no_auth, cache_mb, db_path, model_dir, threads, text_model_dir)
         from clipsearch.serve.access import link_with_token
         from clipsearch.serve.server import make_server
 
         if token is not None and len(token) < 16:
             raise click.BadParameter("use at least 16 characters (e.g. `openssl rand -base64 18`)", param_hint="--token")
         server, token = make_server(db_path, model_dir, host, port, token, no_auth, threads, cache_mb, new_token,
-                                    text_model_dir, rank_memory_mb)
+                                    text_model_dir)
         shown = f"[{host}]" if ":" in host else host
         if host in ("0.0.0.0", "::"):
             shown = _lan_address() or "THIS-MACHINE"
@@ -94,8 +95,7 @@ def _lan_address() -> str | None:
         return None
 
 
-def print_unit(host, port, token, no_auth, cache_mb, db_path, model_dir, threads, text_model_dir=None,
-               rank_memory_mb=None) -> None:
+def print_unit(host, port, token, no_auth, cache_mb, db_path, model_dir, threads, text_model_dir=None) -> None:
     import getpass
 
     from clipsearch.config import home
@@ -107,6 +107,5 @@ def print_unit(host, port, token, no_auth, cache_mb, db_path, model_dir, threads
                    err=True)
     extra = (["--no-auth"] if no_auth else []) + (["--thumbnail-cache", str(cache_mb)] if cache_mb else []) + (
         ["--threads", str(threads)] if threads else []) + (
-        ["--text-model", str(text_model_dir.resolve())] if text_model_dir else []) + (
-        ["--rank-memory", str(rank_memory_mb)] if rank_memory_mb is not None else [])
+        ["--text-model", str(text_model_dir.resolve())] if text_model_dir else [])
     click.echo(systemd_unit(host, port, db_path, model_dir, home().resolve(), getpass.getuser(), extra), nl=False)

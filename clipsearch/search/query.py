@@ -122,21 +122,16 @@ class WarmEngine:
     text encoder (tokenizer and session) and the ranking's integer scorer. All are safe to
     share between threads once loaded; `warm` loads them."""
 
-    def __init__(self, model_dir, threads: int | None = None, text_model_dir=None, rank_memory_mb: int | None = None):
-        from clipsearch.config import available_memory_mb
+    def __init__(self, model_dir, threads: int | None = None, text_model_dir=None):
         from clipsearch.model.encoders import TextEncoder
         from clipsearch.model.manifest import load_manifest, load_text_model
 
-        from .rank import PrepackedScorer
+        from .rank import IntegerScorer
 
         self.manifest = load_manifest(model_dir)
         self.text_manifest = load_text_model(text_model_dir) if text_model_dir else self.manifest
         self.text = TextEncoder(self.text_manifest, threads, fast_start=False)
-        # By default a quarter of the memory available at start for the ranking's packed
-        # blocks: 100,000 photos take 51 MB of it, 1.28M 650 MB (docs/serve.md "Memory").
-        if rank_memory_mb is None:
-            rank_memory_mb = (available_memory_mb() or 1024) // 4
-        self.scorer = PrepackedScorer(rank_memory_mb << 20)
+        self.scorer = IntegerScorer()
 
     def warm(self) -> None:
         self.text.encode(["a photo"])

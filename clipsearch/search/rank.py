@@ -10,96 +10,36 @@ from pathlib import Path
 import numpy as np
 
 from clipsearch.cache.columns import member
-from clipsearch.cache.packed import current_packed, iter_blocks, quantize_rows, read_scales
+from clipsearch.cache.packed import ROW_ZERO, current_packed, iter_blocks, quantize_rows, read_scales, signed_rows
 
 CANDIDATES = 64  # per block: rows re-scored exactly after the integer pass
 
 
 class IntegerScorer:
-    """query . rows for a block of int8 rows, with onnxruntime's integer GEMM (a 166-byte
-    MatMulInteger graph shipped as clipsearch/rank.onnx). Measured at 1.28M rows on 2 cores:
-    82 ms, against ~200 ms for numpy's int8 -> float32 conversion and sgemv.
+    """block . query for a block of stored rows (uint8, int8 + 128), with onnxruntime's
+    integer GEMM (a MatMulInteger graph shipped as clipsearch/rank.onnx). The block is the
+    left operand, which onnxruntime streams; the query, the right one, is all it packs.
+    Measured on 2 cores (AVX-512 VNNI) per 65,536-row block: 2.7 ms; with the block as the
+    right operand it packed 32 MB per block and query, 13 ms (bench/shards.py, 10M photos).
 
-    The query is quantized to 7 bits around a zero point of 64 (values 1..127): u8 x s8
-    pairs then sum below 32767, so AVX2 CPUs without VNNI, whose U8S8 kernel adds pairs in
-    int16 with saturation, stay exact. The quantization error (~0.1% of a score) only picks
-    candidates; each block's best CANDIDATES rows are re-scored in float32."""
+    The query is quantized to 7 bits (-64..64): u8 x s8 pairs then sum below 32767 (255 x 64
+    x 2), so CPUs without VNNI, whose U8S8 kernel adds pairs in int16 with saturation, stay
+    exact. The quantization error (~0.2% of a score) only picks candidates; each block's best
+    CANDIDATES rows are re-scored in float32."""
 
     def __init__(self):
         from clipsearch.model.encoders import open_session
 
         self.session = open_session(Path(__file__).with_name("rank.onnx"), threads=None)
-        self.zero = np.array(64, dtype=np.uint8)
+        self.zero = np.array(ROW_ZERO, dtype=np.uint8)
 
     def prepare(self, query: np.ndarray) -> tuple[np.ndarray, float]:
         peak = float(np.abs(query).max()) or 1.0
-        step = peak / 63.0
-        return (np.rint(query / step) + 64).astype(np.uint8)[None], step
+        step = peak / 64.0
+        return np.rint(query / step).astype(np.int8)[:, None], step
 
-    def dots(self, prepared: np.ndarray, block: np.ndarray, key=None) -> np.ndarray:
-        """`key` names a whole stored block (packed file, its version, first row): what a
-        `PrepackedScorer` keeps; this one packs the block for the GEMM on every call."""
-        return self.session.run(None, {"query": prepared, "block": block, "query_zero": self.zero})[0][0]
-
-
-class PrepackedScorer(IntegerScorer):
-    """The server's scorer: each stored block of the current packed file becomes the constant
-    of its own session (`rank_constant.onnx`, the block given through the session options),
-    so onnxruntime packs it for its GEMM once instead of on every query. Measured for
-    2 x 65,536 rows: 2.2 ms a query instead of 33 ms. A session is built in a background
-    thread once its block is met (until it is ready, the plain path answers), they are all
-    dropped when an index run writes a new packed file, and only `budget` bytes of blocks are
-    kept this way (a block's packed copy is about its own size; the rest is scored plainly)."""
-
-    def __init__(self, budget: int):
-        super().__init__()
-        import threading
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.budget, self.used = budget, 0
-        self.sessions: dict = {}  # key -> (session, the block it holds), or None while being built
-        self.lock = threading.Lock()
-        self.builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipsearch-prepack")
-
-    def dots(self, prepared: np.ndarray, block: np.ndarray, key=None) -> np.ndarray:
-        built = self.sessions.get(key) if key is not None else None
-        if built is not None:
-            return built[0].run(None, {"query": prepared, "query_zero": self.zero})[0][0]
-        if key is not None:
-            self._schedule(key, block)
-        return super().dots(prepared, block)
-
-    def _schedule(self, key, block: np.ndarray) -> None:
-        with self.lock:
-            if key in self.sessions:
-                return
-            # A new packed file replaced that one (the same path); other shards' files stay.
-            for old in [k for k in self.sessions if k[0] == key[0] and k[1] != key[1]]:
-                self.sessions.pop(old)
-                self.used -= old[3]
-            if self.used + block.nbytes > self.budget:
-                return
-            self.sessions[key] = None
-            self.used += block.nbytes
-        self.builder.submit(self._build, key, block)
-
-    def _build(self, key, block: np.ndarray) -> None:
-        import onnxruntime as ort
-
-        from clipsearch.model.encoders import session_options
-
-        options = session_options(None)
-        value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(block))
-        options.add_initializer("block", value)  # onnxruntime keeps a reference to, not a copy of, `value`
-        session = ort.InferenceSession(str(Path(__file__).with_name("rank_constant.onnx")), sess_options=options,
-                                       providers=["CPUExecutionProvider"])
-        with self.lock:
-            if key in self.sessions:  # not dropped meanwhile by a newer packed file
-                self.sessions[key] = (session, value)
-
-    def wait(self) -> None:
-        """Until every session asked for so far is built (tests, benchmarks)."""
-        self.builder.submit(lambda: None).result()
+    def dots(self, prepared: np.ndarray, block: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"block": block, "query": prepared, "block_zero": self.zero})[0][:, 0]
 
 
 # A block whose rows a filter keeps at most this share of has those rows gathered (np.take
@@ -138,23 +78,22 @@ def top_k(query: np.ndarray, store, dim: int, k: int, allowed_ids: np.ndarray | 
         prepared, step = scorer.prepare(query)
         shortlist = max(CANDIDATES, 4 * k)
         for start, block in iter_blocks(packed):
-            rows = block.shape[1]
+            rows = block.shape[0]
             positions, kept = np.arange(start, start + rows), keep[start : start + rows]
             if not kept.all():
                 picked = np.flatnonzero(kept)
                 if not len(picked):
                     continue
                 if len(picked) <= GATHER * rows:
-                    block, positions = np.take(block, picked, axis=1), start + picked
-            whole = (packed.path, packed.seq, start, block.nbytes) if len(positions) == rows else None
-            approx = scorer.dots(prepared, block, whole) * (step * scales[positions])
+                    block, positions = np.take(block, picked, axis=0), start + picked
+            approx = scorer.dots(prepared, block) * (step * scales[positions])
             if len(positions) == rows:
                 approx[~kept] = -np.inf
             picked = np.argpartition(-approx, shortlist - 1)[:shortlist] if len(approx) > shortlist \
                 else np.arange(len(approx))
             picked = picked[np.isfinite(approx[picked])]
-            _collect(cosines(query, block[:, picked].T, query_int8), packed.ids[positions[picked]], k, best_ids,
-                     best_scores)
+            _collect(cosines(query, signed_rows(block[picked]), query_int8), packed.ids[positions[picked]], k,
+                     best_ids, best_scores)
     if live:
         matrix = np.frombuffer(b"".join(row[2] for row in live), dtype=np.int8).reshape(len(live), dim)
         _collect(cosines(query, matrix, query_int8), np.array([row[0] for row in live], dtype=np.int64), k, best_ids,

@@ -375,8 +375,7 @@ def is_loopback(host: str) -> bool:
 
 def make_server(db_path: Path, model_dir: Path, host: str, port: int, token: str | None, no_auth: bool,
                 threads: int | None = None, cache_mb: int | None = None,
-                new_token: bool = False, text_model_dir: Path | None = None,
-                rank_memory_mb: int | None = None) -> tuple[BoundedServer, str | None]:
+                new_token: bool = False, text_model_dir: Path | None = None) -> tuple[BoundedServer, str | None]:
     """The server, bound and warm, and the token it wants (None: none). Not started."""
     from clipsearch.cache.library import Library
     from clipsearch.config import home
@@ -386,7 +385,7 @@ def make_server(db_path: Path, model_dir: Path, host: str, port: int, token: str
 
     if not Path(db_path).exists():
         raise UsageError(f"{db_path}: no cache yet; run `clipsearch index PATH` first")
-    engine = WarmEngine(model_dir, threads, text_model_dir, rank_memory_mb)
+    engine = WarmEngine(model_dir, threads, text_model_dir)
     library = Library(db_path)
     try:
         engine.check(library)
