@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipsearch.cache.columns import member
+from clipsearch.cache.columns import drop_members, member
 from clipsearch.cache.packed import ROW_ZERO, current_packed, iter_blocks, quantize_rows, read_scales, signed_rows
 
 CANDIDATES = 64  # per block: rows re-scored exactly after the integer pass
@@ -65,8 +65,7 @@ def top_k(query: np.ndarray, store, dim: int, k: int, allowed_ids: np.ndarray | 
         changed = np.array(sorted(row[0] for row in delta), dtype=np.int64)
         if packed is not None and packed.count:
             keep = np.ones(packed.count, dtype=bool)
-            if len(changed):
-                keep &= ~member(packed.ids, changed)
+            drop_members(keep, packed.ids, changed)
             if allowed_ids is not None:
                 keep &= member(packed.ids, allowed_ids)
         live = [row for row in delta if not row[1] and row[2] is not None

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clipsearch.cache.columns import Columns, member, read_columns
+from clipsearch.cache.columns import Columns, drop_members, member, read_columns
 
 from .filters import EARTH_RADIUS_M, Filters, bounding_box
 
@@ -96,8 +96,7 @@ def select(store, packed, delta: list, filters: Filters, under: np.ndarray | Non
     if packed is not None:
         columns = packed.columns()
         keep = matches(columns, filters)
-        if len(changed):
-            keep &= ~member(packed.ids, changed)
+        drop_members(keep, packed.ids, changed)
         if under is not None:
             keep &= member(packed.ids, under)
         taken = columns.column("taken")[keep]
