@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from clipsearch.cache.packed import iter_blocks, packed_path, read_header, read_scales  # noqa: E402
+from clipsearch.cache.packed import iter_blocks, packed_path, read_header, read_scales, signed_rows  # noqa: E402
 from clipsearch.cache.store import Store  # noqa: E402
 from clipsearch.index.indexer import IndexOptions  # noqa: E402
 from clipsearch.index.run import index_paths  # noqa: E402
@@ -115,8 +115,9 @@ def score(db: Path, manifest, names: dict[str, str], template: str) -> dict:
         group = text[first : first + CLASS_GROUP]
         scores = np.empty((packed.count, len(group)), dtype=np.float32)
         for start, block in iter_blocks(packed):
-            rows = block.shape[1]
-            scores[start : start + rows] = (group @ block.astype(np.float32)).T * scales[start : start + rows, None]
+            rows = block.shape[0]
+            scores[start : start + rows] = (signed_rows(block).astype(np.float32) @ group.T) * scales[start : start + rows,
+                                                                                                      None]
         for j in range(len(group)):
             cls = first + j
             order = np.argsort(-scores[:, j], kind="stable")

@@ -38,8 +38,8 @@ def serve(host, port, token, new_token, no_auth, print_service, cache_mb, rank_m
     with handle_errors():
         if rank_memory_mb is not None:
             click.echo("clipsearch: note: --rank-memory / CLIPSEARCH_RANK_MEMORY is no longer used: the ranking "
-                       "reads the packed vectors as stored, as fast as pre-packed ones were (docs/serve.md "
-                       "\"Memory\"); leave it out", err=True)
+                       "reads the packed vectors as stored, nothing pre-packed; leave it out "
+                       "(docs/serve.md \"Memory\")", err=True)
         if print_service:
             return print_unit(host, port, token, no_auth, cache_mb, db_path, model_dir, threads, text_model_dir)
         from clipsearch.serve.access import link_with_token
