@@ -308,3 +308,26 @@ def test_the_page_searches_every_shard_and_shows_their_photos(two_folders, colou
             away.rename(usb)
     finally:
         served.stop()
+
+
+def test_a_one_folder_cache_from_before_shards_moves_whole_and_leaves_nothing_behind(tmp_path, colour_model,
+                                                                                    isolated_home):
+    photos = tmp_path / "photos"
+    colour_library(photos, 2)
+    db = isolated_home / "index.db"
+    clipsearch("index", str(photos), "--model", str(colour_model), env={"CLIPSEARCH_DB": str(db)})
+    clipsearch("tag", "reds", "red", "--model", str(colour_model), "--top", "2", env={"CLIPSEARCH_DB": str(db)})
+    before = rows(db)
+    run = clipsearch("index", str(photos), "--model", str(colour_model))
+    assert "0 new, 0 updated, 0 moved, 0 removed" in run.stderr and "16 unchanged" in run.stderr
+    (shard,) = shard_files(isolated_home)
+    assert rows(shard) == before and not rows(db)
+    with sqlite3.connect(shard) as conn:  # a shard lists no shards, and took the keywords tag wrote
+        assert conn.execute("SELECT COUNT(*) FROM shards").fetchone() == (0,)
+        assert conn.execute("SELECT COUNT(*) FROM keywords_added").fetchone()[0] == 6
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM photo_meta").fetchone() == (0,)
+        assert conn.execute("PRAGMA foreign_keys").fetchone() == (0,)  # (a new connection's default)
+    assert "2 photos" in clipsearch("untag", "reds").stderr
+    assert len(results(clipsearch("query", "red", "--model", str(colour_model), "--top", "30").stdout)) == 16

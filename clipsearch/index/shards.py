@@ -16,6 +16,7 @@ shard file that no entry lists, is what such a kill left: it is made again.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -126,17 +127,20 @@ def make_shard(home: Store, root: bytes, location: Path, portable: bool):
         _remove(leftover)
     previous = next((s for s in home.shard_rows() if s.root == root), None)
     shard_uuid = uuid.uuid4().hex
-    store = Store(part)
-    try:
-        store.db.execute("PRAGMA journal_mode = DELETE")  # one file to rename, no write-ahead log beside it
-        with store.atomic():
-            store.set_meta("shard_root", root.hex())
-            store.set_meta("shard_uuid", shard_uuid)
-    finally:
-        store.close()
     source = Store(Path(previous.location)) if previous is not None else home
     try:
-        if previous is not None or home.has_rows_under(root):
+        whole = (previous is not None or home.has_rows_under(root)) and source.holds_only_rows_under(root)
+        if whole:
+            source.copy_whole_into(str(part))
+        store = Store(part)
+        try:
+            store.db.execute("PRAGMA journal_mode = DELETE")  # one file to rename, no write-ahead log beside it
+            with store.atomic():
+                store.set_meta("shard_root", root.hex())
+                store.set_meta("shard_uuid", shard_uuid)
+        finally:
+            store.close()
+        if not whole and (previous is not None or home.has_rows_under(root)):
             source.copy_rows_under(root, str(part))
     finally:
         if source is not home:
@@ -153,16 +157,16 @@ def make_shard(home: Store, root: bytes, location: Path, portable: bool):
 
 def register(home: Store, root: bytes, location: Path, portable: bool, shard_uuid: str):
     """List the shard; the library database's own rows under `root` go (the shard has them)."""
-    with home.atomic():
+    whole = home.has_rows_under(root) and home.holds_only_rows_under(root)
+    with home.foreign_keys_off() if whole else contextlib.nullcontext(), home.atomic():
         number = home.add_shard(root, str(location), portable, shard_uuid)
-        if home.delete_rows_under(root):
+        moved = bool(home.delete_all_rows() if whole else home.delete_rows_under(root))
+        if moved:
             home.next_seq()
-            moved = True
-        else:
-            moved = False
     if moved:
         # Rows deleted for good never show in the packed file's overlay: rewritten at the end of the run.
         _remove(packed_path(home.path))
+        home.reclaim()
     return next(s for s in home.shard_rows() if s.number == number)
 
 

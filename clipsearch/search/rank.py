@@ -74,25 +74,31 @@ def top_k(query: np.ndarray, store, dim: int, k: int, allowed_ids: np.ndarray | 
     if packed is not None and packed.count:
         scales = read_scales(packed)
         scorer = scorer or IntegerScorer()
-        prepared, step = scorer.prepare(query)
+        prepared, _ = scorer.prepare(query)
         shortlist = max(CANDIDATES, 4 * k)
         for start, block in iter_blocks(packed):
             rows = block.shape[0]
-            positions, kept = np.arange(start, start + rows), keep[start : start + rows]
-            if not kept.all():
+            kept = keep[start : start + rows]
+            whole = bool(kept.all())
+            positions = None  # the block's rows start..start+rows, unless gathered
+            if not whole:
                 picked = np.flatnonzero(kept)
                 if not len(picked):
                     continue
                 if len(picked) <= GATHER * rows:
                     block, positions = np.take(block, picked, axis=0), start + picked
-            approx = scorer.dots(prepared, block) * (step * scales[positions])
-            if len(positions) == rows:
-                approx[~kept] = -np.inf
-            picked = np.argpartition(-approx, shortlist - 1)[:shortlist] if len(approx) > shortlist \
+            # Candidates by dot x scale (the query's own step is one positive factor: no reorder),
+            # negated in place: float32, no copies (a block's overhead beside its GEMM).
+            approx = scorer.dots(prepared, block).astype(np.float32)
+            approx *= scales[start : start + rows] if positions is None else scales[positions]
+            np.negative(approx, out=approx)
+            if positions is None and not whole:
+                approx[~kept] = np.inf
+            picked = np.argpartition(approx, shortlist - 1)[:shortlist] if len(approx) > shortlist \
                 else np.arange(len(approx))
             picked = picked[np.isfinite(approx[picked])]
-            _collect(cosines(query, signed_rows(block[picked]), query_int8), packed.ids[positions[picked]], k,
-                     best_ids, best_scores)
+            ids = packed.ids[start + picked] if positions is None else packed.ids[positions[picked]]
+            _collect(cosines(query, signed_rows(block[picked]), query_int8), ids, k, best_ids, best_scores)
     if live:
         matrix = np.frombuffer(b"".join(row[2] for row in live), dtype=np.int8).reshape(len(live), dim)
         _collect(cosines(query, matrix, query_int8), np.array([row[0] for row in live], dtype=np.int64), k, best_ids,
