@@ -63,22 +63,28 @@ def build_cache(db: Path, count: int, manifest) -> None:
             p.unlink()
     store = Store(db)
     store.check_model(manifest.model_id, manifest.name, claim=True)
-    rng = np.random.default_rng(0)
-    chunk = 50_000
+    insert_synthetic(store, np.random.default_rng(0), count, manifest.embedding_dim, b"/volume1/photo")
+    write_packed(store, manifest.embedding_dim)
+    store.close()
+
+
+def insert_synthetic(store, rng, count: int, dim: int, prefix: bytes, each_chunk=None, chunk: int = 50_000) -> None:
+    """`count` random unit vectors as cached photos PREFIX/0000/IMG_0000000.jpg ..., a
+    transaction per `chunk`; `each_chunk(store, seq, n)` runs inside it (metadata)."""
     for start in range(0, count, chunk):
         n = min(chunk, count - start)
-        unit = rng.normal(size=(n, manifest.embedding_dim)).astype(np.float32)
+        unit = rng.normal(size=(n, dim)).astype(np.float32)
         unit /= np.linalg.norm(unit, axis=1, keepdims=True)
         q, scales = quantize_rows(unit)
         with store.atomic():
             seq = store.next_seq()
             store.insert_rows(
-                ((f"/volume1/photo/{(start + i) // 1000:04d}/IMG_{start + i:07d}.jpg".encode(),
-                  f"/volume1/photo/{(start + i) // 1000:04d}".encode(), 1_700_000_000_000_000_000 + start + i,
-                  3_000_000 + start + i, os.urandom(32), q[i].tobytes(), float(scales[i]), seq, time.time())
-                 for i in range(n)))
-    write_packed(store, manifest.embedding_dim)
-    store.close()
+                (prefix + b"/%04d/IMG_%07d.jpg" % ((start + i) // 1000, start + i),
+                 prefix + b"/%04d" % ((start + i) // 1000), 1_700_000_000_000_000_000 + start + i,
+                 3_000_000 + start + i, os.urandom(32), q[i].tobytes(), float(scales[i]), seq, time.time())
+                for i in range(n))
+            if each_chunk is not None:
+                each_chunk(store, seq, n)
 
 
 QUERY = "a kitten peeking from behind a corner"

@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import CACHE, REPO, cpu_summary, full_model, median  # noqa: E402
-from bench.query import WRAPPER, build_cache  # noqa: E402
+from bench.query import WRAPPER, build_cache, insert_synthetic  # noqa: E402
 from clipsearch.cache.packed import packed_path, quantize_rows, refresh_packed, write_packed  # noqa: E402
 from clipsearch.cache.store import Store  # noqa: E402
 from clipsearch.model.manifest import load_manifest  # noqa: E402
@@ -58,22 +58,13 @@ def build_library(home: Path, photos: int, shards: int, manifest) -> Path:
         store = Store(location)
         store.check_model(manifest.model_id, manifest.name, claim=True)
         rng = np.random.default_rng(1000 + k)
-        prefix = os.fsencode(root)
-        for start in range(0, per_shard, CHUNK):
-            n = min(CHUNK, per_shard - start)
-            unit = rng.normal(size=(n, manifest.embedding_dim)).astype(np.float32)
-            unit /= np.linalg.norm(unit, axis=1, keepdims=True)
-            q, scales = quantize_rows(unit)
-            with store.atomic():
-                seq = store.next_seq()
-                store.insert_rows(
-                    (prefix + b"/%04d/IMG_%07d.jpg" % ((start + i) // 1000, start + i),
-                     prefix + b"/%04d" % ((start + i) // 1000), 1_700_000_000_000_000_000 + start + i,
-                     3_000_000 + start + i, os.urandom(32), q[i].tobytes(), float(scales[i]), seq, time.time())
-                    for i in range(n))
-                rated = np.flatnonzero(rng.random(n) < 0.01)
-                first = store.query("SELECT MIN(id) FROM images WHERE seq = ?", (seq,))[0][0]
-                store.insert_meta_rows([(first + int(i), None, None, None, None, None, 5, "[]") for i in rated], seq)
+
+        def rate(store, seq, n, rng=rng):  # 1% of the photos rated 5: the 1% filter
+            rated = np.flatnonzero(rng.random(n) < 0.01)
+            first = store.query("SELECT MIN(id) FROM images WHERE seq = ?", (seq,))[0][0]
+            store.insert_meta_rows([(first + int(i), None, None, None, None, None, 5, "[]") for i in rated], seq)
+
+        insert_synthetic(store, rng, per_shard, manifest.embedding_dim, os.fsencode(root), rate)
         with store.atomic():
             store.set_meta("shard_root", os.fsencode(root).hex())
         write_packed(store, manifest.embedding_dim)

@@ -115,18 +115,10 @@ class Library:
         return tuple((number, store.current_seq()) for number, store in self.stores.items())
 
     def counts(self) -> dict:
-        total: dict = {}
-        for store in self.stores.values():
-            for key, value in store.counts().items():
-                total[key] = total.get(key, 0) + value
-        return total
+        return summed(store.counts() for store in self.stores.values())
 
     def meta_coverage(self) -> dict:
-        total: dict = {}
-        for store in self.stores.values():
-            for key, value in store.meta_coverage().items():
-                total[key] = total.get(key, 0) + value
-        return total
+        return summed(store.meta_coverage() for store in self.stores.values())
 
     def absent_notes(self) -> list[str]:
         """One line each for the shards left out (none: [])."""
@@ -190,6 +182,15 @@ class Library:
             found.update((path, global_id(number, row_id))
                          for path, row_id in self.stores[number].image_ids(chunk).items())
         return found
+
+
+def summed(counts) -> dict:
+    """Counts of several shards (dicts of numbers) added up key by key."""
+    total: dict = {}
+    for one in counts:
+        for key, value in one.items():
+            total[key] = total.get(key, 0) + value
+    return total
 
 
 def open_shard(shard: ShardRow, readonly: bool) -> Store:

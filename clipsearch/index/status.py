@@ -15,7 +15,7 @@ from .indexer import IndexOptions, count_pending
 
 
 def status_report(db_path: Path, model_dir: Path) -> dict:
-    from clipsearch.cache.library import Library
+    from clipsearch.cache.library import Library, summed
     from clipsearch.cache.packed import packed_status
 
     library = Library(db_path)
@@ -27,7 +27,7 @@ def status_report(db_path: Path, model_dir: Path) -> dict:
         folders = sorted({folder for shard_store in stores for folder in library_folders(shard_store)}
                          | {os.fsdecode(shard.root) for shard in library.absent})
         missing = [folder for folder in folders if not mounted(folder)]
-        raw = _summed(shard_store.raw_counts(RAW) for shard_store in stores)
+        raw = summed(shard_store.raw_counts(RAW) for shard_store in stores)
         packed = {packed_status(shard_store) for shard_store in stores}
         report = {
             "database": str(db_path),
@@ -89,13 +89,6 @@ def shard_lines(library) -> list[str]:
                      + ("" if there else " (NOT THERE: left out of answers until it is back)"))
     return lines
 
-
-def _summed(dicts) -> dict:
-    total: dict = {}
-    for counts in dicts:
-        for key, value in counts.items():
-            total[key] = total.get(key, 0) + value
-    return total
 
 
 def failed_report(db_path: Path, paths: list[str]) -> list[dict]:
