@@ -54,8 +54,6 @@ class ShardQueries:
     def set_shard_photos(self, number: int, photos: int) -> None:
         self.db.execute("UPDATE shards SET photos = ? WHERE number = ?", (photos, number))
 
-    def forget_shard(self, number: int) -> None:
-        self.db.execute("DELETE FROM shards WHERE number = ?", (number,))
 
     def copy_rows_under(self, root: bytes, target: str) -> int:
         """Copy the rows under `root` (ids kept) and the cache's identity into the empty

@@ -24,10 +24,10 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipsearch.cache.library import PORTABLE_DIR, portable_location
+from clipsearch.cache.library import portable_location
 from clipsearch.cache.packed import packed_path
 from clipsearch.cache.store import Store
-from clipsearch.errors import DatabaseError, ModelMismatchError, UsageError
+from clipsearch.errors import ModelMismatchError, UsageError
 from clipsearch.photos.walk import is_under
 
 
@@ -37,7 +37,6 @@ class Target:
 
     number: int
     location: Path
-    root: bytes | None = None
     roots: list[bytes] = field(default_factory=list)
 
 
@@ -69,7 +68,7 @@ def place_roots(home: Store, roots: list[bytes], manifest, on_disk: bool, per_fo
         if shard is None:
             targets.setdefault(0, Target(0, home.path)).roots.append(root)
         else:
-            targets.setdefault(shard.number, Target(shard.number, Path(shard.location), shard.root)).roots.append(root)
+            targets.setdefault(shard.number, Target(shard.number, Path(shard.location))).roots.append(root)
     return sorted(targets.values(), key=lambda target: target.number)
 
 
@@ -174,13 +173,6 @@ def absent_shard_roots(home: Store, absent: list[bytes]) -> list[bytes]:
     """Of the folders given that are not there, those a listed shard holds."""
     listed = [s.root for s in home.shard_rows()]
     return [root for root in absent if is_under(root, listed)]
-
-
-def check_shard(location: Path) -> None:
-    """A shard the library lists, about to be written: a newer schema is refused by `Store`."""
-    if not location.is_file():
-        raise DatabaseError(f"{location}: the shard database is gone (its folder is there); run `clipsearch index` "
-                            f"on that folder again, or remove its {PORTABLE_DIR} folder to index it anew")
 
 
 def _remove(path: Path) -> None:
