@@ -132,10 +132,18 @@ def test_excludes_and_hidden(cli, tmp_path):
     write_photo(root / ".dotfile.jpg", COLOURS["red"])
     write_photo(root / "raw" / "skip.jpg", COLOURS["red"])
     write_photo(root / "UPPER.JPG", COLOURS["red"])
+    write_photo(root / "trip.2024.Jpeg", COLOURS["red"])  # the last dot's extension, any case
+    # Wildcard patterns (folders and files alike) and a plain name with regex characters in it.
+    write_photo(root / "tmp-2024" / "x.jpg", COLOURS["red"])
+    write_photo(root / "draft-copy.jpg", COLOURS["red"])
+    write_photo(root / "(old)+" / "y.jpg", COLOURS["red"])
+    write_photo(root / "old" / "kept.jpg", COLOURS["red"])
     (root / "notes.txt").write_text("not an image")
-    cli("index", str(root), "--workers", "1", "--exclude", "raw")
+    cli("index", str(root), "--workers", "1", "--exclude", "raw", "--exclude", "tmp-[0-9]*",
+        "--exclude", "draft-?opy.*", "--exclude", "(old)+")
     found = sorted(ranked_paths(cli("query", "red", "--top", "50")))
-    assert found == sorted([str(root / "UPPER.JPG"), str(root / "keep.jpg")])
+    assert found == sorted([str(root / "UPPER.JPG"), str(root / "keep.jpg"), str(root / "trip.2024.Jpeg"),
+                            str(root / "old" / "kept.jpg")])
     listing = CliRunner().invoke(main, ["index", "--list-excludes"]).stdout
     assert "@eaDir" in listing and "#recycle" in listing
 

@@ -195,7 +195,8 @@ class Indexer:
             for entry in folder.files:
                 done.add(entry.path)
                 row = known.pop(entry.path, None)
-                if unchanged(row, entry) and row.failed and (self.options.retry_failed
+                same = unchanged(row, entry)
+                if same and row.failed and (self.options.retry_failed
                                                              or retry_due(row.failure, self.bounds)):
                     self.summary.retried += 1
                     self.kinds[entry.path] = "new"
@@ -204,7 +205,7 @@ class Indexer:
                         self.record(embedder.submit(chunk))
                         chunk = []
                     continue
-                if unchanged(row, entry):
+                if same:
                     self.count_unchanged(row)
                     if not row.failed and row.companion != entry.companion:
                         # The RAW of its pair appeared, went, or is another file now: no pixel changed.
