@@ -132,7 +132,7 @@ def main() -> None:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             times = [search(conn, i) for i in range(43)][3:]
-            rss, peak = memory_mb(process.pid)
+            rss, peak, _ = memory_mb(process.pid)
             line = (f"  {kind:9} keep-alive search p50 {np.percentile(times, 50) * 1000:.0f} ms, p95 "
                     f"{np.percentile(times, 95) * 1000:.0f} ms; RSS {rss:.0f} MB (peak {peak:.0f})")
             for stalled in args.stalled:

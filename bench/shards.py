@@ -112,7 +112,8 @@ def _open_worker(db: str, model: str, dask_worker=None) -> None:
     from clipsearch.model.manifest import load_manifest as load
     from clipsearch.search.rank import IntegerScorer
 
-    state = dict(library=Library(Path(db)), manifest=load(Path(model)), scorer=IntegerScorer())
+    state = dict(library=Library(Path(db)), manifest=load(Path(model)),
+                 scorer=IntegerScorer(keep_mapped=True))
     if dask_worker is not None:
         dask_worker.clipsearch_state = state
     else:

@@ -1,12 +1,16 @@
 """The ranking over the packed file as it is stored now (rows as uint8, each block the left
 operand of the integer GEMM): warm answers (the server's engine) equal cold ones to the last
-bit, over one database and over shards; a packed file of the previous layout is rebuilt, never
+bit, over one database and over shards, also once an index run replaced the packed file the
+engine keeps mapped; a packed file of the previous layout is rebuilt, never
 misread; `serve --rank-memory` (no longer used) is accepted with a note. Real cache, real index
 runs, real onnxruntime sessions."""
 from __future__ import annotations
 
+import os
+
 from helpers import COLOURS, colour_library, write_photo
 
+from clipsearch.cache.packed import packed_path
 from clipsearch.search.query import WarmEngine, run_query
 
 
@@ -29,9 +33,23 @@ def test_warm_answers_equal_cold_ones_and_follow_new_packed_files(cli, tmp_path)
     assert any(path.endswith(b"red_again.jpg") for path, _ in fresh[0])
     assert answers(cli.db, cli.model, engine) == fresh
 
+    # The engine keeps the packed file mapped between queries; a new file (rewritten by a
+    # run, here by the next query after this one is removed) is mapped afresh, the old let go.
+    (mapped_path, (identity, _, _)), = engine.scorer.matrices.mapped.items()
+    assert mapped_path == packed_path(cli.db)
+    os.unlink(packed_path(cli.db))
+    (library / "blue.jpg").unlink()
+    cli("index", str(library), "--workers", "1")  # no packed file to overlay: a new one is written
+    assert os.stat(packed_path(cli.db)).st_ino != identity[1]
+    after = answers(cli.db, cli.model)
+    assert not any(path.endswith(b"/blue.jpg") for path, _ in after[1])
+    assert answers(cli.db, cli.model, engine) == after
+    (_, (renewed, _, _)), = engine.scorer.matrices.mapped.items()
+    assert renewed[1] == os.stat(packed_path(cli.db)).st_ino
+
 
 def test_a_packed_file_of_the_previous_layout_is_rebuilt(cli, tmp_path):
-    from clipsearch.cache.packed import MAGIC, packed_path
+    from clipsearch.cache.packed import MAGIC
 
     colour_library(tmp_path / "photos", 1)
     cli("index", str(tmp_path / "photos"), "--workers", "1")

@@ -131,7 +131,7 @@ class WarmEngine:
         self.manifest = load_manifest(model_dir)
         self.text_manifest = load_text_model(text_model_dir) if text_model_dir else self.manifest
         self.text = TextEncoder(self.text_manifest, threads, fast_start=False)
-        self.scorer = IntegerScorer()
+        self.scorer = IntegerScorer(keep_mapped=True)
 
     def warm(self) -> None:
         self.text.encode(["a photo"])

@@ -10,7 +10,16 @@ from pathlib import Path
 import numpy as np
 
 from clipsearch.cache.columns import drop_members, member
-from clipsearch.cache.packed import ROW_ZERO, current_packed, iter_blocks, quantize_rows, read_scales, signed_rows
+from clipsearch.cache.packed import (
+    BLOCK_ROWS,
+    ROW_ZERO,
+    MappedMatrices,
+    current_packed,
+    iter_blocks,
+    quantize_rows,
+    read_scales,
+    signed_rows,
+)
 
 CANDIDATES = 64  # per block: rows re-scored exactly after the integer pass
 
@@ -25,13 +34,25 @@ class IntegerScorer:
     The query is quantized to 7 bits (-64..64): u8 x s8 pairs then sum below 32767 (255 x 64
     x 2), so CPUs without VNNI, whose U8S8 kernel adds pairs in int16 with saturation, stay
     exact. The quantization error (~0.2% of a score) only picks candidates; each block's best
-    CANDIDATES rows are re-scored in float32."""
+    CANDIDATES rows are re-scored in float32.
 
-    def __init__(self):
+    `keep_mapped`: a scorer that lives across queries (`serve`) keeps each packed file mapped
+    (`cache/packed.MappedMatrices`); a one-off query maps block by block and unmaps as it goes."""
+
+    def __init__(self, keep_mapped: bool = False):
         from clipsearch.model.encoders import open_session
 
         self.session = open_session(Path(__file__).with_name("rank.onnx"), threads=None)
         self.zero = np.array(ROW_ZERO, dtype=np.uint8)
+        self.matrices = MappedMatrices() if keep_mapped else None
+
+    def rows(self, packed) -> tuple[np.ndarray, object]:
+        """(scales [count], iterable of (first row, uint8 block [rows, dim])) of `packed`."""
+        whole = self.matrices.get(packed) if self.matrices is not None else None
+        if whole is None:
+            return read_scales(packed), iter_blocks(packed)
+        rows, scales = whole
+        return scales, ((start, rows[start : start + BLOCK_ROWS]) for start in range(0, packed.count, BLOCK_ROWS))
 
     def prepare(self, query: np.ndarray) -> tuple[np.ndarray, float]:
         peak = float(np.abs(query).max()) or 1.0
@@ -72,11 +93,11 @@ def top_k(query: np.ndarray, store, dim: int, k: int, allowed_ids: np.ndarray | 
                 and (allowed_ids is None or member(np.array([row[0]]), allowed_ids)[0])]
     best_ids, best_scores = [], []
     if packed is not None and packed.count:
-        scales = read_scales(packed)
         scorer = scorer or IntegerScorer()
+        scales, blocks = scorer.rows(packed)
         prepared, _ = scorer.prepare(query)
         shortlist = max(CANDIDATES, 4 * k)
-        for start, block in iter_blocks(packed):
+        for start, block in blocks:
             rows = block.shape[0]
             kept = keep[start : start + rows]
             whole = bool(kept.all())
