@@ -111,6 +111,15 @@ def test_flat_pictures_are_never_one_giant_group_and_cost_little(tmp_path, cli):
     assert all(len(g["members"]) <= 400 for g in exact)
 
 
+def test_a_library_without_duplicates_says_so(tmp_path, cli):
+    """Printed photos of which no two match: nothing found, no error (it raised IndexError)."""
+    for seed in (1, 2, 3):
+        save(scene(seed), tmp_path / "photos" / f"IMG_{seed}.jpg", quality=95)
+    cli("index", str(tmp_path / "photos"), "--workers", "1")
+    result = cli("duplicates")
+    assert result.stdout == "" and "0 groups, 0 photos" in result.stderr
+
+
 def test_bursts_need_a_measured_threshold_and_group_frames_of_one_moment(tmp_path, cli):
     root = tmp_path / "photos"
     for i, colour in enumerate(("red", "red", "red", "blue")):

@@ -193,6 +193,8 @@ def matching_pairs(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
             close = share <= SAME_SHARE
             found.append((i[close], j[close], np.full(int(close.sum()), turn), share[close]))
     i, j, turn, share = (np.concatenate(part) for part in zip(*found))
+    if not len(i):  # no copies at all (a library without duplicates)
+        return i, j, turn, share
     # One turn per pair: the closest.
     order = np.lexsort((share, np.maximum(i, j), np.minimum(i, j)))
     i, j, turn, share = i[order], j[order], turn[order], share[order]
