@@ -102,6 +102,14 @@ def warm(db: Path, model: Path, runs: int) -> dict:
     return figures
 
 
+def warm_elsewhere(checkout: Path, db: Path, model: Path, runs: int) -> dict:
+    """`warm` as another checkout (`--against`: the version before) runs it, on the same library."""
+    code = ("import json, sys; sys.path.insert(0, '.'); from bench.shards import warm; "
+            f"print(json.dumps({{', '.join(k): v for k, v in warm({str(db)!r}, {str(model)!r}, {runs}).items()}}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=checkout, capture_output=True, text=True, check=True)
+    return {tuple(key.split(", ")): seconds for key, seconds in json.loads(out.stdout.splitlines()[-1]).items()}
+
+
 _WORKER: dict = {}
 
 
@@ -253,21 +261,28 @@ def dask_fanout(db: Path, model: Path, runs: int) -> dict:
     return {"query_s": median(times[1:]), "round_trip_s": median(empty[1:]), "workers": len(workers)}
 
 
-def reindex(files: int, model: Path, manifest) -> dict:
+def reindex(files: int, model: Path, manifest, runs: int, against: Path | None = None) -> dict:
     """An unchanged re-index of `files` files (tiny ones; the walk and the cache's look-ups are
-    what it costs) with one file (`--db`, before), and then the same cache at the default
-    place: the first run moves it into a shard (timed), the next is the unchanged re-index."""
+    what it costs) with one file (`--db`), by this checkout and by `against` in turns (before
+    and after), and then the same cache at the default place: the first run moves it into a
+    shard (timed), the next is the unchanged re-index."""
     import shutil
 
     from bench.query import reindex_unchanged
 
     reindex_unchanged(files, model, manifest)  # makes the files and a one-file cache (and reads their headers)
     root = CACHE / f"tiny-files-{files}"
-    start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "clipsearch", "index", str(root), "--db",
-                          str(CACHE / f"reindex-{files}.db"), "--model", str(model)],
-                         capture_output=True, text=True, check=True)
-    one_file_s, line = time.perf_counter() - start, out.stderr.strip().splitlines()[-1]
+    checkouts = {"this": REPO, **({"other": against} if against else {})}
+    one_file: dict = {name: [] for name in checkouts}
+    line = ""
+    for _ in range(runs):
+        for name, checkout in checkouts.items():
+            start = time.perf_counter()
+            out = subprocess.run([sys.executable, "-m", "clipsearch", "index", str(root), "--db",
+                                  str(CACHE / f"reindex-{files}.db"), "--model", str(model)],
+                                 capture_output=True, text=True, check=True, cwd=checkout)
+            one_file[name].append(time.perf_counter() - start)
+            line = out.stderr.strip().splitlines()[-1] if name == "this" else line
     home = CACHE / f"reindex-home-{files}"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
@@ -275,13 +290,14 @@ def reindex(files: int, model: Path, manifest) -> dict:
     env = dict(os.environ, CLIPSEARCH_HOME=str(home))
     command = [sys.executable, "-m", "clipsearch", "index", str(root), "--model", str(model)]
     times, lines = [], []
-    for _ in range(2):
+    for _ in range(1 + runs):
         start = time.perf_counter()
-        out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run(command, env=env, capture_output=True, text=True, check=True, cwd=REPO)
         times.append(time.perf_counter() - start)
         lines.append(out.stderr.strip().splitlines()[-1])
-    return {"one_file_s": one_file_s, "one_file_line": line, "move_s": times[0], "shard_s": times[1],
-            "shard_line": lines[1]}
+    return {"one_file_s": median(one_file["this"]), "one_file_line": line,
+            "one_file_other_s": median(one_file["other"]) if against else None,
+            "move_s": times[0], "shard_s": median(times[1:]), "shard_line": lines[-1]}
 
 
 def main(argv=None) -> dict:
@@ -290,7 +306,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--one-file", type=int, default=1_280_000, help="the one-file cache to compare (0: none)")
-    parser.add_argument("--against", type=Path, default=None, help="another checkout for the one-file figures")
+    parser.add_argument("--against", type=Path, default=None, help="another checkout: the figures before")
     parser.add_argument("--dask", action="store_true")
     parser.add_argument("--reindex-files", type=int, default=0, help="also time an unchanged re-index of this many files")
     args = parser.parse_args(argv)
@@ -300,12 +316,17 @@ def main(argv=None) -> dict:
     print(f"machine: {cpu_summary()}; {args.photos:,} photos in {args.shards} shards; medians of {args.runs}")
     db = build_library(home, args.photos, args.shards, manifest)
     figures: dict = {"warm": {}}
+    before = warm_elsewhere(args.against, db, model, args.runs) if args.against else {}
     for (fan, label), seconds in warm(db, model, args.runs).items():
-        print(f"warm query in process, {label:10} {fan:10}: {seconds * 1000:7.0f} ms")
+        other = f" (other checkout, just before: {before[(fan, label)] * 1000:.0f} ms)" \
+            if (fan, label) in before else ""
+        print(f"warm query in process, {label:10} {fan:10}: {seconds * 1000:7.0f} ms{other}")
         figures["warm"][f"{fan}, {label}"] = seconds
-    wall, rss = cold(model, args.runs, {"CLIPSEARCH_HOME": str(home)}, [])
-    print(f"cold whole-process query over {args.shards} shards: {wall:.3f} s, peak RSS {rss:.0f} MB")
-    figures["cold"] = {"s": wall, "rss_mb": rss}
+    for name, checkout in (("this", REPO), *((("other", args.against),) if args.against else ())):
+        wall, rss = cold(model, args.runs, {"CLIPSEARCH_HOME": str(home)}, [], checkout)
+        print(f"cold whole-process query over {args.shards} shards ({name} checkout): {wall:.3f} s, "
+              f"peak RSS {rss:.0f} MB")
+        figures[f"cold_{name}"] = {"s": wall, "rss_mb": rss}
     if args.one_file:
         one = CACHE / f"query-{args.one_file}.db"
         build_cache(one, args.one_file, manifest)
@@ -326,10 +347,12 @@ def main(argv=None) -> dict:
               f"an empty task round trip {found['round_trip_s'] * 1000:.1f} ms")
         figures["dask"] = found
     if args.reindex_files:
-        found = reindex(args.reindex_files, model, manifest)
-        print(f"unchanged re-index of {args.reindex_files:,} files, whole process: one file {found['one_file_s']:.1f} s, "
-              f"as a shard of the default library {found['shard_s']:.1f} s -> {found['shard_line']} (the first run, "
-              f"moving the old cache into the shard: {found['move_s']:.1f} s)")
+        found = reindex(args.reindex_files, model, manifest, min(args.runs, 3), args.against)
+        before = (f" (other checkout {found['one_file_other_s']:.1f} s, "
+                  f"{found['one_file_other_s'] / found['one_file_s']:.2f}x)" if args.against else "")
+        print(f"unchanged re-index of {args.reindex_files:,} files, whole process: one file {found['one_file_s']:.1f} s"
+              f"{before}, as a shard of the default library {found['shard_s']:.1f} s -> {found['shard_line']} (the "
+              f"first run, moving the old cache into the shard: {found['move_s']:.1f} s)")
         figures["reindex"] = found
     print(json.dumps({k: v for k, v in figures.items() if k != "warm"}, default=str))
     return figures

@@ -211,6 +211,50 @@ def test_tag_duplicates_and_the_page_see_every_shard(two_folders, colour_model, 
         library.close()
 
 
+def test_duplicates_are_found_across_shards(colour_model, isolated_home, tmp_path):
+    """A copy on the USB disk of a photo on the internal volume is one group with it, as in one
+    database: byte-identical, resized, and frames of one burst split over the two disks (camera
+    numbers are per database; a Nikon frame in between stays out of the Canon burst)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+    from test_duplicates import save, scene
+
+    internal, usb = tmp_path / "internal", tmp_path / "usb"
+    original = save(scene(1), internal / "camera" / "IMG_0001.jpg", quality=95)
+    (usb / "backup").mkdir(parents=True)
+    shutil.copy2(original, usb / "backup" / "IMG_0001.jpg")
+    save(scene(1).resize((240, 180)), usb / "web" / "small.jpg", quality=80)
+    save(scene(2), internal / "camera" / "IMG_0002.jpg", quality=95)  # another picture
+
+    def frame(folder, name, make, model, second, seed):
+        exif = Image.Exif()
+        exif[0x010F], exif[0x0110] = make, model
+        exif.get_ifd(0x8769)[0x9003] = f"2024:07:14 18:30:{second:02d}"
+        pixels = np.clip(np.array((200, 30, 30)) + np.random.default_rng(seed).normal(0, 12, (240, 320, 3)), 0, 255)
+        save(Image.fromarray(pixels.astype(np.uint8)), folder / "burst" / name, quality=90, exif=exif.tobytes())
+
+    frame(internal, "burst_0.jpg", "Canon", "EOS R6", 0, 0)
+    frame(internal, "burst_1.jpg", "Canon", "EOS R6", 2, 1)
+    frame(usb, "nikon.jpg", "Nikon", "Z 6", 1, 2)  # first on the USB disk: its camera number 0 there
+    frame(usb, "burst_2.jpg", "Canon", "EOS R6", 4, 3)
+    clipsearch("index", str(internal), str(usb), "--model", str(colour_model))
+    assert len(shard_files(isolated_home)) == 2
+    out = clipsearch("duplicates", "--model", str(colour_model), "--json", "--burst-cosine", "0.95").stdout
+    found = {g["kind"]: sorted(os.path.relpath(m["path"], tmp_path) for m in g["members"])
+             for g in map(json.loads, out.splitlines())}
+    assert found == {"same": ["internal/camera/IMG_0001.jpg", "usb/backup/IMG_0001.jpg", "usb/web/small.jpg"],
+                     "burst": ["internal/burst/burst_0.jpg", "internal/burst/burst_1.jpg", "usb/burst/burst_2.jpg"]}
+    exact = clipsearch("duplicates", "--model", str(colour_model), "--kind", "exact", "--json").stdout
+    assert sorted(os.path.relpath(m["path"], tmp_path) for m in json.loads(exact)["members"]) == [
+        "internal/camera/IMG_0001.jpg", "usb/backup/IMG_0001.jpg"]
+    # Within one disk (a folder given), only what is under it.
+    within = clipsearch("duplicates", str(usb), "--model", str(colour_model), "--json").stdout
+    assert [sorted(os.path.relpath(m["path"], tmp_path) for m in g["members"]) for g in map(json.loads, within.splitlines())] \
+        == [["usb/backup/IMG_0001.jpg", "usb/web/small.jpg"]]
+
+
 def start_index(folders, model, home):
     return subprocess.Popen([sys.executable, "-m", "clipsearch", "index", *map(str, folders), "--model", str(model),
                              "--workers", "1", "--batch-size", "2", "--commit-seconds", "0.05"],

@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from clipsearch.errors import DatabaseError, ModelMismatchError
 
 from .store import Store
@@ -31,6 +33,11 @@ PORTABLE_DIR = ".clipsearch"  # a folder starting with "." is never walked by `i
 
 def global_id(number: int, row_id: int) -> int:
     return number << SHARD_BITS | row_id
+
+
+def global_ids(number: int, row_ids: np.ndarray) -> np.ndarray:
+    """`global_id` of a whole column of one shard's row ids."""
+    return (np.int64(number) << np.int64(SHARD_BITS)) | row_ids.astype(np.int64)
 
 
 def split_id(gid: int) -> tuple[int, int]:
@@ -158,6 +165,37 @@ class Library:
 
     def unit_vectors(self, gids) -> dict:
         return self._routed(gids, Store.unit_vectors)
+
+    def duplicate_details(self, gids) -> dict[int, dict]:
+        return self._routed(gids, Store.duplicate_details)
+
+    # -- columns of every shard, for `duplicates`: a copy on one disk of a photo on another is
+    # found as within one database. The cost is one database's: 10M photos' prints take 640 MB.
+
+    def print_columns(self, under: list[bytes] | None = None) -> dict:
+        parts = [(number, store.print_columns(under)) for number, store in self.each()]  # the home one first
+        if len(parts) == 1:
+            return parts[0][1]
+        merged = {name: np.concatenate([columns[name] for _, columns in parts])
+                  for name in ("size", "head", "has_print", "print")}
+        merged["id"] = np.concatenate([global_ids(number, columns["id"]) for number, columns in parts])
+        return merged
+
+    def burst_columns(self) -> dict:
+        parts = [(number, store.burst_columns()) for number, store in self.each()]
+        if len(parts) == 1:
+            return parts[0][1]
+        cameras: dict[tuple, int] = {}  # one number per (make, model) across shards
+        ids, times, numbers = [], [], []
+        for number, columns in parts:
+            renumbered = np.array([cameras.setdefault(name, len(cameras)) for name in columns["cameras"]] or [0],
+                                  dtype=np.int64)
+            ids.append(global_ids(number, columns["id"]))
+            times.append(columns["time"])
+            numbers.append(renumbered[columns["camera"]])
+        order = np.argsort(np.concatenate(times), kind="stable")
+        return {"id": np.concatenate(ids)[order], "time": np.concatenate(times)[order],
+                "camera": np.concatenate(numbers)[order], "cameras": list(cameras)}
 
     def photo_row(self, gid: int) -> tuple | None:
         number, row_id = split_id(gid)

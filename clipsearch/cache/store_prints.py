@@ -80,15 +80,16 @@ class PrintQueries:
                           "AND print IS NULL")[0][0]
 
     def burst_columns(self) -> dict[str, np.ndarray]:
-        """Live dated photos with a camera: ids, capture times (seconds) and a camera number,
-        sorted by time; what the burst pass walks in windows."""
+        """Live dated photos with a camera: ids, capture times (seconds) and a camera number
+        (`cameras` names them), sorted by time; what the burst pass walks in windows."""
         rows = self.query("SELECT i.id, m.taken_key, m.make, m.model FROM photo_meta m JOIN images i ON i.id = m.image_id "
                           "WHERE i.deleted = 0 AND i.vector IS NOT NULL AND m.taken_key IS NOT NULL "
                           "AND m.model IS NOT NULL ORDER BY m.taken_key") if self.has_metadata else []
         cameras: dict[tuple, int] = {}
         return {"id": np.array([r[0] for r in rows], dtype=np.int64),
                 "time": np.array([r[1] for r in rows], dtype=np.float64),
-                "camera": np.array([cameras.setdefault((r[2], r[3]), len(cameras)) for r in rows], dtype=np.int64)}
+                "camera": np.array([cameras.setdefault((r[2], r[3]), len(cameras)) for r in rows], dtype=np.int64),
+                "cameras": list(cameras)}  # camera number -> (make, model)
 
     def duplicate_details(self, row_ids: list[int]) -> dict[int, dict]:
         """What a report says of each photo: path, size, mtime, pixels, capture time, camera, and

@@ -18,6 +18,8 @@ Three kinds, each a pass over columns of the cache (never all pairs of the libra
   measured) has no burst groups, and the report says so.
 Groups are the connected parts of the kept pairs of one kind; a photo in an exact or same
 group is not also put in a burst group.
+`find_duplicates` reads a whole library (`cache/library.Library`: every shard's columns
+together, members by global id) or one database alike.
 
 The thresholds and their measured precision and recall: docs/design.md "Duplicates".
 """

@@ -3,7 +3,6 @@ model opened as `query` opens them, the groups found (`duplicates.py`), and each
 JSON; and `--tag`, the non-best members handed to the tag machinery."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from clipsearch.errors import UsageError
@@ -12,9 +11,9 @@ from .duplicates import KINDS, Report, find_duplicates
 
 
 def duplicate_report(db_path: Path, model_dir: Path, kinds=KINDS, folders=(), burst_cosine: float | None = None) -> Report:
-    """The groups of every shard of the library (`cache/library.py`), members by global id.
-    Photos are compared within their shard: a copy on another disk is not grouped with it."""
-    from clipsearch.cache.library import Library, global_id
+    """The groups of the whole library (`cache/library.py`), members by global id: a copy on
+    one disk of a photo on another is grouped with it, as within one database."""
+    from clipsearch.cache.library import Library
     from clipsearch.model.manifest import load_manifest
     from clipsearch.photos.walk import normalise_root
 
@@ -27,19 +26,9 @@ def duplicate_report(db_path: Path, model_dir: Path, kinds=KINDS, folders=(), bu
     library = Library(db_path)
     try:
         library.check_model(manifest.model_id, manifest.name)
-        under = [normalise_root(f) for f in folders] or None
-        merged = Report([], library.absent_notes(), {})
-        for number, store in library.each():
-            found = find_duplicates(store, kinds, under, burst_cosine)
-            for group in found.groups:
-                group.members = [global_id(number, m) for m in group.members]
-                group.evidence = {global_id(number, m): e for m, e in group.evidence.items()}
-            merged.groups += found.groups
-            merged.notes += [note for note in found.notes if note not in merged.notes]
-            merged.details.update((global_id(number, m), d) for m, d in found.details.items())
-        if len(library.stores) > 1:  # in the one order `find_duplicates` gives a database's groups
-            merged.groups.sort(key=lambda g: (KINDS.index(g.kind), os.fsdecode(merged.details[g.members[0]]["path"])))
-        return merged
+        found = find_duplicates(library, kinds, [normalise_root(f) for f in folders] or None, burst_cosine)
+        found.notes[:0] = library.absent_notes()
+        return found
     finally:
         library.close()
 

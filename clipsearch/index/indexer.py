@@ -196,8 +196,7 @@ class Indexer:
                 done.add(entry.path)
                 row = known.pop(entry.path, None)
                 same = unchanged(row, entry)
-                if same and row.failed and (self.options.retry_failed
-                                                             or retry_due(row.failure, self.bounds)):
+                if same and row.failed and (self.options.retry_failed or retry_due(row.failure, self.bounds)):
                     self.summary.retried += 1
                     self.kinds[entry.path] = "new"
                     chunk.append(task(entry.path, entry.size, entry.mtime_ns, companion=entry.companion))
