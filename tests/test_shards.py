@@ -102,6 +102,68 @@ def test_a_folder_that_is_not_there_is_left_out_with_a_note_and_comes_back_as_it
     assert rows(usb_shard) == before
 
 
+def all_rows(db: Path) -> dict[bytes, tuple]:
+    """path -> (deleted, vector, scale, indexed_at, fingerprint) of every row, deleted ones too."""
+    with sqlite3.connect(db) as conn:
+        return {bytes(r[0]): tuple(r[1:]) for r in conn.execute(
+            "SELECT filepath, deleted, vector, scale, indexed_at, fingerprint FROM images")}
+
+
+def test_a_photo_moved_between_shards_takes_its_row_along(two_folders, colour_model, isolated_home):
+    """Moved from the USB disk's folder to the internal one (another shard): nothing embedded
+    again, the vector, what `tag` recorded and the metadata come along, and the row it left is
+    deleted there, also when only the folder it went to is indexed. A source shard that another
+    run holds is left alone: the photo is embedded instead."""
+    from clipsearch.index.lock import IndexLock
+
+    internal, usb = two_folders
+    beach = write_photo(usb / "trip" / "beach.jpg", (240, 200, 60), seed=777)
+    lake = write_photo(usb / "trip" / "lake.jpg", (30, 90, 200), seed=778)
+    pier = write_photo(usb / "trip" / "pier.jpg", (90, 90, 90), seed=779)
+    write_photo(usb / "trip" / "stays.jpg", (20, 160, 40), seed=780)  # an emptied folder would be kept (exit 6)
+    clipsearch("index", str(internal), str(usb), "--model", str(colour_model))
+    inner, outer = shard_files(isolated_home)
+    with sqlite3.connect(outer) as conn:  # as `tag` records a keyword it wrote into a sidecar
+        conn.execute("INSERT INTO keywords_added (image_id, keyword, sidecar, field, value, added_at) SELECT id, "
+                     "'holiday', filepath || '.xmp', 'subject', 'holiday', 1.0 FROM images WHERE filepath = ?",
+                     (os.fsencode(beach),))
+    left = all_rows(outer)
+
+    # Both folders indexed, the photo renamed on the way.
+    moved = internal / "2024" / "beach-day.jpg"
+    moved.parent.mkdir()
+    shutil.move(beach, moved)
+    run = clipsearch("index", str(internal), str(usb), "--model", str(colour_model))
+    assert "0 new, 0 updated, 1 moved, 0 removed" in run.stderr, run.stderr
+    arrived = all_rows(inner)[os.fsencode(moved)]
+    assert arrived[0] == 0 and arrived[1:] == left[os.fsencode(beach)][1:]  # vector, scale, indexed_at, content
+    assert all_rows(outer)[os.fsencode(beach)][0] == 1
+    with sqlite3.connect(inner) as conn:
+        assert conn.execute("SELECT k.keyword FROM keywords_added k JOIN images i ON i.id = k.image_id "
+                            "WHERE i.filepath = ?", (os.fsencode(moved),)).fetchall() == [("holiday",)]
+        assert conn.execute("SELECT m.width FROM photo_meta m JOIN images i ON i.id = m.image_id WHERE i.filepath = ?",
+                            (os.fsencode(moved),)).fetchall() == [(320,)]
+    found = [path for _, path in results(clipsearch("query", "yellow", "--model", str(colour_model), "--top", "40").stdout)]
+    assert str(moved) in found and str(beach) not in found
+
+    # Only the folder it went to indexed: the row it left is deleted there all the same.
+    shutil.move(lake, internal / "2024" / "lake.jpg")
+    run = clipsearch("index", str(internal), "--model", str(colour_model))
+    assert "0 new, 0 updated, 1 moved, 0 removed" in run.stderr, run.stderr
+    assert all_rows(outer)[os.fsencode(lake)][0] == 1
+    found = [path for _, path in results(clipsearch("query", "blue", "--model", str(colour_model), "--top", "40").stdout)]
+    assert str(internal / "2024" / "lake.jpg") in found and str(lake) not in found
+
+    # The USB shard held by another run: not a source; the photo is embedded here instead.
+    shutil.move(pier, internal / "2024" / "pier.jpg")
+    with IndexLock(outer):
+        run = clipsearch("index", str(internal), "--model", str(colour_model))
+    assert "1 new, 0 updated, 0 moved, 0 removed" in run.stderr, run.stderr
+    assert all_rows(outer)[os.fsencode(pier)][0] == 0  # untouched; its own next run finds it gone
+    run = clipsearch("index", str(usb), "--model", str(colour_model))
+    assert "1 removed" in run.stderr and all_rows(outer)[os.fsencode(pier)][0] == 1
+
+
 def test_a_shard_on_its_disk_is_adopted_by_another_library_at_another_mount_point(tmp_path, colour_model):
     disk = tmp_path / "mnt" / "usb" / "Photos"
     colour_library(disk, 1)

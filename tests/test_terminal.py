@@ -14,7 +14,7 @@ import time
 from PIL import Image
 
 from clipsearch.cli.index import ProgressLine
-from clipsearch.index.indexer import Summary
+from clipsearch.index.summary import Summary
 from helpers import REPO, write_photo
 
 

@@ -81,6 +81,37 @@ class ShardQueries:
             self.db.execute("DETACH DATABASE shard")
         return copied
 
+    def export_row(self, row_id: int) -> dict[str, list[dict]]:
+        """A photo's row and the rows that refer to it (`MOVED_TABLES`), as column -> value:
+        what it takes along when it moves to another shard's folder (`import_row`)."""
+        found = {}
+        for table, prefix, source in MOVED_TABLES:
+            cursor = self.db.execute(f"SELECT {prefix}.* FROM {source} WHERE i.id = ?", (row_id,))
+            names = [column[0] for column in cursor.description]
+            found[table] = [dict(zip(names, row)) for row in cursor.fetchall()]
+        return found
+
+    def import_row(self, rows: dict[str, list[dict]], filepath: bytes, folder: bytes, mtime_ns: int,
+                   companion: bytes | None, seq: int) -> int:
+        """`export_row`'s rows of another database, live at `filepath` under a new id (call in a
+        transaction; no live row holds `filepath`). Columns this database lacks are left out."""
+        self.db.execute("DELETE FROM images WHERE filepath = ?", (filepath,))  # a stale soft-deleted row
+        new_id = None
+        for table, _, _ in MOVED_TABLES:
+            own = {row[1] for row in self.db.execute(f"PRAGMA main.table_info({table})")}
+            for row in rows[table]:
+                if table == "images":
+                    row = {**row, "filepath": filepath, "dir": folder, "modified_at": mtime_ns, "deleted": 0,
+                           "deleted_at": None, "seq": seq, "companion": companion}
+                    row.pop("id")
+                else:
+                    row = {**row, "image_id": new_id}
+                names = [name for name in row if name in own]
+                cursor = self.db.execute(f"INSERT INTO {table} ({','.join(names)}) VALUES ({','.join('?' * len(names))})",
+                                         [row[name] for name in names])
+                new_id = cursor.lastrowid if table == "images" else new_id
+        return new_id
+
     def holds_only_rows_under(self, root: bytes) -> bool:
         """Every row of this database lies under `root` (a one-folder cache from before shards)."""
         return not self.query(f"SELECT 1 FROM images WHERE NOT {self.UNDER} LIMIT 1", self.under_params(root))

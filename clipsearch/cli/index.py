@@ -102,7 +102,7 @@ def index(paths, db_path, model_dir, workers, file_timeout, worker_memory, batch
             click.echo(f"indexed: {run_counts(summary.as_dict())}", err=True)
             for hint, count in summary.missing_decoders.items():
                 click.echo(f"note: {count} file{'s' if count > 1 else ''} skipped: {hint}", err=True)
-        from clipsearch.index.indexer import kept_empty_error
+        from clipsearch.index.summary import kept_empty_error
 
         left_alone = kept_empty_error(summary)
         if left_alone:

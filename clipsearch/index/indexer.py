@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from clipsearch.config import available_cores
-from clipsearch.errors import EmptyFolderError
 from clipsearch.model.manifest import Manifest
 from clipsearch.photos.readers import metadata_readers, retry_due
 from clipsearch.photos.readers import record as failure_record
 from clipsearch.photos.walk import DEFAULT_EXCLUDES, Walker, is_under, parent_of
 
 from .embed import HEADERS_ONLY, PRINT_ONLY, Result, fingerprint_file, task
+from .summary import Summary
 from .workers import DEFAULT_FILE_TIMEOUT, Embedder, WorkerPool, default_workers
 
 
@@ -42,65 +42,6 @@ class IndexOptions:
     cluster_inflight_mb: int = 256  # photo bytes sent to the cluster and not answered yet
     retry_failed: bool = False  # try every remembered failure again, changed or not
     quiet: bool = False  # -q: only what needs a look (cron mails the rest); Dask's own warnings dropped
-
-
-@dataclass
-class Summary:
-    new: int = 0
-    updated: int = 0
-    moved: int = 0
-    removed: int = 0
-    failed: int = 0
-    unchanged: int = 0
-    skipped: int = 0  # failed before and unchanged since, or no decoder installed for the format
-    vanished: int = 0
-    missing_decoders: dict[str, int] = field(default_factory=dict)
-    pending_total: int | None = None
-    kept_empty: list[bytes] = field(default_factory=list)  # empty folders whose photos were kept
-    kept_empty_photos: int = 0
-    started: float = field(default_factory=time.monotonic)
-    embedded: int = 0
-    headers_read: int = 0  # photos cached before whose metadata was read (nothing re-embedded)
-    printed: int = 0  # photos cached before decoded for their perceptual print (nothing re-embedded)
-    damaged: int = 0  # photos indexed from the part of them that decodes
-    retried: int = 0  # remembered failures tried again (--retry-failed, or their environment changed)
-    meta_problems: int = 0  # photos indexed whose metadata could not (all) be read
-    absent: list[bytes] = field(default_factory=list)  # library folders given that are gone (disk unplugged)
-    cluster_workers: int | None = None  # Dask workers that embedded photos, with --cluster
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-    @property
-    def done(self) -> int:
-        return self.new + self.updated + self.failed + self.vanished
-
-    def as_dict(self) -> dict:
-        elapsed = self.elapsed
-        return {"new": self.new, "updated": self.updated, "moved": self.moved, "removed": self.removed,
-                "failed": self.failed, "skipped": self.skipped, "unchanged": self.unchanged,
-                "vanished": self.vanished, "retried": self.retried, "meta_problems": self.meta_problems,
-                "missing_decoders": dict(self.missing_decoders), "absent": [os.fsdecode(f) for f in self.absent],
-                "kept_empty": [os.fsdecode(f) for f in self.kept_empty], "headers_read": self.headers_read,
-                "printed": self.printed, "damaged": self.damaged,
-                "elapsed_s": round(elapsed, 2), "images_per_s": round(self.embedded / elapsed, 2) if elapsed else 0.0,
-                **({"cluster_workers": self.cluster_workers} if self.cluster_workers is not None else {})}
-
-
-def kept_empty_error(summary: "Summary") -> EmptyFolderError | None:
-    """The run's one line about library folders it had to leave alone (exit 6), or None."""
-    lines = []
-    if summary.absent:
-        folders = ", ".join(os.fsdecode(f) for f in summary.absent)
-        lines.append(f"{folders}: not there (disk unplugged, share not mounted?); its cached photos were kept and the "
-                     "other folders indexed. Run again once it is back")
-    if summary.kept_empty:
-        folders = ", ".join(os.fsdecode(f) for f in summary.kept_empty)
-        lines.append(f"{folders}: empty, but the cache holds {summary.kept_empty_photos} photos from there; is the "
-                     "share or disk mounted? They were kept. If you emptied it on purpose, run "
-                     "`clipsearch index --allow-empty` on it once")
-    return EmptyFolderError("; ".join(lines)) if lines else None
 
 
 def worker_pool(manifest: Manifest, options: IndexOptions, warn=None) -> Embedder:
@@ -133,6 +74,7 @@ class Indexer:
         self.seq = 0
         self.last_commit = 0.0
         self.bounds: dict[str, float] = {}  # the worker bounds a failure can depend on (`photos/readers.py`)
+        self.other_shards = None  # `shards.OtherShards`: where a file new here may have moved from
 
     # -- transaction ---------------------------------------------------------------------
 
@@ -154,6 +96,8 @@ class Indexer:
         """Index `roots` into this store. `embedder`: a pool shared by the runs of several
         shards (`index/run.py`), which its owner closes; by default one of the run's own."""
         if self.options.count_first:
+            from .status import count_pending
+
             self.summary.pending_total = ((self.summary.pending_total or 0)
                                           + sum(count_pending(self.store, root, self.options) for root in roots))
         from clipsearch.photos.prints import VERSION
@@ -199,10 +143,8 @@ class Indexer:
                 if same and row.failed and (self.options.retry_failed or retry_due(row.failure, self.bounds)):
                     self.summary.retried += 1
                     self.kinds[entry.path] = "new"
-                    chunk.append(task(entry.path, entry.size, entry.mtime_ns, companion=entry.companion))
-                    if len(chunk) >= self.options.batch_size:
-                        self.record(embedder.submit(chunk))
-                        chunk = []
+                    chunk = self.queue(chunk, task(entry.path, entry.size, entry.mtime_ns, companion=entry.companion),
+                                       embedder)
                     continue
                 if same:
                     self.count_unchanged(row)
@@ -212,14 +154,13 @@ class Indexer:
                     stamp = folder.sidecar_stamp(entry.path, entry.companion)
                     if not row.failed and not row.printed:
                         # Cached before prints were kept: decoded for one (never the model), headers read too.
-                        chunk.append(task(entry.path, entry.size, entry.mtime_ns, PRINT_ONLY, entry.companion))
+                        chunk = self.queue(chunk, task(entry.path, entry.size, entry.mtime_ns, PRINT_ONLY,
+                                                       entry.companion), embedder)
                     elif not row.failed and (row.meta != (entry.size, entry.mtime_ns, stamp)
                                              or row.meta_readers not in (None, metadata_readers())):
                         # Cached before metadata was kept, or its sidecar changed: headers only.
-                        chunk.append(task(entry.path, entry.size, entry.mtime_ns, HEADERS_ONLY, entry.companion))
-                        if len(chunk) >= self.options.batch_size:
-                            self.record(embedder.submit(chunk))
-                            chunk = []
+                        chunk = self.queue(chunk, task(entry.path, entry.size, entry.mtime_ns, HEADERS_ONLY,
+                                                       entry.companion), embedder)
                     continue
                 if returned(row, entry):
                     # Back where it was (counted as a move back): no fingerprint to read.
@@ -230,7 +171,8 @@ class Indexer:
                         self.summary.moved += 1
                     continue
                 if (row is None or row.deleted) and self.adopt_pair(entry, folder.files):
-                    chunk.append(task(entry.path, entry.size, entry.mtime_ns, HEADERS_ONLY))  # its own headers now
+                    chunk = self.queue(chunk, task(entry.path, entry.size, entry.mtime_ns, HEADERS_ONLY),  # its own headers
+                                       embedder)
                     known = {path: row for path, row in self.store.rows_in_dir(folder.path).items() if path not in done}
                     continue
                 if self.try_move(entry, row):
@@ -238,11 +180,12 @@ class Indexer:
                     # names swapped): what is left to compare comes from the database again.
                     known = {path: row for path, row in self.store.rows_in_dir(folder.path).items() if path not in done}
                     continue
+                if (row is None or row.deleted) and self.move_in(entry):  # from another shard: headers read here
+                    chunk = self.queue(chunk, task(entry.path, entry.size, entry.mtime_ns, HEADERS_ONLY,
+                                                   entry.companion), embedder)
+                    continue
                 self.kinds[entry.path] = "new" if row is None or row.deleted else "updated"
-                chunk.append(task(entry.path, entry.size, entry.mtime_ns, companion=entry.companion))
-                if len(chunk) >= self.options.batch_size:
-                    self.record(embedder.submit(chunk))
-                    chunk = []
+                chunk = self.queue(chunk, task(entry.path, entry.size, entry.mtime_ns, companion=entry.companion), embedder)
             if not folder.empty:
                 self.mark_gone([row.id for row in known.values() if not row.deleted])
             self.maybe_commit()
@@ -344,6 +287,24 @@ class Indexer:
             return True
         return False
 
+    def move_in(self, entry) -> bool:
+        """A new file whose photo left another shard's folder (`shards.OtherShards`): its row
+        comes along under this path, its vector is not made again."""
+        rows = self.other_shards.take(entry.size, lambda: fingerprint_file(entry.path)) if self.other_shards else None
+        if rows is None:
+            return False
+        self.write().import_row(rows, entry.path, parent_of(entry.path), entry.mtime_ns, entry.companion, self.seq)
+        self.summary.moved += 1
+        return True
+
+    def queue(self, chunk: list, work, embedder: Embedder) -> list:
+        """`work` added to the chunk being gathered; a full chunk goes to the workers."""
+        chunk.append(work)
+        if len(chunk) < self.options.batch_size:
+            return chunk
+        self.record(embedder.submit(chunk))
+        return []
+
     def record(self, results: list[Result]) -> None:
         if not results:
             return
@@ -404,17 +365,3 @@ def holds(path: bytes, size: int, mtime_ns: int) -> bool:
     except OSError:
         return False
     return st.st_size == size and st.st_mtime_ns == mtime_ns
-
-
-def count_pending(store, root: bytes, options: IndexOptions, other_files: dict[str, int] | None = None) -> int:
-    """Files under `root` that an index run would open (new or changed): a stat-only walk.
-    Files it leaves out by extension are added to `other_files` (extension -> count)."""
-    pending = 0
-    walker = Walker(options.excludes, options.follow_links)
-    for folder in walker.walk(root):
-        known = store.rows_in_dir(folder.path)
-        pending += sum(not unchanged(known.get(entry.path), entry) for entry in folder.files)
-    if other_files is not None:
-        for kind, count in walker.other_files.items():
-            other_files[kind] = other_files.get(kind, 0) + count
-    return pending

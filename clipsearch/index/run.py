@@ -8,17 +8,17 @@ import contextlib
 import os
 from pathlib import Path
 
+from clipsearch.cache.packed import refresh_packed
 from clipsearch.cache.store import Store
 from clipsearch.errors import UsageError
 from clipsearch.model.manifest import Manifest
 from clipsearch.photos.walk import is_under, normalise_root
 
-from clipsearch.cache.packed import refresh_packed
-
-from .indexer import Indexer, IndexOptions, Summary, worker_pool
+from .indexer import Indexer, IndexOptions, worker_pool
 from .lock import IndexLock
-from .shards import absent_shard_roots, place_roots
+from .shards import OtherShards, absent_shard_roots, place_roots
 from .status import library_folders
+from .summary import Summary
 
 
 def check_roots(paths: list[str], absent: list[str] | None = None) -> list[bytes]:
@@ -100,6 +100,8 @@ def index_target(home: Store, target, manifest: Manifest, options: IndexOptions,
             store, run_id = home, None
         indexer = Indexer(store, manifest, options, warn, progress)
         indexer.summary = summary
+        if home.shard_rows():  # a photo moved between library folders takes its row along
+            indexer.other_shards = stack.enter_context(contextlib.closing(OtherShards(home, target.number)))
         try:
             indexer.run(target.roots, embedder)
         except BaseException:

@@ -9,6 +9,10 @@ else into a new shard, on the disk with `--shard-on-disk`, in the data dir for t
 library (`index.db` in the data dir: one shard per folder); else, for a library named with
 `--db FILE`, into that one file, as before shards.
 
+A photo moved from one shard's folder to another's takes its row along (`OtherShards`): its
+vector, metadata and what `tag` wrote, as a move within one database does; it is not embedded
+again.
+
 Crash safety: a shard is built under a `.part` name and renamed into place; it is listed
 (and its rows leave the library database) in one transaction of the library database, so a
 kill at any moment leaves either the old state or the new one. A `.part`, or a data-dir
@@ -189,3 +193,52 @@ def _sync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class OtherShards:
+    """The library's other databases, while one shard is indexed: where a file new to it may
+    have come from. A row of the same content (size and fingerprint) whose file is gone from
+    there is taken: marked deleted there first, in its own transaction under that shard's lock
+    (taken without waiting: a shard another run holds is not a source, and its photo is
+    embedded instead), then written here by the indexer. A kill between the two leaves the
+    photo deleted there and not yet here: the next run finds it the same way; it is never live
+    in both databases. Opened on the first file that needs them."""
+
+    def __init__(self, home: Store, target: int):
+        self.home, self.target = home, target
+        self.library = None
+
+    def take(self, size: int, content) -> dict | None:
+        """`Store.export_row` of the photo of this content gone from another shard, now marked
+        deleted there, or None. `content()`: the file's fingerprint, read only when some
+        shard holds a photo of that size."""
+        from clipsearch.errors import LockedError
+
+        from .indexer import holds
+        from .lock import IndexLock
+
+        if self.library is None:
+            from clipsearch.cache.library import Library
+
+            self.library = Library(self.home.path, readonly=False)
+        for number, store in self.library.each():
+            if number == self.target or not store.has_size(size):
+                continue
+            for row_id, old_path, deleted, modified_at in store.same_content(size, content()):
+                if not deleted and holds(old_path, size, modified_at):
+                    continue  # its file is still there: a copy, embedded on its own
+                try:
+                    # The library database's lock is this run's own already.
+                    with IndexLock(store.path) if number else contextlib.nullcontext():
+                        rows = store.export_row(row_id)
+                        if not deleted:
+                            with store.atomic():
+                                store.mark_deleted([row_id], store.next_seq())
+                except LockedError:
+                    return None
+                return rows
+        return None
+
+    def close(self) -> None:
+        if self.library is not None:
+            self.library.close()

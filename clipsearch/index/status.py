@@ -9,9 +9,9 @@ from pathlib import Path
 
 from clipsearch.cache.store import Store
 from clipsearch.photos.raw import RAW
-from clipsearch.photos.walk import is_under, normalise_root
+from clipsearch.photos.walk import Walker, is_under, normalise_root
 
-from .indexer import IndexOptions, count_pending
+from .indexer import IndexOptions, unchanged
 
 
 def status_report(db_path: Path, model_dir: Path) -> dict:
@@ -163,3 +163,17 @@ def _pending(store: Store, folders: list[str], other_files: dict[str, int]) -> i
     if not folders:
         return None
     return sum(count_pending(store, os.fsencode(f), IndexOptions(workers=1), other_files) for f in folders)
+
+
+def count_pending(store, root: bytes, options: IndexOptions, other_files: dict[str, int] | None = None) -> int:
+    """Files under `root` that an index run would open (new or changed): a stat-only walk.
+    Files it leaves out by extension are added to `other_files` (extension -> count)."""
+    pending = 0
+    walker = Walker(options.excludes, options.follow_links)
+    for folder in walker.walk(root):
+        known = store.rows_in_dir(folder.path)
+        pending += sum(not unchanged(known.get(entry.path), entry) for entry in folder.files)
+    if other_files is not None:
+        for kind, count in walker.other_files.items():
+            other_files[kind] = other_files.get(kind, 0) + count
+    return pending
