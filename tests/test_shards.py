@@ -123,28 +123,31 @@ def test_a_photo_moved_between_shards_takes_its_row_along(two_folders, colour_mo
     write_photo(usb / "trip" / "stays.jpg", (20, 160, 40), seed=780)  # an emptied folder would be kept (exit 6)
     clipsearch("index", str(internal), str(usb), "--model", str(colour_model))
     inner, outer = shard_files(isolated_home)
-    with sqlite3.connect(outer) as conn:  # as `tag` records a keyword it wrote into a sidecar
-        conn.execute("INSERT INTO keywords_added (image_id, keyword, sidecar, field, value, added_at) SELECT id, "
-                     "'holiday', filepath || '.xmp', 'subject', 'holiday', 1.0 FROM images WHERE filepath = ?",
-                     (os.fsencode(beach),))
+    clipsearch("tag", "holiday", "--like", str(beach), "--in", str(usb / "trip"), "--top", "1", "--model",
+               str(colour_model))
+    assert Path(f"{beach}.xmp").is_file()
     left = all_rows(outer)
 
-    # Both folders indexed, the photo renamed on the way.
+    # Both folders indexed, the photo (and its sidecar) renamed on the way.
     moved = internal / "2024" / "beach-day.jpg"
     moved.parent.mkdir()
     shutil.move(beach, moved)
+    shutil.move(f"{beach}.xmp", f"{moved}.xmp")
     run = clipsearch("index", str(internal), str(usb), "--model", str(colour_model))
     assert "0 new, 0 updated, 1 moved, 0 removed" in run.stderr, run.stderr
     arrived = all_rows(inner)[os.fsencode(moved)]
     assert arrived[0] == 0 and arrived[1:] == left[os.fsencode(beach)][1:]  # vector, scale, indexed_at, content
     assert all_rows(outer)[os.fsencode(beach)][0] == 1
     with sqlite3.connect(inner) as conn:
-        assert conn.execute("SELECT k.keyword FROM keywords_added k JOIN images i ON i.id = k.image_id "
+        assert conn.execute("SELECT DISTINCT k.keyword FROM keywords_added k JOIN images i ON i.id = k.image_id "
                             "WHERE i.filepath = ?", (os.fsencode(moved),)).fetchall() == [("holiday",)]
         assert conn.execute("SELECT m.width FROM photo_meta m JOIN images i ON i.id = m.image_id WHERE i.filepath = ?",
                             (os.fsencode(moved),)).fetchall() == [(320,)]
     found = [path for _, path in results(clipsearch("query", "yellow", "--model", str(colour_model), "--top", "40").stdout)]
     assert str(moved) in found and str(beach) not in found
+    assert str(moved) in clipsearch("query", "--tag", "holiday", "--model", str(colour_model)).stdout
+    clipsearch("untag", "holiday")  # what `tag` recorded came along: its sidecar (only its own) goes
+    assert not Path(f"{moved}.xmp").exists()
 
     # Only the folder it went to indexed: the row it left is deleted there all the same.
     shutil.move(lake, internal / "2024" / "lake.jpg")
