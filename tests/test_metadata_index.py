@@ -4,6 +4,7 @@ graph); again when only a sidecar changed. Real JPEGs, sidecars and databases.""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 
 import pytest
@@ -173,6 +174,36 @@ def test_each_filter_alone_and_combined(described, cli, args, expected):
         assert set(names(cli("query", "--paths", *args))) == expected  # listing, no text
     if not expected:
         assert "no photo matches the filters" in cli("query", "red", *args).stderr
+
+
+def test_an_empty_filtered_answer_counts_the_photos_whose_metadata_is_not_read(described, cli):
+    """Photos cached before metadata was kept: an empty filtered answer says how many (those
+    the filters were tried on: `--in` counts), from the packed file's columns and from rows
+    changed since it was written alike."""
+    from clipsearch.cache.packed import packed_path
+
+    (described / "sub").mkdir()
+    for name in ("c", "d"):
+        (described / f"{name}.jpg").rename(described / "sub" / f"{name}.jpg")
+        (described / f"{name}.jpg.xmp").rename(described / "sub" / f"{name}.jpg.xmp")
+    cli("index", str(described), "--workers", "1")
+    with sqlite3.connect(cli.db) as conn:  # as a cache from before metadata was kept
+        deleted = conn.execute("DELETE FROM photo_meta WHERE image_id IN (SELECT id FROM images WHERE dir = ?)",
+                               (os.fsencode(described / "sub"),)).rowcount
+    assert deleted == 2
+    packed_path(cli.db).unlink()  # made again from the database by the next query
+    for view in ("packed", "changed since packed"):
+        if view != "packed":
+            rewind_packed(cli.db)
+        found = cli("query", "red", "--after", "2030")
+        assert "no photo matches the filters; the metadata of 2 photos is not read yet" in found.stderr, (view, found)
+        inside = cli("query", "red", "--after", "2030", "--in", str(described / "sub"))
+        assert "the metadata of 2 photos is not read yet" in inside.stderr, view
+        assert cli("query", "red", "--camera", "fujifilm").stdout == ""  # c's camera is not known any more
+    cli("index", str(described), "--workers", "1")  # reads their headers, embeds nothing
+    found = cli("query", "red", "--after", "2030")
+    assert "no photo matches the filters" in found.stderr and "not read yet" not in found.stderr
+    assert names(cli("query", "red", "--camera", "fujifilm")) == ["c"]
 
 
 def rewind_packed(db, seq=0):

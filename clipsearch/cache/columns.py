@@ -17,8 +17,10 @@ import numpy as np
 
 NO_RATING = -128
 NO_CAMERA = -1
-# name -> dtype of each fixed-width column, in file order.
-FIXED = {"taken": "<f8", "lat": "<f8", "lon": "<f8", "rating": "<i1", "camera": "<i4"}
+# name -> dtype of each fixed-width column, in file order; "read": 1 when the photo's metadata
+# was read (what an empty filtered answer says of the rest, without a scan of the database).
+FIXED = {"taken": "<f8", "lat": "<f8", "lon": "<f8", "rating": "<i1", "camera": "<i4", "read": "u1"}
+MISSING = {"taken": np.nan, "lat": np.nan, "lon": np.nan, "rating": NO_RATING, "camera": NO_CAMERA, "read": 0}
 
 
 @dataclass
@@ -46,15 +48,14 @@ class Columns:
 def read_columns(store, ids: np.ndarray, since_seq: int | None = None) -> Columns:
     """Columns of the live rows `ids` (sorted int64) from the database; `since_seq`: only rows
     written after it are looked up (the others are not among `ids`)."""
-    columns = Columns(ids, {name: np.full(len(ids), np.nan if dtype == "<f8" else
-                                          (NO_RATING if name == "rating" else NO_CAMERA), dtype=dtype)
-                            for name, dtype in FIXED.items()})
+    columns = Columns(ids, {name: np.full(len(ids), MISSING[name], dtype=dtype) for name, dtype in FIXED.items()})
     if not len(ids) or not store.has_metadata:
         return columns
     cameras: dict[str, int] = {}
     for batch in store.meta_fields(since_seq):
         row_ids, taken, lat, lon, rating, make, model = zip(*batch)
         at, found = _positions(ids, np.array(row_ids, dtype=np.int64))
+        columns.arrays["read"][at] = 1
         for name, values in (("taken", taken), ("lat", lat), ("lon", lon)):
             columns.arrays[name][at] = np.array(values, dtype=np.float64)[found]  # None -> NaN
         rating = np.array(rating, dtype=np.float64)[found]

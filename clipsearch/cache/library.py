@@ -124,6 +124,10 @@ class Library:
     def counts(self) -> dict:
         return summed(store.counts() for store in self.stores.values())
 
+    def rows_bound(self) -> int:
+        """At least as many as the indexed photos, without reading every row (`counts` does)."""
+        return sum(store.rows_bound() for store in self.stores.values())
+
     def meta_coverage(self) -> dict:
         return summed(store.meta_coverage() for store in self.stores.values())
 

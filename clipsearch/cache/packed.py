@@ -21,7 +21,9 @@ import numpy as np
 
 from .columns import PackedColumns, read_columns, write_columns
 
-MAGIC = b"CLSVEC04"  # 03: filter columns after the matrix; 04: rows as uint8 (int8 + 128), row-major
+# 03: filter columns after the matrix; 04: rows as uint8 (int8 + 128), row-major; 05: a "read"
+# column (metadata read or not). An older file is rebuilt on first use.
+MAGIC = b"CLSVEC05"
 HEADER_BYTES = 4096
 # The matrix is stored row by row, each value as uint8 (int8 + 128, `ROW_ZERO`), and read in
 # blocks of BLOCK_ROWS rows: block x query is then onnxruntime's integer GEMM with the block

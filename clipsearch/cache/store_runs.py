@@ -34,6 +34,11 @@ class RunQueries:
                          "SUM(deleted = 1) FROM images")[0]
         return {"indexed": row[0] or 0, "failed": row[1] or 0, "deleted_kept": row[2] or 0}
 
+    def rows_bound(self) -> int:
+        """Rows of any kind: a bound on the indexed photos that SQLite counts from its smallest
+        index (40 ms at 1.28M), where `counts` reads every row (0.6 s)."""
+        return self.query("SELECT COUNT(*) FROM images")[0][0]
+
     def failed_rows(self, under: list[bytes] | None = None) -> list[tuple]:
         """(path, error, size, modified_at, indexed_at, failure) of the live failed files, by
         path; only those under the folders `under` when given."""

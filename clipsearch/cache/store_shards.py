@@ -107,7 +107,8 @@ class ShardQueries:
                 else:
                     row = {**row, "image_id": new_id}
                 names = [name for name in row if name in own]
-                cursor = self.db.execute(f"INSERT INTO {table} ({','.join(names)}) VALUES ({','.join('?' * len(names))})",
+                marks = ",".join("?" * len(names))
+                cursor = self.db.execute(f"INSERT INTO {table} ({','.join(names)}) VALUES ({marks})",
                                          [row[name] for name in names])
                 new_id = cursor.lastrowid if table == "images" else new_id
         return new_id

@@ -203,7 +203,7 @@ def run_query(texts: list[str], db_path, model_dir, top: int | None = DEFAULT_TO
             vector = query_vector(terms, manifest, threads, prefetch, library.meta("pipeline"),
                                   engine.text if engine is not None else None, stored, text_manifest)
             if top is None:
-                top = max(1, library.counts()["indexed"]) if min_score is not None else DEFAULT_TOP
+                top = max(1, library.rows_bound()) if min_score is not None else DEFAULT_TOP
             found = fanout.rank(library, manifest, vector, top + offset, folder, chosen,
                                 engine.scorer if engine is not None else None)[offset:]
             if min_score is not None and found and found[0][2] < min_score:
@@ -213,16 +213,15 @@ def run_query(texts: list[str], db_path, model_dir, top: int | None = DEFAULT_TO
                 found = [row for row in found if row[2] >= min_score]
         meta = library.metadata_of([row[0] for row in found]) if (with_meta or sort == "date") and found else {}
         companions = library.companions_of([row[0] for row in found])
-        coverage = library.meta_coverage() if filters.active and not found else None
-        indexed = library.counts()["indexed"] if coverage else 0
+        tried = [selection.photos_unread() for selection in chosen.values()] if chosen is not None and not found else []
+        indexed, unread = (sum(counts) for counts in zip(*tried)) if tried else (0, 0)
     finally:
         library.close()
     if sort == "date":
         found.sort(key=lambda row: (meta.get(row[0], {}).get("taken_key") is None,
                                     -(meta.get(row[0], {}).get("taken_key") or 0)))
     if not found and not offset:
-        if coverage is not None and indexed:
-            unread = indexed - coverage["read"]
+        if indexed:
             hint = f"; the metadata of {unread} photos is not read yet: run `clipsearch index`" if unread else ""
             return Answer([], [f"clipsearch: no photo matches the filters{hint}"] + absent)
         return Answer([], [no_results_reason(within, library.path)] + absent)

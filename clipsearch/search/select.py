@@ -73,6 +73,21 @@ class Selection:
     keep: np.ndarray
     delta_ids: np.ndarray
     taken: np.ndarray  # capture times of the kept rows, packed ones first then delta_ids
+    under: np.ndarray | None = None  # the rows `--in` (or `--damaged`) allows, when given
+    delta_unread: tuple[int, int] = (0, 0)  # rows changed since the packed file, allowed: (live, metadata unread)
+
+    def photos_unread(self) -> tuple[int, int]:
+        """(indexed photos the filters were tried on, of which metadata not read yet): what an
+        empty answer says, from the columns (a scan of the database took 1.3 s at 1.28M)."""
+        live, unread = self.delta_unread
+        if self.packed is not None and self.packed.count:
+            present = np.ones(self.packed.count, dtype=bool)
+            drop_members(present, self.packed.ids, np.array(sorted(row[0] for row in self.delta), dtype=np.int64))
+            if self.under is not None:
+                present &= member(self.packed.ids, self.under)
+            live += int(np.count_nonzero(present))
+            unread += int(np.count_nonzero(self.packed.columns().column("read")[present] == 0))
+        return live, unread
 
     def __len__(self) -> int:
         return len(self.taken)
@@ -103,10 +118,12 @@ def select(store, packed, delta: list, filters: Filters, under: np.ndarray | Non
     live = np.array(sorted(row[0] for row in delta if not row[1] and row[2] is not None), dtype=np.int64)
     delta_columns = read_columns(store, live, packed.seq if packed is not None else None)
     delta_keep = matches(delta_columns, filters)
-    if under is not None:
-        delta_keep &= member(live, under)
+    allowed = member(live, under) if under is not None else np.ones(len(live), dtype=bool)
+    delta_keep &= allowed
+    unread = int(np.count_nonzero(delta_columns.column("read")[allowed] == 0))
     return Selection(packed, delta, keep, live[delta_keep],
-                     np.concatenate([taken, delta_columns.column("taken")[delta_keep]]))
+                     np.concatenate([taken, delta_columns.column("taken")[delta_keep]]), under,
+                     (int(np.count_nonzero(allowed)), unread))
 
 
 def select_rows(store, dim: int, filters, folder: bytes | None):
