@@ -21,8 +21,9 @@ import numpy as np
 
 from .columns import PackedColumns, read_columns, write_columns
 
-# 03: filter columns after the matrix; 04: rows as uint8 (int8 + 128), row-major; 05: a "read"
-# column (metadata read or not). An older file is rebuilt on first use.
+# 03: filter columns after the matrix; 04: rows as uint8 (int8 + 128), row-major; 05: the matrix
+# before the ids and scales, and a "read" column (metadata read or not). An older file is
+# rebuilt on first use.
 MAGIC = b"CLSVEC05"
 HEADER_BYTES = 4096
 # The matrix is stored row by row, each value as uint8 (int8 + 128, `ROW_ZERO`), and read in
@@ -86,8 +87,8 @@ class Packed:
 
     @property
     def offsets(self) -> tuple[int, int]:
-        scales_at = HEADER_BYTES + 8 * self.count
-        return scales_at, scales_at + 4 * self.count
+        """(where the scales start, where the matrix starts): header, matrix, ids, scales."""
+        return HEADER_BYTES + (self.dim + 8) * self.count, HEADER_BYTES
 
     def columns(self):
         """The filter columns of these rows (`columns.PackedColumns`), read as filters need them."""
@@ -99,26 +100,25 @@ class Packed:
 
 
 def write_packed(store, dim: int) -> Packed:
-    """Rebuild the packed file from the database in one read snapshot, atomically."""
+    """Rebuild the packed file from the database in one read snapshot, atomically. The matrix
+    comes first, so the rows stream straight into the file as they are read (format 04 put the
+    ids first and went through a temporary copy of the matrix: 3.0 s for a 1.25M-row shard)."""
     path = packed_path(store.path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
     try:
-        with store.snapshot(), os.fdopen(fd, "w+b") as f, tempfile.TemporaryFile(dir=path.parent) as matrix_file:
+        with store.snapshot(), os.fdopen(fd, "w+b") as f:
             seq, model_id = store.current_seq(), store.meta("model_id", "")  # agree with the rows read below
             ids, scales, count = [], [], 0
+            f.write(b"\0" * HEADER_BYTES)
             for batch in store.live_vectors(BLOCK_ROWS):
                 ids.extend(r[0] for r in batch)
                 scales.extend(r[1] for r in batch)
                 rows = np.frombuffer(b"".join(r[2] for r in batch), dtype=np.uint8)
-                matrix_file.write((rows ^ np.uint8(ROW_ZERO)).tobytes())
+                f.write((rows ^ np.uint8(ROW_ZERO)).tobytes())
                 count += len(batch)
             ids = np.asarray(ids, dtype="<i8")
-            f.write(b"\0" * HEADER_BYTES)
             f.write(ids.tobytes())
             f.write(np.asarray(scales, dtype="<f4").tobytes())
-            matrix_file.seek(0)
-            while data := matrix_file.read(1 << 24):
-                f.write(data)
             directory = json.dumps(write_columns(f, read_columns(store, ids)), ensure_ascii=False).encode()
             directory_at = f.tell()
             f.write(directory)
@@ -157,7 +157,7 @@ def read_header(path: Path) -> Packed | None:
                 or os.fstat(f.fileno()).st_size != directory_at + directory_len):
             raise ValueError("truncated")
         packed = Packed(path, int(info["seq"]), info["model_id"], count, dim, None, f, directory_at, directory_len)
-        packed.ids = packed.map(HEADER_BYTES, count, "<i8")
+        packed.ids = packed.map(HEADER_BYTES + dim * count, count, "<i8")
         return packed
     except (OSError, ValueError, KeyError, TypeError):
         f.close()
