@@ -102,6 +102,22 @@ def warm(db: Path, model: Path, runs: int) -> dict:
     return figures
 
 
+def nothing_matches(db: Path, model: Path, runs: int) -> float:
+    """A warm query whose filter matches no photo: the answer says how many photos have no
+    metadata read yet (from the packed files' columns)."""
+    from clipsearch.search.filters import Filters
+    from clipsearch.search.query import WarmEngine, run_query
+
+    engine = WarmEngine(model)
+    times = []
+    for _ in range(runs + 1):
+        start = time.perf_counter()
+        answer = run_query([QUERY], db, model, engine=engine, filters=Filters(camera="no such camera"))
+        times.append(time.perf_counter() - start)
+    assert not answer.results and "no photo matches the filters" in answer.notes[0], answer.notes
+    return median(times[1:])
+
+
 def warm_elsewhere(checkout: Path, db: Path, model: Path, runs: int) -> dict:
     """`warm` as another checkout (`--against`: the version before) runs it, on the same library."""
     code = ("import json, sys; sys.path.insert(0, '.'); from bench.shards import warm; "
@@ -263,9 +279,9 @@ def dask_fanout(db: Path, model: Path, runs: int) -> dict:
 
 def reindex(files: int, model: Path, manifest, runs: int, against: Path | None = None) -> dict:
     """An unchanged re-index of `files` files (tiny ones; the walk and the cache's look-ups are
-    what it costs) with one file (`--db`), by this checkout and by `against` in turns (before
-    and after), and then the same cache at the default place: the first run moves it into a
-    shard (timed), the next is the unchanged re-index."""
+    what it costs) with one file (`--db`), by this checkout and by `against` (before and
+    after; each after an untimed run of its own), and then the same cache at the default
+    place: the first run moves it into a shard (timed), the next ones are unchanged re-indexes."""
     import shutil
 
     from bench.query import reindex_unchanged
@@ -275,13 +291,14 @@ def reindex(files: int, model: Path, manifest, runs: int, against: Path | None =
     checkouts = {"this": REPO, **({"other": against} if against else {})}
     one_file: dict = {name: [] for name in checkouts}
     line = ""
-    for _ in range(runs):
-        for name, checkout in checkouts.items():
+    for name, checkout in checkouts.items():  # one after the other: each rewrites the packed file in its format once
+        for run in range(1 + runs):
             start = time.perf_counter()
             out = subprocess.run([sys.executable, "-m", "clipsearch", "index", str(root), "--db",
                                   str(CACHE / f"reindex-{files}.db"), "--model", str(model)],
                                  capture_output=True, text=True, check=True, cwd=checkout)
-            one_file[name].append(time.perf_counter() - start)
+            if run:
+                one_file[name].append(time.perf_counter() - start)
             line = out.stderr.strip().splitlines()[-1] if name == "this" else line
     home = CACHE / f"reindex-home-{files}"
     shutil.rmtree(home, ignore_errors=True)
@@ -322,6 +339,9 @@ def main(argv=None) -> dict:
             if (fan, label) in before else ""
         print(f"warm query in process, {label:10} {fan:10}: {seconds * 1000:7.0f} ms{other}")
         figures["warm"][f"{fan}, {label}"] = seconds
+    figures["nothing_matches_s"] = nothing_matches(db, model, args.runs)
+    print(f"warm query, a filter no photo matches (the answer counts photos without metadata): "
+          f"{figures['nothing_matches_s'] * 1000:.0f} ms")
     for name, checkout in (("this", REPO), *((("other", args.against),) if args.against else ())):
         wall, rss = cold(model, args.runs, {"CLIPSEARCH_HOME": str(home)}, [], checkout)
         print(f"cold whole-process query over {args.shards} shards ({name} checkout): {wall:.3f} s, "
