@@ -167,6 +167,18 @@ def test_a_photo_moved_between_shards_takes_its_row_along(two_folders, colour_mo
     assert "1 removed" in run.stderr and all_rows(outer)[os.fsencode(pier)][0] == 1
 
 
+def test_a_damaged_shard_is_no_source_of_moves_and_stops_no_other_shard(two_folders, colour_model, isolated_home):
+    internal, usb = two_folders
+    clipsearch("index", str(internal), str(usb), "--model", str(colour_model))
+    outer = shard_files(isolated_home)[1]
+    for leftover in (outer.with_name(outer.name + "-wal"), outer.with_name(outer.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    outer.write_bytes(b"not a database " * 100)
+    write_photo(internal / "new" / "x.jpg", (10, 200, 200), seed=901)
+    run = clipsearch("index", str(internal), "--model", str(colour_model))
+    assert "1 new, 0 updated, 0 moved, 0 removed" in run.stderr, run.stderr
+
+
 def test_a_shard_on_its_disk_is_adopted_by_another_library_at_another_mount_point(tmp_path, colour_model):
     disk = tmp_path / "mnt" / "usb" / "Photos"
     colour_library(disk, 1)

@@ -211,8 +211,9 @@ class OtherShards:
     def take(self, size: int, content) -> dict | None:
         """`Store.export_row` of the photo of this content gone from another shard, now marked
         deleted there, or None. `content()`: the file's fingerprint, read only when some
-        shard holds a photo of that size."""
-        from clipsearch.errors import LockedError
+        shard holds a photo of that size. A shard that cannot be read or written (damaged, on
+        a read-only disk, locked) is never a source: the photo is embedded, as it always can be."""
+        from clipsearch.errors import DatabaseError, LockedError
 
         from .indexer import holds
         from .lock import IndexLock
@@ -220,25 +221,33 @@ class OtherShards:
         if self.library is None:
             from clipsearch.cache.library import Library
 
-            self.library = Library(self.home.path, readonly=False)
-        for number, store in self.library.each():
-            if number == self.target or not store.has_size(size):
+            try:
+                self.library = Library(self.home.path)  # read-only: looking costs no lock
+            except DatabaseError:
+                self.library = False
+        for number, found in self.library.each() if self.library else ():
+            if number == self.target or not found.has_size(size):
                 continue
-            for row_id, old_path, deleted, modified_at in store.same_content(size, content()):
+            for row_id, old_path, deleted, modified_at in found.same_content(size, content()):
                 if not deleted and holds(old_path, size, modified_at):
                     continue  # its file is still there: a copy, embedded on its own
                 try:
-                    # The library database's lock is this run's own already.
-                    with IndexLock(store.path) if number else contextlib.nullcontext():
-                        rows = store.export_row(row_id)
+                    # The library database is this run's own (its lock taken); a shard's is taken here.
+                    with IndexLock(found.path) if number else contextlib.nullcontext():
+                        rows = found.export_row(row_id)
                         if not deleted:
-                            with store.atomic():
-                                store.mark_deleted([row_id], store.next_seq())
-                except LockedError:
+                            source = Store(found.path) if number else self.home
+                            try:
+                                with source.atomic():
+                                    source.mark_deleted([row_id], source.next_seq())
+                            finally:
+                                if number:
+                                    source.close()
+                except (LockedError, DatabaseError):
                     return None
                 return rows
         return None
 
     def close(self) -> None:
-        if self.library is not None:
+        if self.library:
             self.library.close()
