@@ -75,6 +75,7 @@ class Indexer:
         self.last_commit = 0.0
         self.bounds: dict[str, float] = {}  # the worker bounds a failure can depend on (`photos/readers.py`)
         self.other_shards = None  # `shards.OtherShards`: where a file new here may have moved from
+        self.fingerprinted: tuple[bytes | None, bytes | None] = (None, None)  # (path, its fingerprint), the last read
 
     # -- transaction ---------------------------------------------------------------------
 
@@ -171,8 +172,8 @@ class Indexer:
                         self.summary.moved += 1
                     continue
                 if (row is None or row.deleted) and self.adopt_pair(entry, folder.files):
-                    chunk = self.queue(chunk, task(entry.path, entry.size, entry.mtime_ns, HEADERS_ONLY),  # its own headers
-                                       embedder)
+                    # Its own headers, read now.
+                    chunk = self.queue(chunk, task(entry.path, entry.size, entry.mtime_ns, HEADERS_ONLY), embedder)
                     known = {path: row for path, row in self.store.rows_in_dir(folder.path).items() if path not in done}
                     continue
                 if self.try_move(entry, row):
@@ -185,7 +186,8 @@ class Indexer:
                                                    entry.companion), embedder)
                     continue
                 self.kinds[entry.path] = "new" if row is None or row.deleted else "updated"
-                chunk = self.queue(chunk, task(entry.path, entry.size, entry.mtime_ns, companion=entry.companion), embedder)
+                chunk = self.queue(chunk, task(entry.path, entry.size, entry.mtime_ns, companion=entry.companion),
+                                   embedder)
             if not folder.empty:
                 self.mark_gone([row.id for row in known.values() if not row.deleted])
             self.maybe_commit()
@@ -265,7 +267,7 @@ class Indexer:
         (scanner BMPs, uncompressed TIFFs) cost one lookup per file, not one stat per row."""
         if not self.store.has_size(entry.size):
             return False
-        content = fingerprint_file(entry.path)
+        content = self.fingerprint(entry)
         if content is None:
             return False
         for row_id, old_path, deleted, modified_at in self.store.same_content(entry.size, content):
@@ -290,12 +292,19 @@ class Indexer:
     def move_in(self, entry) -> bool:
         """A new file whose photo left another shard's folder (`shards.OtherShards`): its row
         comes along under this path, its vector is not made again."""
-        rows = self.other_shards.take(entry.size, lambda: fingerprint_file(entry.path)) if self.other_shards else None
+        rows = self.other_shards.take(entry.size, lambda: self.fingerprint(entry)) if self.other_shards else None
         if rows is None:
             return False
         self.write().import_row(rows, entry.path, parent_of(entry.path), entry.mtime_ns, entry.companion, self.seq)
         self.summary.moved += 1
         return True
+
+    def fingerprint(self, entry) -> bytes | None:
+        """The content fingerprint of `entry`, read once though the move within this database
+        and the one from another shard both look for it."""
+        if self.fingerprinted[0] != entry.path:
+            self.fingerprinted = (entry.path, fingerprint_file(entry.path))
+        return self.fingerprinted[1]
 
     def queue(self, chunk: list, work, embedder: Embedder) -> list:
         """`work` added to the chunk being gathered; a full chunk goes to the workers."""
